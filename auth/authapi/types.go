@@ -1,0 +1,170 @@
+// Package authapi is the auth server's API: an HTTPS/JSON service over
+// mutual TLS, its client, and the watch streams that feed every proxy's and
+// node's cache.
+//
+// # Who may call what
+//
+// Callers are identified by their TLS client certificate (see
+// auth/identity); requests without one may only join (the join token is
+// the credential) and ping.
+//
+//	POST /v1/login       proxy        password login on behalf of a user
+//	POST /v1/join        anyone       redeem a join token (node or proxy)
+//	GET  /v1/watch       proxy, node, admin   NDJSON stream: snapshot, then events
+//	POST /v1/presence    proxy        which nodes' tunnels this proxy holds
+//	GET  /v1/nodes       admin, proxy inventory with tunnel state
+//	GET  /v1/status      admin, proxy cluster status
+//	/v1/users, /v1/roles, /v1/tokens  admin  list, create, delete
+//
+// Proxies relay /v1/watch to nodes from their own cache, so thousands of
+// nodes never load the auth server (see Hub).
+//
+// # Watch stream
+//
+// GET /v1/watch answers with a stream of newline-delimited JSON
+// WatchMessages: first a "snapshot" with cluster name, CA keys, roles and
+// nodes, then "event" messages as raft applies changes, and a "heartbeat"
+// every 10 s so a dead stream is noticed within 30 s. A subscriber that
+// falls behind is disconnected and gets a fresh snapshot when it returns.
+package authapi
+
+import (
+	"time"
+
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/auth/state"
+)
+
+// Version is the API version this package speaks.
+const Version = "1"
+
+// ErrorResponse is the body of every non-2xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// LoginRequest asks for user certificates.
+type LoginRequest struct {
+	User      string `json:"user"`
+	Password  string `json:"password"`
+	SSHPublic string `json:"ssh_public"` // authorized_keys format
+	TLSPublic []byte `json:"tls_public"` // PKIX DER
+	TTL       string `json:"ttl,omitempty"`
+	// ClientAddr is the user's address as the proxy saw it (for audit).
+	ClientAddr string `json:"client_addr,omitempty"`
+}
+
+// Credentials are issued certificates and the CAs to trust.
+type Credentials struct {
+	Cluster string    `json:"cluster"`
+	Name    string    `json:"name"`
+	Roles   []string  `json:"roles,omitempty"`
+	Logins  []string  `json:"logins,omitempty"`
+	SSHCert string    `json:"ssh_cert"` // authorized_keys format
+	TLSCert []byte    `json:"tls_cert"` // PEM
+	Expires time.Time `json:"expires"`
+	CAs     CABundle  `json:"cas"`
+}
+
+// CABundle holds the trusted CA keys in their usual text forms.
+type CABundle struct {
+	UserSSH []string `json:"user_ssh"` // authorized_keys lines
+	HostSSH []string `json:"host_ssh"` // authorized_keys lines
+	TLS     []byte   `json:"tls"`      // PEM
+}
+
+// JoinRequest redeems a join token.
+type JoinRequest struct {
+	Token     string            `json:"token"`
+	Kind      identity.Kind     `json:"kind"` // node or proxy
+	Name      string            `json:"name"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	SSHPublic string            `json:"ssh_public,omitempty"` // nodes: host key
+	TLSPublic []byte            `json:"tls_public"`
+	// DNSNames and IPs go into a proxy's server certificate.
+	DNSNames []string `json:"dns_names,omitempty"`
+	IPs      []string `json:"ips,omitempty"`
+}
+
+// NodeStatus is one node in `jgctl nodes ls` and `jg ls`.
+type NodeStatus struct {
+	ID      string            `json:"id"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Joined  time.Time         `json:"joined"`
+	Online  bool              `json:"online"`
+	Proxies []string          `json:"proxies,omitempty"` // proxies holding a tunnel
+	Since   time.Time         `json:"since,omitzero"`    // tunnel up since (earliest)
+}
+
+// PresenceReport is a proxy's full list of tunnels it holds.
+type PresenceReport struct {
+	Proxy string           `json:"proxy"`
+	Nodes []NodePresence   `json:"nodes"`
+	TTL   identity.Duration `json:"ttl"` // how long the report stays valid
+}
+
+// NodePresence is one tunnel held by a proxy.
+type NodePresence struct {
+	ID     string            `json:"id"`
+	Labels map[string]string `json:"labels,omitempty"`
+	Since  time.Time         `json:"since"`
+}
+
+// Status is the cluster status.
+type Status struct {
+	Cluster    string       `json:"cluster"`
+	AuthServer string       `json:"auth_server"`
+	Version    string       `json:"version"`
+	Raft       any          `json:"raft"`
+	Users      int          `json:"users"`
+	Roles      int          `json:"roles"`
+	Nodes      int          `json:"nodes"`
+	Online     int          `json:"online_nodes"`
+	Proxies    []ProxyState `json:"proxies"`
+	CAPins     []string     `json:"ca_pins"`
+}
+
+// ProxyState is a proxy as the auth server last heard from it.
+type ProxyState struct {
+	ID       string    `json:"id"`
+	LastSeen time.Time `json:"last_seen"`
+	Tunnels  int       `json:"tunnels"`
+}
+
+// CreateUserRequest adds a user.
+type CreateUserRequest struct {
+	Name     string   `json:"name"`
+	Roles    []string `json:"roles"`
+	Password string   `json:"password"`
+}
+
+// CreateTokenRequest creates a join token.
+type CreateTokenRequest struct {
+	Kind   identity.Kind     `json:"kind"`
+	TTL    identity.Duration `json:"ttl"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// CreateTokenResponse returns the secret once.
+type CreateTokenResponse struct {
+	Token   string    `json:"token"`
+	ID      string    `json:"id"`
+	Expires time.Time `json:"expires"`
+	CAPin   string    `json:"ca_pin"`
+}
+
+// WatchMessage is one line of a watch stream.
+type WatchMessage struct {
+	Type     string         `json:"type"` // "snapshot", "event", "heartbeat"
+	Index    uint64         `json:"index"`
+	Snapshot *WatchSnapshot `json:"snapshot,omitempty"`
+	Event    *state.Event   `json:"event,omitempty"`
+}
+
+// WatchSnapshot is everything a cache holds.
+type WatchSnapshot struct {
+	Cluster string          `json:"cluster"`
+	CAs     state.CAs       `json:"cas"`
+	Roles   []identity.Role `json:"roles"`
+	Nodes   []state.Node    `json:"nodes"`
+}
