@@ -270,3 +270,12 @@ func trimNL(p []byte) []byte {
 	}
 	return p
 }
+
+// Barrier waits until every log entry committed before it has been applied
+// to the state machine: after a restart, the state is then current.
+func (n *Node) Barrier(timeout time.Duration) error {
+	if err := n.raft.Barrier(timeout).Error(); err != nil {
+		return &RetryableError{Err: err}
+	}
+	return nil
+}

@@ -1,0 +1,438 @@
+// Command jg is the Jumpgate user client: log in, list nodes, ssh to them,
+// and serve as OpenSSH's ProxyCommand.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/term"
+
+	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/cmd/internal/creds"
+	"jumpgate.dev/jumpgate/mesh/ingress"
+)
+
+var version = "dev"
+
+// exitError carries a remote exit status out of a command.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func main() {
+	root := &cobra.Command{Use: "jg", Short: "Jumpgate client", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(loginCmd(), lsCmd(), sshCmd(), proxyCmd(), configCmd(), statusCmd(), logoutCmd(),
+		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jg", version) }})
+	err := root.Execute()
+	var ee exitError
+	switch {
+	case errors.As(err, &ee):
+		os.Exit(ee.code)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "jg:", err)
+		os.Exit(1)
+	}
+}
+
+// home is where jg keeps the identity: $JUMPGATE_HOME or ~/.jumpgate.
+func home() string {
+	if h := os.Getenv("JUMPGATE_HOME"); h != "" {
+		return h
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".jumpgate")
+	}
+	return ".jumpgate"
+}
+
+// loadIdentity loads the saved identity and checks it is still valid.
+func loadIdentity() (*creds.Identity, error) {
+	id, err := creds.Load(home())
+	if errors.Is(err, creds.ErrNotLoggedIn) {
+		return nil, errors.New("not logged in: run jg login --proxy=HOST:PORT --user=NAME")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := identity.CheckValidity(id.Leaf.NotBefore, id.Leaf.NotAfter, time.Now()); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+func loginCmd() *cobra.Command {
+	var proxy, userName, pin, ttl string
+	var stdin, insecure bool
+	c := &cobra.Command{
+		Use:   "login",
+		Short: "Log in and store short-lived certificates under ~/.jumpgate",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if proxy == "" {
+				if old, err := creds.Load(home()); err == nil {
+					proxy, pin = old.Meta.Proxy, old.Meta.CAPin
+				} else {
+					return errors.New("--proxy=HOST:PORT is required")
+				}
+			}
+			if userName == "" {
+				return errors.New("--user is required")
+			}
+			var pw string
+			if stdin {
+				line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+				if err != nil && line == "" {
+					return fmt.Errorf("read password from stdin: %w", err)
+				}
+				pw = strings.TrimRight(line, "\r\n")
+			} else {
+				tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+				if err != nil {
+					return errors.New("no terminal to ask for the password: use --password-stdin")
+				}
+				fmt.Fprintf(tty, "Password for %s: ", userName)
+				b, err := term.ReadPassword(int(tty.Fd()))
+				fmt.Fprintln(tty)
+				tty.Close()
+				if err != nil {
+					return err
+				}
+				pw = string(b)
+			}
+			trust := authapi.TrustConfig{CAPin: pin, Insecure: insecure, Kinds: []identity.Kind{identity.KindProxy}}
+			if old, err := creds.Load(home()); err == nil && old.Meta.Proxy == proxy && pin == "" {
+				trust.RootCAs = old.RootCAs // trust the cluster we already know
+				trust.CAPin = old.Meta.CAPin
+			}
+			k, err := creds.NewKeys()
+			if err != nil {
+				return err
+			}
+			cl, err := authapi.NewClient(authapi.ClientConfig{Addr: proxy, Trust: trust})
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			c, err := cl.Login(cmd.Context(), authapi.LoginRequest{User: userName, Password: pw, SSHPublic: k.SSHPublic(), TLSPublic: k.TLSPublic(), TTL: ttl})
+			if err != nil {
+				return fmt.Errorf("login: %w", err)
+			}
+			if err := creds.Save(home(), k, c, creds.Meta{Kind: string(identity.KindUser), Proxy: proxy, CAPin: trust.CAPin}); err != nil {
+				return err
+			}
+			fmt.Printf("Logged in to cluster %s as %s (roles: %s; logins: %s), valid until %s.\n",
+				c.Cluster, c.Name, strings.Join(c.Roles, ", "), strings.Join(c.Logins, ", "), c.Expires.Local().Format("2006-01-02 15:04 MST"))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&proxy, "proxy", "", "proxy address, host:port")
+	c.Flags().StringVar(&userName, "user", "", "Jumpgate user name")
+	c.Flags().BoolVar(&stdin, "password-stdin", false, "read the password from standard input (for scripts)")
+	c.Flags().StringVar(&pin, "ca-pin", "", "cluster CA pin (sha256:...), needed the first time unless the proxy has a publicly trusted certificate")
+	c.Flags().BoolVar(&insecure, "insecure", false, "do not verify the proxy's certificate (never in production)")
+	c.Flags().StringVar(&ttl, "ttl", "", "ask for a shorter certificate lifetime (e.g. 1h)")
+	return c
+}
+
+func logoutCmd() *cobra.Command {
+	return &cobra.Command{Use: "logout", Short: "Remove the stored certificates and keys", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
+		for _, f := range []string{"key", "key.pub", "key-cert.pub", "tls.key", "tls.crt", "identity.json"} {
+			os.Remove(filepath.Join(home(), f))
+		}
+		fmt.Println("Logged out.")
+		return nil
+	}}
+}
+
+func proxyClient(id *creds.Identity) (*authapi.Client, error) {
+	return authapi.NewClient(authapi.ClientConfig{Addr: id.Meta.Proxy, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, GetClientCertificate: id.GetClientCertificate})
+}
+
+func lsCmd() *cobra.Command {
+	return &cobra.Command{Use: "ls", Short: "List the nodes you may reach", Args: cobra.NoArgs, RunE: func(cmd *cobra.Command, _ []string) error {
+		id, err := loadIdentity()
+		if err != nil {
+			return err
+		}
+		cl, err := proxyClient(id)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		var nodes []authapi.NodeStatus
+		if err := getJSON(cmd.Context(), cl, &nodes); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tSTATUS\tLABELS")
+		for _, n := range nodes {
+			st := "offline"
+			if n.Online {
+				st = "online"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", n.ID, st, formatLabels(n.Labels))
+		}
+		return tw.Flush()
+	}}
+}
+
+func getJSON(ctx context.Context, cl *authapi.Client, out *[]authapi.NodeStatus) error {
+	nodes, err := cl.Nodes(ctx)
+	*out = nodes
+	return err
+}
+
+func formatLabels(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k + "=" + l[k])
+	}
+	return b.String()
+}
+
+// splitTarget parses [login@]node[.cluster][:port].
+func splitTarget(target, cluster string) (login, node string) {
+	if i := strings.LastIndex(target, "@"); i >= 0 {
+		login, target = target[:i], target[i+1:]
+	}
+	if h, _, err := net.SplitHostPort(target); err == nil {
+		target = h
+	}
+	return login, strings.TrimSuffix(target, "."+cluster)
+}
+
+// dial opens a byte stream to node's SSH server through the proxy.
+func dial(ctx context.Context, id *creds.Identity, node, login string) (net.Conn, error) {
+	tcfg := authapi.ClientTLS(authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, id.GetClientCertificate, ingress.ALPNDial)
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}, Config: tcfg}
+	c, err := d.DialContext(ctx, "tcp", id.Meta.Proxy)
+	if err != nil {
+		return nil, fmt.Errorf("connect to proxy %s: %w", id.Meta.Proxy, err)
+	}
+	tc := c.(*tls.Conn)
+	if tc.ConnectionState().NegotiatedProtocol != ingress.ALPNDial {
+		c.Close()
+		return nil, fmt.Errorf("proxy %s does not speak %s: is it a Jumpgate proxy of a compatible version?", id.Meta.Proxy, ingress.ALPNDial)
+	}
+	if err := ingress.WriteLine(c, ingress.DialRequest{V: ingress.DialVersion, Node: node, Login: login}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	br := bufio.NewReader(c)
+	var resp ingress.DialResponse
+	if err := ingress.ReadLine(br, &resp); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("proxy %s: %w", id.Meta.Proxy, err)
+	}
+	if !resp.OK {
+		c.Close()
+		return nil, &ingress.DialError{Code: resp.Code, Message: resp.Error}
+	}
+	if os.Getenv("JG_DEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "jg: connected to %s via proxy %s (path %s)\n", resp.Node, id.Meta.Proxy, resp.Path)
+	}
+	return &bufConn{Conn: c, r: br}, nil
+}
+
+// bufConn reads through the bufio.Reader that parsed the dial response.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *bufConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func proxyCmd() *cobra.Command {
+	p := &cobra.Command{Use: "proxy", Short: "Helpers for other clients"}
+	p.AddCommand(&cobra.Command{
+		Use:   "ssh [login@]node[:port]",
+		Short: "Connect stdin/stdout to a node's SSH server (OpenSSH ProxyCommand)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := loadIdentity()
+			if err != nil {
+				return err
+			}
+			login, node := splitTarget(args[0], id.Meta.Cluster)
+			c, err := dial(cmd.Context(), id, node, login)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			done := make(chan struct{})
+			go func() {
+				io.Copy(c, os.Stdin) //nolint:errcheck
+				c.(*bufConn).CloseWrite()
+				close(done)
+			}()
+			_, err = io.Copy(os.Stdout, c)
+			return err
+		},
+	})
+	return p
+}
+
+func hostKeyCallback(id *creds.Identity) (ssh.HostKeyCallback, error) {
+	kh, err := os.ReadFile(filepath.Join(id.Dir, "known_hosts"))
+	if err != nil {
+		return nil, err
+	}
+	var cas []ssh.PublicKey
+	for _, line := range bytes.Split(kh, []byte("\n")) {
+		f := strings.Fields(string(line))
+		if len(f) >= 4 && f[0] == "@cert-authority" {
+			if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(strings.Join(f[2:], " "))); err == nil {
+				cas = append(cas, k)
+			}
+		}
+	}
+	checker := &ssh.CertChecker{IsHostAuthority: func(auth ssh.PublicKey, _ string) bool {
+		for _, k := range cas {
+			if bytes.Equal(k.Marshal(), auth.Marshal()) {
+				return true
+			}
+		}
+		return false
+	}}
+	return func(host string, remote net.Addr, key ssh.PublicKey) error {
+		if err := checker.CheckHostKey(host, remote, key); err != nil {
+			return fmt.Errorf("node %s did not present a host certificate from this cluster: %w", host, err)
+		}
+		return nil
+	}, nil
+}
+
+func sshCmd() *cobra.Command {
+	var forceTTY bool
+	c := &cobra.Command{
+		Use:   "ssh [login@]node [-- command...]",
+		Short: "Open a shell or run a command on a node",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := loadIdentity()
+			if err != nil {
+				return err
+			}
+			login, node := splitTarget(args[0], id.Meta.Cluster)
+			if login == "" {
+				u, err := user.Current()
+				if err != nil {
+					return err
+				}
+				login = u.Username
+			}
+			signer, err := id.CertSigner()
+			if err != nil {
+				return err
+			}
+			hkcb, err := hostKeyCallback(id)
+			if err != nil {
+				return err
+			}
+			conn, err := dial(cmd.Context(), id, node, login)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			sc, chans, reqs, err := ssh.NewClientConn(conn, node, &ssh.ClientConfig{User: login, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)}, HostKeyCallback: hkcb, BannerCallback: func(msg string) error {
+				fmt.Fprint(os.Stderr, msg)
+				return nil
+			}, Timeout: 20 * time.Second})
+			if err != nil {
+				return fmt.Errorf("ssh to %s as %s: %w", node, login, err)
+			}
+			client := ssh.NewClient(sc, chans, reqs)
+			defer client.Close()
+			return runSession(client, args[1:], forceTTY)
+		},
+	}
+	c.Flags().BoolVarP(&forceTTY, "tty", "t", false, "allocate a terminal even for a command")
+	return c
+}
+
+func statusCmd() *cobra.Command {
+	return &cobra.Command{Use: "status", Short: "Show who you are logged in as", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
+		id, err := creds.Load(home())
+		if err != nil {
+			return errors.New("not logged in: run jg login --proxy=HOST:PORT --user=NAME")
+		}
+		left := time.Until(id.Leaf.NotAfter)
+		valid := "valid for " + identity.HumanDuration(left)
+		if left <= 0 {
+			valid = "EXPIRED " + identity.HumanDuration(-left) + " ago: run jg login"
+		}
+		fmt.Printf("Cluster: %s\nProxy:   %s\nUser:    %s\nRoles:   %s\nLogins:  %s\nCerts:   %s (until %s)\n",
+			id.Meta.Cluster, id.Meta.Proxy, id.Meta.Name, strings.Join(id.Meta.Roles, ", "), strings.Join(id.Meta.Logins, ", "), valid, id.Leaf.NotAfter.Local().Format(time.RFC1123))
+		return nil
+	}}
+}
+
+func configCmd() *cobra.Command {
+	return &cobra.Command{Use: "config", Short: "Print an OpenSSH config block for the cluster's nodes", Args: cobra.NoArgs, RunE: func(cmd *cobra.Command, _ []string) error {
+		id, err := loadIdentity()
+		if err != nil {
+			return err
+		}
+		hosts := []string{"*." + id.Meta.Cluster}
+		if cl, err := proxyClient(id); err == nil {
+			if nodes, err := cl.Nodes(cmd.Context()); err == nil {
+				for _, n := range nodes {
+					hosts = append(hosts, n.ID)
+				}
+			}
+			cl.Close()
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			exe = "jg"
+		}
+		d := id.Dir
+		pc := fmt.Sprintf("%q proxy ssh %%r@%%h:%%p", exe)
+		if os.Getenv("JUMPGATE_HOME") != "" {
+			pc = fmt.Sprintf("env JUMPGATE_HOME=%q ", d) + pc
+		}
+		fmt.Printf(`# Jumpgate cluster %[1]s via proxy %[2]s. Add to ~/.ssh/config (re-run after nodes are added,
+# or use NODE.%[1]s, which always matches).
+Host %[3]s
+    ProxyCommand %[4]s
+    IdentityFile "%[5]s/key"
+    CertificateFile "%[5]s/key-cert.pub"
+    UserKnownHostsFile "%[5]s/known_hosts"
+    IdentitiesOnly yes
+    StrictHostKeyChecking yes
+    ServerAliveInterval 15
+`, id.Meta.Cluster, id.Meta.Proxy, strings.Join(hosts, " "), pc, d)
+		return nil
+	}}
+}

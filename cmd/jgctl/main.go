@@ -1,0 +1,336 @@
+// Command jgctl administers a Jumpgate cluster: users, roles, join tokens,
+// nodes and status. It talks to the auth server's API with an admin
+// identity, by default the one the auth server writes to
+// <data-dir>/admin on its machine.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/cmd/internal/creds"
+)
+
+var version = "dev"
+
+type globals struct {
+	auth, identityDir string
+	jsonOut           bool
+}
+
+func main() {
+	g := &globals{}
+	root := &cobra.Command{Use: "jgctl", Short: "Administer a Jumpgate cluster", SilenceUsage: true, SilenceErrors: true}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.auth, "auth", envOr("JUMPGATE_AUTH", "127.0.0.1:3025"), "auth server address ($JUMPGATE_AUTH)")
+	pf.StringVar(&g.identityDir, "identity", envOr("JUMPGATE_ADMIN_IDENTITY", "/var/lib/jumpgate/admin"), "admin identity directory ($JUMPGATE_ADMIN_IDENTITY)")
+	pf.BoolVar(&g.jsonOut, "json", false, "print JSON")
+	root.AddCommand(usersCmd(g), rolesCmd(g), tokensCmd(g), nodesCmd(g), statusCmd(g),
+		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jgctl", version) }})
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "jgctl:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func (g *globals) client() (*authapi.Client, error) {
+	id, err := creds.Load(g.identityDir)
+	if err != nil {
+		return nil, fmt.Errorf("load admin identity from %s: %w (run jgctl on the auth server's machine, or pass --identity)", g.identityDir, err)
+	}
+	if err := identity.CheckValidity(id.Leaf.NotBefore, id.Leaf.NotAfter, time.Now()); err != nil {
+		return nil, fmt.Errorf("admin identity in %s: %w", g.identityDir, err)
+	}
+	return authapi.NewClient(authapi.ClientConfig{Addr: g.auth, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindAuth}}, GetClientCertificate: id.GetClientCertificate})
+}
+
+func (g *globals) printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func table(header string, rows [][]string) error {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+func withClient(g *globals, f func(ctx context.Context, c *authapi.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, err := g.client()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return f(cmd.Context(), c, args)
+	}
+}
+
+func usersCmd(g *globals) *cobra.Command {
+	u := &cobra.Command{Use: "users", Short: "Manage users"}
+	var roles string
+	var pwStdin bool
+	add := &cobra.Command{Use: "add NAME --roles=R1,R2", Short: "Add a user (asks for the password, or --password-stdin)", Args: cobra.ExactArgs(1),
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
+			if roles == "" {
+				return errors.New("--roles is required")
+			}
+			pw, err := readPassword(pwStdin, "Password for "+args[0]+": ")
+			if err != nil {
+				return err
+			}
+			if err := c.CreateUser(ctx, authapi.CreateUserRequest{Name: args[0], Roles: strings.Split(roles, ","), Password: pw}); err != nil {
+				return err
+			}
+			fmt.Printf("User %s added with roles %s.\n", args[0], roles)
+			return nil
+		})}
+	add.Flags().StringVar(&roles, "roles", "", "comma-separated roles")
+	add.Flags().BoolVar(&pwStdin, "password-stdin", false, "read the password from standard input")
+	rm := &cobra.Command{Use: "rm NAME", Short: "Remove a user", Args: cobra.ExactArgs(1),
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
+			if err := c.DeleteUser(ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("User %s removed. Certificates already issued stay valid until they expire.\n", args[0])
+			return nil
+		})}
+	ls := &cobra.Command{Use: "ls", Short: "List users", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			users, err := c.Users(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(users)
+			}
+			var rows [][]string
+			for _, u := range users {
+				rows = append(rows, []string{u.Name, strings.Join(u.Roles, ","), u.Created.Format(time.DateOnly)})
+			}
+			return table("USER\tROLES\tCREATED", rows)
+		})}
+	u.AddCommand(add, rm, ls)
+	return u
+}
+
+func readPassword(stdin bool, prompt string) (string, error) {
+	if stdin {
+		var b [4096]byte
+		n, _ := os.Stdin.Read(b[:])
+		return strings.TrimRight(string(b[:n]), "\r\n"), nil
+	}
+	return promptPassword(prompt)
+}
+
+func rolesCmd(g *globals) *cobra.Command {
+	r := &cobra.Command{Use: "roles", Short: "Manage roles"}
+	var file string
+	apply := &cobra.Command{Use: "apply -f roles.yaml", Short: "Create or replace roles from YAML", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			var data []byte
+			var err error
+			if file == "-" {
+				data, err = readAll(os.Stdin)
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			roles, err := identity.ParseRoles(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", file, err)
+			}
+			if err := c.ApplyRoles(ctx, roles); err != nil {
+				return err
+			}
+			for _, role := range roles {
+				fmt.Printf("role %s applied\n", role.Name)
+			}
+			return nil
+		})}
+	apply.Flags().StringVarP(&file, "file", "f", "", "YAML file with one or more roles (- for stdin)")
+	_ = apply.MarkFlagRequired("file")
+	ls := &cobra.Command{Use: "ls", Short: "List roles", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			roles, err := c.Roles(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(roles)
+			}
+			var rows [][]string
+			for _, r := range roles {
+				rows = append(rows, []string{r.Name, strings.Join(r.Allow.Logins, ","), labelSel(r.Allow.NodeLabels), strings.Join(r.Deny.Logins, ","), labelSel(r.Deny.NodeLabels)})
+			}
+			return table("ROLE\tALLOW LOGINS\tALLOW NODES\tDENY LOGINS\tDENY NODES", rows)
+		})}
+	rm := &cobra.Command{Use: "rm NAME", Short: "Remove a role", Args: cobra.ExactArgs(1),
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
+			if err := c.DeleteRole(ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("Role %s removed.\n", args[0])
+			return nil
+		})}
+	r.AddCommand(apply, ls, rm)
+	return r
+}
+
+func labelSel(l identity.Labels) string {
+	var parts []string
+	for k, v := range l {
+		parts = append(parts, k+"="+strings.Join(v, "|"))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func tokensCmd(g *globals) *cobra.Command {
+	t := &cobra.Command{Use: "tokens", Short: "Manage join tokens"}
+	var kind, labels, proxy string
+	var ttl time.Duration
+	add := &cobra.Command{Use: "add", Short: "Create a one-time join token", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			l := map[string]string{}
+			for _, kv := range strings.Split(labels, ",") {
+				if kv == "" {
+					continue
+				}
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("label %q: want key=value", kv)
+				}
+				l[k] = v
+			}
+			resp, err := c.CreateToken(ctx, authapi.CreateTokenRequest{Kind: identity.Kind(kind), TTL: identity.Duration(ttl), Labels: l})
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(resp)
+			}
+			fmt.Printf("Token %s (id %s, %s) valid until %s.\n", resp.Token, resp.ID, kind, resp.Expires.Local().Format(time.RFC1123))
+			if kind == "node" {
+				fmt.Printf("On the node, run:\n  jumpgate start --roles=node --node-name=NAME --data-dir=/var/lib/jumpgate --proxy=%s --token=%s --ca-pin=%s\n", proxy, resp.Token, resp.CAPin)
+			} else {
+				fmt.Printf("On the proxy, run:\n  jumpgate start --roles=proxy --proxy-id=NAME --data-dir=/var/lib/jumpgate --auth=%s --token=%s --ca-pin=%s\n", g.auth, resp.Token, resp.CAPin)
+			}
+			return nil
+		})}
+	add.Flags().StringVar(&kind, "type", "node", "node or proxy")
+	add.Flags().DurationVar(&ttl, "ttl", 30*time.Minute, "how long the token may be used")
+	add.Flags().StringVar(&labels, "labels", "", "labels given to the node, k=v,k2=v2")
+	add.Flags().StringVar(&proxy, "proxy", "PROXY:3080", "proxy address to put in the printed join command")
+	ls := &cobra.Command{Use: "ls", Short: "List join tokens", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			toks, err := c.Tokens(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(toks)
+			}
+			var rows [][]string
+			for _, t := range toks {
+				st := "unused"
+				if t.UsedBy != "" {
+					st = "used by " + t.UsedBy
+				} else if time.Now().After(t.Expires) {
+					st = "expired"
+				}
+				rows = append(rows, []string{t.ID, string(t.Kind), t.Expires.Local().Format(time.DateTime), st})
+			}
+			return table("ID\tTYPE\tEXPIRES\tSTATE", rows)
+		})}
+	rm := &cobra.Command{Use: "rm ID", Short: "Remove a token", Args: cobra.ExactArgs(1),
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
+			if err := c.DeleteToken(ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("Token %s removed.\n", args[0])
+			return nil
+		})}
+	t.AddCommand(add, ls, rm)
+	return t
+}
+
+func nodesCmd(g *globals) *cobra.Command {
+	n := &cobra.Command{Use: "nodes", Short: "Node inventory"}
+	ls := &cobra.Command{Use: "ls", Short: "List nodes with labels and tunnel state", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			nodes, err := c.Nodes(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(nodes)
+			}
+			var rows [][]string
+			for _, nd := range nodes {
+				tun := "no tunnel"
+				if nd.Online {
+					tun = "up " + identity.HumanDuration(time.Since(nd.Since)) + " via " + strings.Join(nd.Proxies, ",")
+				}
+				var ls []string
+				for k, v := range nd.Labels {
+					ls = append(ls, k+"="+v)
+				}
+				sort.Strings(ls)
+				rows = append(rows, []string{nd.ID, tun, strings.Join(ls, ",")})
+			}
+			return table("NODE\tTUNNEL\tLABELS", rows)
+		})}
+	rm := &cobra.Command{Use: "rm ID", Short: "Remove a node from the inventory", Args: cobra.ExactArgs(1),
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
+			return c.DeleteNode(ctx, args[0])
+		})}
+	n.AddCommand(ls, rm)
+	return n
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "status", Short: "Show cluster status", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			st, err := c.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(st)
+			}
+			raft, _ := json.Marshal(st.Raft)
+			fmt.Printf("Cluster:     %s\nAuth server: %s (version %s)\nRaft:        %s\nUsers: %d  Roles: %d  Nodes: %d (%d with a tunnel)\nCA pin:      %s\n",
+				st.Cluster, st.AuthServer, st.Version, raft, st.Users, st.Roles, st.Nodes, st.Online, strings.Join(st.CAPins, " "))
+			var rows [][]string
+			for _, p := range st.Proxies {
+				rows = append(rows, []string{p.ID, fmt.Sprint(p.Tunnels), identity.HumanDuration(time.Since(p.LastSeen)) + " ago"})
+			}
+			fmt.Println()
+			return table("PROXY\tTUNNELS\tLAST REPORT", rows)
+		})}
+}

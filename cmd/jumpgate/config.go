@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"jumpgate.dev/jumpgate/auth/identity"
+)
+
+// Config is jumpgate.yaml. Flags of `jumpgate start` override its fields.
+//
+//	data_dir: /var/lib/jumpgate
+//	roles: [auth, proxy, node]
+//	log: {level: info, format: text}
+//	diag_listen: 127.0.0.1:3090        # /metrics /healthz /readyz
+//	auth:
+//	  cluster_name: example
+//	  listen: 127.0.0.1:3025
+//	  keystore_passphrase_file: /etc/jumpgate/keystore.pass
+//	  user_cert_ttl: 12h
+//	proxy:
+//	  id: proxy-eu-1
+//	  listen: 0.0.0.0:3080              # TLS on TCP and tunnels (QUIC) on UDP, same port
+//	  public_addrs: [proxy.example.com, 203.0.113.7]
+//	  auth_addr: auth.example.com:3025  # when auth runs elsewhere
+//	  token: <proxy join token>
+//	  ca_pin: sha256:...
+//	node:
+//	  name: db-1
+//	  labels: {env: prod, team: data}
+//	  proxy: proxy.example.com:3080
+//	  token: <node join token>
+//	  ca_pin: sha256:...
+type Config struct {
+	DataDir    string      `yaml:"data_dir"`
+	Roles      []string    `yaml:"roles"`
+	Log        LogConfig   `yaml:"log"`
+	DiagListen string      `yaml:"diag_listen"`
+	AuditLog   string      `yaml:"audit_log"`
+	Auth       AuthConfig  `yaml:"auth"`
+	Proxy      ProxyConfig `yaml:"proxy"`
+	Node       NodeConfig  `yaml:"node"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// AuthConfig configures the auth role.
+type AuthConfig struct {
+	ClusterName            string        `yaml:"cluster_name"`
+	Listen                 string        `yaml:"listen"`
+	KeystorePassphraseFile string        `yaml:"keystore_passphrase_file"`
+	UserCertTTL            time.Duration `yaml:"user_cert_ttl"`
+}
+
+// ProxyConfig configures the proxy role.
+type ProxyConfig struct {
+	ID          string   `yaml:"id"`
+	Listen      string   `yaml:"listen"`
+	PublicAddrs []string `yaml:"public_addrs"`
+	AuthAddr    string   `yaml:"auth_addr"`
+	Token       string   `yaml:"token"`
+	CAPin       string   `yaml:"ca_pin"`
+}
+
+// NodeConfig configures the node role.
+type NodeConfig struct {
+	Name   string            `yaml:"name"`
+	Labels map[string]string `yaml:"labels"`
+	Proxy  string            `yaml:"proxy"`
+	Token  string            `yaml:"token"`
+	CAPin  string            `yaml:"ca_pin"`
+}
+
+// ParseConfig reads a YAML config strictly: unknown keys are errors (a
+// misspelt key silently ignored is how outages start).
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	if len(bytes.TrimSpace(data)) == 0 {
+		return c, nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}
+
+// Has reports whether the config enables role r.
+func (c *Config) Has(r string) bool {
+	for _, x := range c.Roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckAndSetDefaults validates a config after flags were applied.
+func (c *Config) CheckAndSetDefaults() error {
+	if len(c.Roles) == 0 {
+		return errors.New("no roles: give --roles=auth,proxy,node (any combination) or roles: in the config")
+	}
+	for _, r := range c.Roles {
+		if r != "auth" && r != "proxy" && r != "node" {
+			return fmt.Errorf("unknown role %q: want auth, proxy or node", r)
+		}
+	}
+	if c.DataDir == "" {
+		return errors.New("data_dir is required (--data-dir)")
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		return fmt.Errorf("log format %q: want text or json", c.Log.Format)
+	}
+	if c.Has("auth") {
+		if c.Auth.ClusterName == "" {
+			return errors.New("auth: cluster_name is required (--cluster-name)")
+		}
+		if err := identity.CheckName(c.Auth.ClusterName); err != nil {
+			return fmt.Errorf("auth: cluster_name: %w", err)
+		}
+		if c.Auth.Listen == "" {
+			c.Auth.Listen = "127.0.0.1:3025"
+		}
+		if err := checkHostPort("auth.listen", c.Auth.Listen); err != nil {
+			return err
+		}
+	}
+	if c.Has("proxy") {
+		if c.Proxy.ID == "" {
+			return errors.New("proxy: id is required (--proxy-id)")
+		}
+		if err := identity.CheckName(c.Proxy.ID); err != nil {
+			return fmt.Errorf("proxy: id: %w", err)
+		}
+		if c.Proxy.Listen == "" {
+			c.Proxy.Listen = "127.0.0.1:3080"
+		}
+		if err := checkHostPort("proxy.listen", c.Proxy.Listen); err != nil {
+			return err
+		}
+		if !c.Has("auth") && (c.Proxy.AuthAddr == "" || c.Proxy.Token == "" && c.Proxy.CAPin == "") {
+			return errors.New("proxy: without the auth role in this process, auth_addr (--auth) and, on first start, token and ca_pin are required")
+		}
+	}
+	if c.Has("node") {
+		if c.Node.Name == "" {
+			return errors.New("node: name is required (--node-name)")
+		}
+		if err := identity.CheckName(c.Node.Name); err != nil {
+			return fmt.Errorf("node: name: %w", err)
+		}
+		if c.Node.Proxy == "" {
+			if !c.Has("proxy") {
+				return errors.New("node: proxy is required (--proxy host:port)")
+			}
+			c.Node.Proxy = c.Proxy.Listen
+		}
+		if err := checkHostPort("node.proxy", c.Node.Proxy); err != nil {
+			return err
+		}
+		for k, v := range c.Node.Labels {
+			if k == "" || strings.ContainsAny(k+v, ",=\n") {
+				return fmt.Errorf("node: label %q=%q: keys and values may not contain , = or newlines", k, v)
+			}
+		}
+	}
+	return nil
+}
+
+func checkHostPort(what, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s %q: want host:port", what, addr)
+	}
+	return nil
+}
+
+// ParseLabels reads "k=v,k2=v2".
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("label %q: want key=value", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}

@@ -1,0 +1,135 @@
+// Command jumpgate is the Jumpgate daemon: auth server, proxy and node
+// roles in any combination (`jumpgate start`), and a whole cluster on one
+// machine for trying it out (`jumpgate demo`).
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	root := &cobra.Command{Use: "jumpgate", Short: "Jumpgate access proxy daemon", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(startCmd(), demoCmd(), versionCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "jumpgate:", err)
+		os.Exit(1)
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jumpgate", version) }}
+}
+
+func startCmd() *cobra.Command {
+	var (
+		configPath, roles, labels string
+		drain                     time.Duration
+		f                         Config
+	)
+	c := &cobra.Command{
+		Use:   "start",
+		Short: "Run the auth, proxy and/or node roles",
+		Example: `  jumpgate start --roles=auth,proxy --cluster-name=example --data-dir=/var/lib/jumpgate --proxy-id=proxy1
+  jumpgate start --roles=node --node-name=db1 --labels=env=prod --proxy=proxy.example.com:3080 --token=... --ca-pin=sha256:...`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cfg Config
+			if configPath != "" {
+				data, err := os.ReadFile(configPath)
+				if err != nil {
+					return err
+				}
+				if cfg, err = ParseConfig(data); err != nil {
+					return fmt.Errorf("%s: %w", configPath, err)
+				}
+			}
+			fl := cmd.Flags()
+			set := func(name string, dst *string, v string) {
+				if fl.Changed(name) {
+					*dst = v
+				}
+			}
+			if fl.Changed("roles") {
+				cfg.Roles = strings.Split(roles, ",")
+			}
+			set("data-dir", &cfg.DataDir, f.DataDir)
+			set("log-level", &cfg.Log.Level, f.Log.Level)
+			set("log-format", &cfg.Log.Format, f.Log.Format)
+			set("diag-listen", &cfg.DiagListen, f.DiagListen)
+			set("audit-log", &cfg.AuditLog, f.AuditLog)
+			set("cluster-name", &cfg.Auth.ClusterName, f.Auth.ClusterName)
+			set("auth-listen", &cfg.Auth.Listen, f.Auth.Listen)
+			set("proxy-id", &cfg.Proxy.ID, f.Proxy.ID)
+			set("proxy-listen", &cfg.Proxy.Listen, f.Proxy.Listen)
+			set("auth", &cfg.Proxy.AuthAddr, f.Proxy.AuthAddr)
+			set("node-name", &cfg.Node.Name, f.Node.Name)
+			set("proxy", &cfg.Node.Proxy, f.Node.Proxy)
+			if fl.Changed("public-addr") {
+				cfg.Proxy.PublicAddrs = f.Proxy.PublicAddrs
+			}
+			if fl.Changed("token") {
+				cfg.Node.Token, cfg.Proxy.Token = f.Node.Token, f.Node.Token
+			}
+			if fl.Changed("ca-pin") {
+				cfg.Node.CAPin, cfg.Proxy.CAPin = f.Node.CAPin, f.Node.CAPin
+			}
+			if fl.Changed("labels") {
+				l, err := ParseLabels(labels)
+				if err != nil {
+					return err
+				}
+				cfg.Node.Labels = l
+			}
+			if err := cfg.CheckAndSetDefaults(); err != nil {
+				return err
+			}
+			log := newLogger(cfg.Log)
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return run(ctx, cfg, log, drain)
+		},
+	}
+	fl := c.Flags()
+	fl.StringVarP(&configPath, "config", "c", "", "YAML config file (flags override it)")
+	fl.StringVar(&roles, "roles", "", "roles to run: auth, proxy, node (comma-separated)")
+	fl.StringVar(&f.DataDir, "data-dir", "", "where state, keys and certificates live")
+	fl.StringVar(&f.Log.Level, "log-level", "info", "debug, info, warn, error")
+	fl.StringVar(&f.Log.Format, "log-format", "text", "text or json")
+	fl.StringVar(&f.DiagListen, "diag-listen", "", "address for /metrics, /healthz and /readyz (off when empty)")
+	fl.StringVar(&f.AuditLog, "audit-log", "", "audit log file (default <data-dir>/audit.log)")
+	fl.StringVar(&f.Auth.ClusterName, "cluster-name", "", "cluster name (auth, first start)")
+	fl.StringVar(&f.Auth.Listen, "auth-listen", "127.0.0.1:3025", "auth API address")
+	fl.StringVar(&f.Proxy.ID, "proxy-id", "", "this proxy's id")
+	fl.StringVar(&f.Proxy.Listen, "proxy-listen", "127.0.0.1:3080", "proxy address: TLS on TCP, tunnels on UDP")
+	fl.StringSliceVar(&f.Proxy.PublicAddrs, "public-addr", nil, "names and IPs clients use to reach this proxy (go into its certificate)")
+	fl.StringVar(&f.Proxy.AuthAddr, "auth", "", "auth server address, for a proxy without the auth role")
+	fl.StringVar(&f.Node.Name, "node-name", "", "this node's name")
+	fl.StringVar(&labels, "labels", "", "node labels, k=v,k2=v2")
+	fl.StringVar(&f.Node.Proxy, "proxy", "", "proxy address the node dials (host:port)")
+	fl.StringVar(&f.Node.Token, "token", "", "join token (first start only)")
+	fl.StringVar(&f.Node.CAPin, "ca-pin", "", "cluster CA pin, sha256:... (first start only)")
+	fl.DurationVar(&drain, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for live sessions")
+	return c
+}
+
+func newLogger(c LogConfig) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

@@ -1,0 +1,604 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/crypto/ssh"
+
+	"jumpgate.dev/jumpgate/auth/audit"
+	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/ca"
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/auth/keystore"
+	"jumpgate.dev/jumpgate/auth/raftnode"
+	"jumpgate.dev/jumpgate/auth/state"
+	"jumpgate.dev/jumpgate/cmd/internal/creds"
+	"jumpgate.dev/jumpgate/mesh/ingress"
+	"jumpgate.dev/jumpgate/node/sshd"
+	"jumpgate.dev/jumpgate/tunnel/agent"
+	"jumpgate.dev/jumpgate/tunnel/proto"
+	tserver "jumpgate.dev/jumpgate/tunnel/server"
+)
+
+// process holds what one jumpgate process runs, for shutdown and health.
+type process struct {
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	audit   audit.Sink
+	cleanup []func(ctx context.Context) // run in reverse order at shutdown
+	ready   []func() error              // readiness checks for /readyz
+	wg      sync.WaitGroup
+	errc    chan error
+}
+
+func (p *process) onShutdown(f func(ctx context.Context)) { p.cleanup = append(p.cleanup, f) }
+
+// goServe runs a blocking serve function; a failure ends the process.
+func (p *process) goServe(name string, f func() error) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			select {
+			case p.errc <- fmt.Errorf("%s: %w", name, err):
+			default:
+			}
+		}
+	}()
+}
+
+func run(ctx context.Context, cfg Config, log *slog.Logger, shutdownTimeout time.Duration) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	auditPath := cfg.AuditLog
+	if auditPath == "" {
+		auditPath = filepath.Join(cfg.DataDir, "audit.log")
+	}
+	af, err := audit.OpenFile(auditPath)
+	if err != nil {
+		return err
+	}
+	defer af.Close()
+	p := &process{log: log, reg: prometheus.NewRegistry(), errc: make(chan error, 1)}
+	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jumpgate_build_info", Help: "Always 1; labels say the running version and roles."}, []string{"version", "roles"})
+	p.reg.MustRegister(buildInfo)
+	buildInfo.WithLabelValues(version, fmt.Sprint(cfg.Roles)).Set(1)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var authority *ca.Authority
+	if cfg.Has("auth") {
+		p.audit = audit.NewWriter(af, "auth/"+cfg.Auth.ClusterName, log)
+		if authority, err = startAuth(runCtx, p, cfg); err != nil {
+			return shutdownAll(p, err, shutdownTimeout)
+		}
+	}
+	if cfg.Has("proxy") {
+		p.audit = audit.NewWriter(af, "proxy/"+cfg.Proxy.ID, log)
+		if err := startProxy(runCtx, p, cfg, authority); err != nil {
+			return shutdownAll(p, err, shutdownTimeout)
+		}
+	}
+	if cfg.Has("node") {
+		p.audit = audit.NewWriter(af, "node/"+cfg.Node.Name, log)
+		if err := startNode(runCtx, p, cfg); err != nil {
+			return shutdownAll(p, err, shutdownTimeout)
+		}
+	}
+	if cfg.DiagListen != "" {
+		if err := startDiag(p, cfg.DiagListen); err != nil {
+			return shutdownAll(p, err, shutdownTimeout)
+		}
+	}
+	log.Info("jumpgate started", "roles", cfg.Roles, "version", version, "data_dir", cfg.DataDir)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", shutdownTimeout)
+		err = nil
+	case err = <-p.errc:
+		log.Error("fatal", "err", err)
+	}
+	cancel()
+	return shutdownAll(p, err, shutdownTimeout)
+}
+
+func shutdownAll(p *process, cause error, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for i := len(p.cleanup) - 1; i >= 0; i-- {
+		p.cleanup[i](ctx)
+	}
+	p.wg.Wait()
+	return cause
+}
+
+// --- auth ------------------------------------------------------------------
+
+func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, error) {
+	dir := filepath.Join(cfg.DataDir, "auth")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	passFile := cfg.Auth.KeystorePassphraseFile
+	if passFile == "" {
+		passFile = filepath.Join(dir, "keystore.pass")
+	}
+	pass, created, err := keystore.LoadOrCreatePassphrase(passFile)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		p.log.Warn("created a keystore passphrase next to the keys; for production keep it elsewhere (auth.keystore_passphrase_file) or use an HSM", "file", passFile)
+	}
+	ks, err := keystore.NewSoftware(keystore.SoftwareConfig{Dir: filepath.Join(dir, "keys"), Passphrase: pass})
+	if err != nil {
+		return nil, err
+	}
+	hub := authapi.NewHub()
+	var store *state.Store
+	store = state.New(authapi.PublishState(hub, func() *state.Store { return store }))
+	rn, err := raftnode.Open(raftnode.Config{ID: "auth-" + cfg.Auth.ClusterName, Dir: filepath.Join(dir, "raft"), Store: store, Logger: p.log})
+	if err != nil {
+		return nil, err
+	}
+	p.onShutdown(func(context.Context) { rn.Close() })
+	if err := rn.WaitLeader(15 * time.Second); err != nil {
+		return nil, err
+	}
+	if err := rn.Barrier(15 * time.Second); err != nil {
+		return nil, err
+	}
+	var authority *ca.Authority
+	if store.Cluster() == "" {
+		authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks})
+		if err != nil {
+			return nil, err
+		}
+		cas := state.CAs{
+			UserSSH: []string{string(ssh.MarshalAuthorizedKey(authority.UserCAPublic()))},
+			HostSSH: []string{string(ssh.MarshalAuthorizedKey(authority.HostCAPublic()))},
+			TLS:     [][]byte{authority.TLSCACert()},
+		}
+		cmd, _ := state.Encode(state.TypeBootstrap, state.Bootstrap{Cluster: cfg.Auth.ClusterName, CAs: cas})
+		if _, err := rn.Apply(cmd); err != nil {
+			return nil, fmt.Errorf("bootstrap cluster: %w", err)
+		}
+		p.log.Info("created cluster", "cluster", cfg.Auth.ClusterName)
+	} else {
+		if store.Cluster() != cfg.Auth.ClusterName {
+			return nil, fmt.Errorf("data dir %s belongs to cluster %s, not %s", cfg.DataDir, store.Cluster(), cfg.Auth.ClusterName)
+		}
+		var lastErr error
+		for _, der := range store.CAs().TLS {
+			if authority, lastErr = ca.New(ca.Config{ClusterName: store.Cluster(), Keystore: ks, TLSCACert: der}); lastErr == nil {
+				break
+			}
+		}
+		if authority == nil {
+			return nil, lastErr
+		}
+	}
+	_ = hub.Apply(authapi.SnapshotMessage(store))
+	api, err := authapi.NewServer(authapi.ServerConfig{
+		ID: "auth-" + cfg.Auth.ClusterName, Store: store, Hub: hub, Apply: rn.Apply,
+		RaftStats: func() any { return rn.Stats() }, CA: authority, Audit: p.audit, Logger: p.log,
+		Version: version, UserCertTTL: cfg.Auth.UserCertTTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ := net.SplitHostPort(cfg.Auth.Listen)
+	cert, err := newServerCert(authority, identity.Identity{Kind: identity.KindAuth, Name: "auth-" + cfg.Auth.ClusterName, Cluster: store.Cluster()}, []string{host, "localhost"}, 30*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	var certp atomic.Pointer[tls.Certificate]
+	certp.Store(cert)
+	adminDir := filepath.Join(cfg.DataDir, "admin")
+	if err := writeAdminIdentity(authority, store.Cluster(), adminDir); err != nil {
+		return nil, err
+	}
+	// Renew the auth server's certificate and the local admin identity well
+	// before they expire.
+	p.goServe("auth renewals", func() error {
+		t := time.NewTicker(6 * time.Hour)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+			if c, err := newServerCert(authority, identity.Identity{Kind: identity.KindAuth, Name: "auth-" + cfg.Auth.ClusterName, Cluster: store.Cluster()}, []string{host, "localhost"}, 30*24*time.Hour); err == nil {
+				certp.Store(c)
+			}
+			if err := writeAdminIdentity(authority, store.Cluster(), adminDir); err != nil {
+				p.log.Error("renew admin identity", "err", err)
+			}
+		}
+	})
+	ln, err := net.Listen("tcp", cfg.Auth.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("auth listen: %w", err)
+	}
+	srv := &http.Server{Handler: api, TLSConfig: authapi.TLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certp.Load(), nil }, hub.TLSPool),
+		ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)}
+	p.goServe("auth API", func() error { return srv.ServeTLS(ln, "", "") })
+	p.onShutdown(func(ctx context.Context) { srv.Shutdown(ctx) }) //nolint:errcheck
+	p.ready = append(p.ready, func() error {
+		if s := rn.Stats(); s.Leader == "" {
+			return errors.New("auth: raft has no leader")
+		}
+		return nil
+	})
+	p.log.Info("auth server listening", "addr", ln.Addr(), "cluster", store.Cluster(), "admin_identity", adminDir)
+	return authority, nil
+}
+
+// newServerCert issues a TLS server certificate for id with a fresh key,
+// with the CA certificate appended so first-contact clients can check a pin.
+func newServerCert(a *ca.Authority, id identity.Identity, hosts []string, ttl time.Duration) (*tls.Certificate, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	req := ca.TLSRequest{Identity: id, PublicKey: pub, TTL: ttl, Server: true}
+	for _, h := range hosts {
+		if h == "" {
+			continue
+		}
+		if ip := net.ParseIP(h); ip != nil {
+			req.IPs = append(req.IPs, ip)
+		} else {
+			req.DNSNames = append(req.DNSNames, h)
+		}
+	}
+	der, err := a.SignTLS(req)
+	if err != nil {
+		return nil, err
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return &tls.Certificate{Certificate: [][]byte{der, a.TLSCACert()}, PrivateKey: priv, Leaf: leaf}, nil
+}
+
+// writeAdminIdentity writes a 24h admin identity for jgctl on this machine.
+func writeAdminIdentity(a *ca.Authority, cluster, dir string) error {
+	k, err := creds.NewKeys()
+	if err != nil {
+		return err
+	}
+	id := identity.Identity{Kind: identity.KindAdmin, Name: "admin", Cluster: cluster}
+	der, err := a.SignTLS(ca.TLSRequest{Identity: id, PublicKey: k.TLS.Public(), TTL: 24 * time.Hour})
+	if err != nil {
+		return err
+	}
+	c := &authapi.Credentials{Cluster: cluster, Name: "admin", TLSCert: ca.PEMCert(der), Expires: time.Now().Add(24 * time.Hour), CAs: authapi.CABundle{TLS: ca.PEMCert(a.TLSCACert())}}
+	return creds.Save(dir, k, c, creds.Meta{Kind: string(identity.KindAdmin)})
+}
+
+// --- proxy -----------------------------------------------------------------
+
+type offlineError struct{ error }
+
+func (offlineError) Offline() bool   { return true }
+func (e offlineError) Unwrap() error { return e.error }
+
+func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Authority) error {
+	host, _, _ := net.SplitHostPort(cfg.Proxy.Listen)
+	hosts := append([]string{host, "localhost"}, cfg.Proxy.PublicAddrs...)
+	var (
+		cert     *tls.Certificate
+		pool     func() *x509.CertPool
+		authAddr = cfg.Proxy.AuthAddr
+		cluster  = cfg.Auth.ClusterName
+	)
+	if authority != nil {
+		// Same process as the auth server: issue directly.
+		id := identity.Identity{Kind: identity.KindProxy, Name: cfg.Proxy.ID, Cluster: cfg.Auth.ClusterName}
+		c, err := newServerCert(authority, id, hosts, 30*24*time.Hour)
+		if err != nil {
+			return err
+		}
+		cert = c
+		caPool := x509.NewCertPool()
+		caLeaf, _ := x509.ParseCertificate(authority.TLSCACert())
+		caPool.AddCert(caLeaf)
+		pool = func() *x509.CertPool { return caPool }
+		if authAddr == "" {
+			authAddr = cfg.Auth.Listen
+		}
+	} else {
+		id, err := loadOrJoin(ctx, filepath.Join(cfg.DataDir, "proxy"), authAddr, cfg.Proxy.Token, cfg.Proxy.CAPin, identity.KindAuth, authapi.JoinRequest{Kind: identity.KindProxy, Name: cfg.Proxy.ID, DNSNames: dnsOnly(hosts), IPs: ipsOnly(hosts)})
+		if err != nil {
+			return err
+		}
+		if err := id.WithChain(); err != nil {
+			return err
+		}
+		cert, pool, cluster = &id.TLS, id.RootCAs, id.Meta.Cluster
+	}
+	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }
+	upstream, err := authapi.NewClient(authapi.ClientConfig{Addr: authAddr, Trust: authapi.TrustConfig{RootCAs: pool, Kinds: []identity.Kind{identity.KindAuth}},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }})
+	if err != nil {
+		return err
+	}
+	cache := authapi.NewHub()
+	p.goServe("proxy cache", func() error {
+		authapi.Follow(ctx, cache, upstream.OpenWatch, func(err error) {
+			if err != nil {
+				p.log.Warn("watch stream from auth broke; retrying", "auth", authAddr, "err", err)
+			} else {
+				p.log.Info("proxy cache in sync with auth", "auth", authAddr)
+			}
+		})
+		return nil
+	})
+	presenceKick := make(chan struct{}, 1)
+	tsrv, err := tserver.New(tserver.Config{
+		ProxyID: cfg.Proxy.ID, ClusterName: cluster, GetCertificate: getCert, ClientCAs: cache.TLSPool,
+		OnTunnel: func(tserver.TunnelEvent) {
+			select {
+			case presenceKick <- struct{}{}:
+			default:
+			}
+		},
+		Logger: p.log.With("component", "tunnel"), Metrics: p.reg,
+	})
+	if err != nil {
+		return err
+	}
+	udp, err := net.ListenPacket("udp", cfg.Proxy.Listen)
+	if err != nil {
+		return fmt.Errorf("proxy tunnel listen (UDP %s): %w", cfg.Proxy.Listen, err)
+	}
+	p.goServe("tunnel server", func() error { return tsrv.Serve(udp) })
+	p.onShutdown(func(ctx context.Context) { tsrv.Shutdown(ctx) }) //nolint:errcheck
+	online := func(node string) bool {
+		for _, n := range tsrv.Nodes() {
+			if n.ID == node {
+				return true
+			}
+		}
+		return false
+	}
+	ing, err := ingress.New(ingress.Config{
+		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: online, Version: version,
+		Dialer: ingress.NodeDialerFunc(func(ctx context.Context, node string, user identity.Identity, clientAddr string) (net.Conn, error) {
+			c, err := tsrv.Dial(ctx, node, proto.DialRequest{Version: proto.Version, ClientAddr: clientAddr, User: user.Name})
+			if errors.Is(err, tserver.ErrNodeOffline) {
+				return nil, offlineError{err}
+			}
+			return c, err
+		}),
+		Audit: p.audit, Logger: p.log.With("component", "ingress"), Metrics: p.reg,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Proxy.Listen)
+	if err != nil {
+		return fmt.Errorf("proxy listen (TCP %s): %w", cfg.Proxy.Listen, err)
+	}
+	p.goServe("proxy ingress", func() error { return ing.Serve(ln) })
+	p.onShutdown(func(ctx context.Context) { ing.Shutdown(ctx) }) //nolint:errcheck
+	p.goServe("presence", func() error {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			var rep authapi.PresenceReport
+			rep.TTL = identity.Duration(30 * time.Second)
+			for _, n := range tsrv.Nodes() {
+				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedAt})
+			}
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := upstream.ReportPresence(rctx, rep); err != nil && ctx.Err() == nil {
+				p.log.Warn("report tunnels to auth", "err", err)
+			}
+			cancel()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			case <-presenceKick:
+			}
+		}
+	})
+	p.ready = append(p.ready, func() error {
+		select {
+		case <-cache.Ready():
+			return nil
+		default:
+			return errors.New("proxy: cache not yet synced with auth")
+		}
+	})
+	p.log.Info("proxy listening", "proxy", cfg.Proxy.ID, "addr", ln.Addr(), "tunnels", udp.LocalAddr())
+	return nil
+}
+
+func dnsOnly(hosts []string) (out []string) {
+	for _, h := range hosts {
+		if h != "" && net.ParseIP(h) == nil {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+func ipsOnly(hosts []string) (out []string) {
+	for _, h := range hosts {
+		if net.ParseIP(h) != nil {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// loadOrJoin loads the identity in dir, or redeems token at addr (trusting
+// the server by pin) and saves the result.
+func loadOrJoin(ctx context.Context, dir, addr, token, pin string, serverKind identity.Kind, req authapi.JoinRequest) (*creds.Identity, error) {
+	id, err := creds.Load(dir)
+	if err == nil {
+		if id.Meta.Name != req.Name {
+			return nil, fmt.Errorf("%s holds the identity of %s %s, not %s: use another data dir or remove it", dir, id.Meta.Kind, id.Meta.Name, req.Name)
+		}
+		if time.Now().After(id.Leaf.NotAfter) {
+			return nil, fmt.Errorf("the certificate in %s expired %s ago: remove %s and join again with a new token", dir, identity.HumanDuration(time.Since(id.Leaf.NotAfter)), dir)
+		}
+		return id, nil
+	}
+	if !errors.Is(err, creds.ErrNotLoggedIn) {
+		return nil, err
+	}
+	if token == "" {
+		return nil, fmt.Errorf("%s has no identity yet: give a join token (--token) from jgctl tokens add", dir)
+	}
+	if pin == "" {
+		return nil, errors.New("give the cluster's CA pin (--ca-pin sha256:...) with the join token: jgctl tokens add prints both")
+	}
+	k, err := creds.NewKeys()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := authapi.NewClient(authapi.ClientConfig{Addr: addr, Trust: authapi.TrustConfig{CAPin: pin, Kinds: []identity.Kind{serverKind}}})
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	req.Token, req.TLSPublic = token, k.TLSPublic()
+	if req.Kind == identity.KindNode {
+		req.SSHPublic = k.SSHPublic()
+	}
+	c, err := cl.Join(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("join cluster via %s: %w", addr, err)
+	}
+	if err := creds.Save(dir, k, c, creds.Meta{Kind: string(req.Kind), Proxy: addr, CAPin: pin}); err != nil {
+		return nil, err
+	}
+	return creds.Load(dir)
+}
+
+// --- node ------------------------------------------------------------------
+
+func startNode(ctx context.Context, p *process, cfg Config) error {
+	id, err := loadOrJoin(ctx, filepath.Join(cfg.DataDir, "node"), cfg.Node.Proxy, cfg.Node.Token, cfg.Node.CAPin, identity.KindProxy,
+		authapi.JoinRequest{Kind: identity.KindNode, Name: cfg.Node.Name, Labels: cfg.Node.Labels})
+	if err != nil {
+		return err
+	}
+	hostSigner, err := id.CertSigner()
+	if err != nil {
+		return err
+	}
+	cl, err := authapi.NewClient(authapi.ClientConfig{Addr: cfg.Node.Proxy, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}},
+		GetClientCertificate: id.GetClientCertificate})
+	if err != nil {
+		return err
+	}
+	cache := authapi.NewHub()
+	p.goServe("node cache", func() error {
+		authapi.Follow(ctx, cache, cl.OpenWatch, func(err error) {
+			if err != nil {
+				p.log.Warn("watch stream from proxy broke; retrying", "proxy", cfg.Node.Proxy, "err", err)
+			} else {
+				p.log.Info("node cache in sync", "proxy", cfg.Node.Proxy)
+			}
+		})
+		return nil
+	})
+	labels := cfg.Node.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	srv, err := sshd.New(sshd.Config{
+		NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
+		HostSigner: func() (ssh.Signer, error) { return hostSigner, nil },
+		UserCAs:    cache.UserCAs,
+		Authorize: func(user identity.Identity, login string) error {
+			return identity.CheckLogin(user.Roles, cache.Role, id.Meta.Name, labels, login)
+		},
+		Audit: p.audit, Logger: p.log.With("component", "sshd"), Metrics: p.reg,
+	})
+	if err != nil {
+		return err
+	}
+	ag, err := agent.New(agent.Config{
+		ProxyAddrs: []string{cfg.Node.Proxy}, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
+		Labels:               func() map[string]string { return labels },
+		GetClientCertificate: id.GetClientCertificate, RootCAs: id.RootCAs,
+		Logger: p.log.With("component", "agent"), Metrics: p.reg,
+	})
+	if err != nil {
+		return err
+	}
+	p.goServe("node agent", func() error {
+		// Serve users only once the node knows the roles and CAs.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-cache.Ready():
+		}
+		return ag.Run(ctx)
+	})
+	p.goServe("node sshd", func() error { return srv.Serve(ag) })
+	p.onShutdown(func(ctx context.Context) {
+		srv.Shutdown(ctx) //nolint:errcheck
+		ag.Close()
+	})
+	p.ready = append(p.ready, func() error {
+		for _, st := range ag.Status() {
+			if st.State == agent.StateConnected {
+				return nil
+			}
+		}
+		return errors.New("node: no tunnel connected")
+	})
+	p.log.Info("node started", "node", id.Meta.Name, "proxy", cfg.Node.Proxy, "labels", labels)
+	return nil
+}
+
+// --- diagnostics -------------------------------------------------------------
+
+func startDiag(p *process, addr string) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		for _, check := range p.ready {
+			if err := check(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("diag listen: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	p.goServe("diag", func() error { return srv.Serve(ln) })
+	p.onShutdown(func(ctx context.Context) { srv.Shutdown(ctx) }) //nolint:errcheck
+	p.log.Info("diagnostics listening", "addr", ln.Addr())
+	return nil
+}

@@ -1,0 +1,137 @@
+// Package ingress is the proxy's client-facing listener: one TCP port,
+// TLS 1.3, routed by ALPN.
+//
+//   - ALPN "jumpgate-dial/1": an SSH dial for jg and `jg proxy ssh`
+//     (OpenSSH's ProxyCommand). The client must present its Jumpgate user
+//     certificate.
+//   - ALPN "http/1.1" (or none): the HTTPS API: login and join (forwarded to
+//     the auth server), node listing for users, and the watch stream that
+//     feeds nodes' caches, served from this proxy's own cache.
+//
+// # Dial protocol (ALPN jumpgate-dial/1)
+//
+//	client → proxy   one line of JSON: {"v":1,"node":"node1","login":"alice"}\n
+//	proxy  → client  one line of JSON: {"v":1,"ok":true,"node":"node1","path":"local"}\n
+//	                 or {"v":1,"code":"denied","error":"access denied: ..."}\n
+//	then             raw bytes both ways: the client's SSH connection, end to
+//	                 end with the node. The proxy never sees inside it.
+//
+// A line is at most MaxLineBytes. v is the protocol version; a server
+// answers a request with a newer v with code "version". Codes: "denied"
+// (roles), "unknown" (no such node), "offline" (no tunnel), "version",
+// "bad_request", "unavailable" (the proxy is not ready).
+package ingress
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// ALPN protocol names.
+const (
+	ALPNDial = "jumpgate-dial/1"
+	ALPNHTTP = "http/1.1"
+)
+
+// DialVersion is the dial protocol version this package speaks.
+const DialVersion = 1
+
+// MaxLineBytes bounds a dial request or response line.
+const MaxLineBytes = 4096
+
+// DialRequest is the client's first line.
+type DialRequest struct {
+	V     int    `json:"v"`
+	Node  string `json:"node"`
+	Login string `json:"login,omitempty"`
+}
+
+// DialResponse is the proxy's answer.
+type DialResponse struct {
+	V     int    `json:"v"`
+	OK    bool   `json:"ok,omitempty"`
+	Node  string `json:"node,omitempty"`
+	Path  string `json:"path,omitempty"` // "local": this proxy holds the tunnel
+	Code  string `json:"code,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Dial error codes.
+const (
+	CodeDenied      = "denied"
+	CodeUnknown     = "unknown"
+	CodeOffline     = "offline"
+	CodeVersion     = "version"
+	CodeBadRequest  = "bad_request"
+	CodeUnavailable = "unavailable"
+)
+
+// DialError is a refused dial as the client sees it.
+type DialError struct {
+	Code    string
+	Message string
+}
+
+func (e *DialError) Error() string { return e.Message }
+
+// WriteLine writes v as one JSON line.
+func WriteLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if len(b)+1 > MaxLineBytes {
+		return fmt.Errorf("dial line is %d bytes, limit %d", len(b)+1, MaxLineBytes)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// ReadLine reads one JSON line of at most MaxLineBytes into v. It reads
+// byte-exact from r (through a bufio.Reader the caller keeps, so bytes after
+// the line are not lost).
+func ReadLine(r *bufio.Reader, v any) error {
+	var line []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > MaxLineBytes {
+			return fmt.Errorf("dial line longer than %d bytes", MaxLineBytes)
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if errors.Is(err, io.EOF) && len(line) == 0 {
+			return io.EOF
+		}
+		return fmt.Errorf("read dial line: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed dial line: %w", err)
+	}
+	return nil
+}
+
+// ParseDialRequest validates a request read with ReadLine.
+func ParseDialRequest(r *bufio.Reader) (DialRequest, *DialResponse) {
+	var req DialRequest
+	if err := ReadLine(r, &req); err != nil {
+		return req, &DialResponse{V: DialVersion, Code: CodeBadRequest, Error: "not a Jumpgate dial request: " + err.Error()}
+	}
+	if req.V != DialVersion {
+		return req, &DialResponse{V: DialVersion, Code: CodeVersion, Error: fmt.Sprintf("dial protocol version %d is not supported by this proxy (it speaks %d): upgrade the proxy or use a matching jg", req.V, DialVersion)}
+	}
+	if req.Node == "" || len(req.Node) > 255 {
+		return req, &DialResponse{V: DialVersion, Code: CodeBadRequest, Error: "dial request names no node"}
+	}
+	return req, nil
+}

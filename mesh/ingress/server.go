@@ -1,0 +1,559 @@
+package ingress
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"jumpgate.dev/jumpgate/auth/audit"
+	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/identity"
+)
+
+// NodeDialer opens a byte stream to a node's SSH server. It exists so that
+// ingress does not depend on how tunnels work (tunnel/ and mesh/ do not
+// import each other; cmd/ joins them).
+type NodeDialer interface {
+	DialNode(ctx context.Context, node string, user identity.Identity, clientAddr string) (net.Conn, error)
+}
+
+// NodeDialerFunc adapts a function to NodeDialer.
+type NodeDialerFunc func(ctx context.Context, node string, user identity.Identity, clientAddr string) (net.Conn, error)
+
+// DialNode calls f.
+func (f NodeDialerFunc) DialNode(ctx context.Context, node string, user identity.Identity, clientAddr string) (net.Conn, error) {
+	return f(ctx, node, user, clientAddr)
+}
+
+// Upstream is the auth server, as far as the proxy forwards to it.
+type Upstream interface {
+	Login(ctx context.Context, req authapi.LoginRequest) (*authapi.Credentials, error)
+	Join(ctx context.Context, req authapi.JoinRequest) (*authapi.Credentials, error)
+}
+
+// OfflineError is implemented by dial errors that mean "the node has no
+// tunnel", so ingress can answer with CodeOffline.
+type OfflineError interface {
+	error
+	Offline() bool
+}
+
+// Config configures the ingress server.
+type Config struct {
+	ProxyID        string
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// Cache is this proxy's copy of roles, nodes and CAs (fed by a watch
+	// stream from auth). Its TLS pool verifies client certificates.
+	Cache    *authapi.Hub
+	Upstream Upstream
+	Dialer   NodeDialer
+	// Online reports whether a node has a tunnel reachable from this proxy.
+	Online  func(node string) bool
+	Version string
+	Audit   audit.Sink
+	Logger  *slog.Logger
+	Metrics prometheus.Registerer
+	// HandshakeTimeout bounds the TLS handshake and the dial line (10s).
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds reaching the node (15s).
+	DialTimeout time.Duration
+}
+
+func (c *Config) checkAndSetDefaults() error {
+	switch {
+	case c.ProxyID == "":
+		return errors.New("ingress: ProxyID is required")
+	case c.GetCertificate == nil:
+		return errors.New("ingress: GetCertificate is required")
+	case c.Cache == nil:
+		return errors.New("ingress: Cache is required")
+	case c.Upstream == nil:
+		return errors.New("ingress: Upstream is required")
+	case c.Dialer == nil:
+		return errors.New("ingress: Dialer is required")
+	}
+	if c.Online == nil {
+		c.Online = func(string) bool { return false }
+	}
+	if c.Audit == nil {
+		c.Audit = audit.Discard
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 15 * time.Second
+	}
+	return nil
+}
+
+// Server is the client-facing listener.
+type Server struct {
+	cfg     Config
+	tls     *tls.Config
+	http    *http.Server
+	httpL   *chanListener
+	metrics *metrics
+
+	ctx    context.Context // cancelled by Close: ends every session
+	cancel context.CancelFunc
+
+	mu        sync.Mutex // guards following
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closing   bool
+	wg        sync.WaitGroup // connection handlers
+}
+
+type metrics struct {
+	dials    *prometheus.CounterVec
+	dialTime prometheus.Histogram
+	sessions prometheus.Gauge
+	bytes    *prometheus.CounterVec
+	tlsFail  prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		dials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_dials_total", Help: "Client dials to nodes by outcome (ok, denied, unknown, offline, error) and path (local)."}, []string{"outcome", "path"}),
+		dialTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jumpgate_proxy_dial_duration_seconds", Help: "Time from a client's dial request to the node stream being open.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jumpgate_proxy_sessions_active", Help: "Client connections currently forwarded to nodes."}),
+		bytes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_forwarded_bytes_total", Help: "Bytes forwarded between clients and nodes, by direction (to_node, to_client)."}, []string{"direction"}),
+		tlsFail:  prometheus.NewCounter(prometheus.CounterOpts{Name: "jumpgate_proxy_tls_handshake_failures_total", Help: "Client connections that failed the TLS handshake (garbage, wrong CA, expired certificate)."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.dials, m.dialTime, m.sessions, m.bytes, m.tlsFail)
+	}
+	return m
+}
+
+// New builds the server. Serve starts it.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.checkAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, metrics: newMetrics(cfg.Metrics), listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	base := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: cfg.GetCertificate, NextProtos: []string{ALPNDial, ALPNHTTP}}
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := base.Clone()
+		c.GetConfigForClient = nil
+		c.ClientAuth = tls.VerifyClientCertIfGiven
+		c.ClientCAs = cfg.Cache.TLSPool()
+		return c, nil
+	}
+	s.tls = base
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ping", s.ping)
+	mux.HandleFunc("POST /v1/login", s.login)
+	mux.HandleFunc("POST /v1/join", s.join)
+	mux.HandleFunc("GET /v1/watch", s.watch)
+	mux.HandleFunc("GET /v1/nodes", s.nodes)
+	s.httpL = newChanListener()
+	s.http = &http.Server{
+		Handler:           http.MaxBytesHandler(mux, 1<<20),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+	}
+	go s.http.Serve(s.httpL) //nolint:errcheck // ends with ErrServerClosed
+	return s, nil
+}
+
+// Serve accepts client connections on l until Shutdown or Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	var tempDelay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return fmt.Errorf("ingress: accept: %w", err)
+		}
+		tempDelay = 0
+		if !s.track(c, true) {
+			c.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(c)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+	return true
+}
+
+func (s *Server) handle(raw net.Conn) {
+	tc := tls.Server(raw, s.tls)
+	_ = raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	if err := tc.HandshakeContext(s.ctx); err != nil {
+		s.metrics.tlsFail.Inc()
+		s.cfg.Logger.Debug("client TLS handshake failed", "remote", raw.RemoteAddr(), "err", err)
+		raw.Close()
+		s.track(raw, false)
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == ALPNDial {
+		defer s.track(raw, false)
+		defer tc.Close()
+		s.handleDial(tc)
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	// The HTTP server owns the connection from here; it is closed by
+	// http.Server's own shutdown.
+	s.track(raw, false)
+	if !s.httpL.push(tc) {
+		tc.Close()
+	}
+}
+
+func (s *Server) handleDial(tc *tls.Conn) {
+	start := time.Now()
+	remote := tc.RemoteAddr().String()
+	br := bufio.NewReaderSize(tc, 4096)
+	req, bad := ParseDialRequest(br)
+	ev := audit.Event{Type: audit.DialDenied, Node: req.Node, Login: req.Login, RemoteAddr: remote}
+	refuse := func(r *DialResponse) {
+		s.metrics.dials.WithLabelValues(r.Code, "").Inc()
+		ev.Error = r.Error
+		if r.Code != CodeBadRequest && r.Code != CodeVersion {
+			s.cfg.Audit.Emit(ev)
+		}
+		s.cfg.Logger.Info("dial refused", "user", ev.User, "node", req.Node, "remote", remote, "code", r.Code, "err", r.Error)
+		_ = WriteLine(tc, r)
+	}
+	if bad != nil {
+		refuse(bad)
+		return
+	}
+	chains := tc.ConnectionState().VerifiedChains
+	if len(chains) == 0 {
+		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: "no valid client certificate: run jg login"})
+		return
+	}
+	user, err := identity.FromX509(chains[0][0])
+	if err == nil && user.Kind != identity.KindUser {
+		err = fmt.Errorf("a %s certificate cannot dial nodes", user.Kind)
+	}
+	if err == nil && user.Cluster != s.cfg.Cache.Cluster() {
+		err = fmt.Errorf("certificate is for cluster %s, this proxy serves %s: run jg login", user.Cluster, s.cfg.Cache.Cluster())
+	}
+	if err != nil {
+		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: err.Error()})
+		return
+	}
+	ev.User, ev.Roles = user.Name, user.Roles
+	node, ok := s.cfg.Cache.Node(req.Node)
+	if !ok {
+		ev.Type = audit.DialFailed
+		refuse(&DialResponse{V: DialVersion, Code: CodeUnknown, Error: fmt.Sprintf("node %s is not known to cluster %s: jg ls lists the nodes you can reach", req.Node, s.cfg.Cache.Cluster())})
+		return
+	}
+	if err := identity.CanReachNode(user.Roles, s.cfg.Cache.Role, node.ID, node.Labels); err != nil {
+		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: err.Error()})
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	nc, err := s.cfg.Dialer.DialNode(ctx, node.ID, user, remote)
+	cancel()
+	if err != nil {
+		ev.Type = audit.DialFailed
+		code := CodeOffline
+		var oe OfflineError
+		if !errors.As(err, &oe) || !oe.Offline() {
+			code = "error"
+		}
+		refuse(&DialResponse{V: DialVersion, Code: code, Error: err.Error()})
+		return
+	}
+	defer nc.Close()
+	_ = tc.SetDeadline(time.Time{})
+	if err := WriteLine(tc, &DialResponse{V: DialVersion, OK: true, Node: node.ID, Path: "local"}); err != nil {
+		return
+	}
+	s.metrics.dials.WithLabelValues("ok", "local").Inc()
+	s.metrics.dialTime.Observe(time.Since(start).Seconds())
+	ev.Type, ev.Error = audit.DialOK, ""
+	s.cfg.Audit.Emit(ev)
+	s.metrics.sessions.Inc()
+	defer s.metrics.sessions.Dec()
+	// Bytes the client sent right behind its dial line are in br's buffer.
+	var client io.Reader = tc
+	if br.Buffered() > 0 {
+		client = io.MultiReader(io.LimitReader(br, int64(br.Buffered())), tc)
+	}
+	Pipe(tc, client, nc, s.metrics.bytes.WithLabelValues("to_node"), s.metrics.bytes.WithLabelValues("to_client"))
+}
+
+// Pipe copies client→node and node→client until both directions end,
+// propagating half-closes. Counters may be nil.
+func Pipe(clientConn net.Conn, client io.Reader, node net.Conn, toNode, toClient prometheus.Counter) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, _ := copyBuf(node, client)
+		if toNode != nil {
+			toNode.Add(float64(n))
+		}
+		closeWrite(node)
+	}()
+	n, _ := copyBuf(clientConn, node)
+	if toClient != nil {
+		toClient.Add(float64(n))
+	}
+	closeWrite(clientConn)
+	<-done
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// copyBuf is io.Copy with pooled 64 KiB buffers: larger than io.Copy's
+// 32 KiB, which halves the syscalls and TLS records per MiB forwarded.
+func copyBuf(dst io.Writer, src io.Reader) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return io.CopyBuffer(dst, src, *bp)
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() == nil {
+			return
+		}
+	}
+	c.Close()
+}
+
+// --- HTTPS API ---------------------------------------------------------------
+
+func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
+	authapi.WriteJSON(w, http.StatusOK, map[string]string{"cluster": s.cfg.Cache.Cluster(), "proxy": s.cfg.ProxyID, "version": s.cfg.Version, "api": authapi.Version})
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	var req authapi.LoginRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	req.ClientAddr = r.RemoteAddr
+	creds, err := s.cfg.Upstream.Login(r.Context(), req)
+	if err != nil {
+		forwardError(w, err)
+		return
+	}
+	authapi.WriteJSON(w, http.StatusOK, creds)
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	var req authapi.JoinRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	creds, err := s.cfg.Upstream.Join(r.Context(), req)
+	if err != nil {
+		forwardError(w, err)
+		return
+	}
+	authapi.WriteJSON(w, http.StatusOK, creds)
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		authapi.WriteError(w, http.StatusBadRequest, "malformed request body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func forwardError(w http.ResponseWriter, err error) {
+	var ae *authapi.APIError
+	if errors.As(err, &ae) {
+		authapi.WriteError(w, ae.Code, ae.Message)
+		return
+	}
+	authapi.WriteError(w, http.StatusBadGateway, "auth server unreachable from this proxy: "+err.Error())
+}
+
+func (s *Server) caller(w http.ResponseWriter, r *http.Request, kinds ...identity.Kind) (identity.Identity, bool) {
+	id, err := authapi.Caller(r, s.cfg.Cache.Cluster())
+	if err != nil {
+		authapi.WriteError(w, http.StatusUnauthorized, err.Error())
+		return id, false
+	}
+	for _, k := range kinds {
+		if id.Kind == k {
+			return id, true
+		}
+	}
+	authapi.WriteError(w, http.StatusForbidden, fmt.Sprintf("%s may not call %s", id, r.URL.Path))
+	return id, false
+}
+
+func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.caller(w, r, identity.KindNode); !ok {
+		return
+	}
+	select {
+	case <-s.cfg.Cache.Ready():
+	default:
+		authapi.WriteError(w, http.StatusServiceUnavailable, "this proxy has not synced with the auth server yet: retry")
+		return
+	}
+	s.cfg.Cache.ServeWatch(w, r)
+}
+
+func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
+	user, ok := s.caller(w, r, identity.KindUser)
+	if !ok {
+		return
+	}
+	out := []authapi.NodeStatus{}
+	for _, n := range s.cfg.Cache.Nodes() {
+		if identity.CanReachNode(user.Roles, s.cfg.Cache.Role, n.ID, n.Labels) != nil {
+			continue
+		}
+		out = append(out, authapi.NodeStatus{ID: n.ID, Labels: n.Labels, Joined: n.Joined, Online: s.cfg.Online(n.ID)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	authapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// Shutdown stops accepting, then waits for live sessions to end until ctx
+// expires, and then closes them.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+	s.httpL.Close()
+	stop := context.AfterFunc(ctx, s.cancel)
+	defer stop()
+	herr := s.http.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.closeConns()
+		<-done
+	}
+	s.cancel()
+	if herr != nil && !errors.Is(herr, context.Canceled) && !errors.Is(herr, context.DeadlineExceeded) {
+		return herr
+	}
+	return ctx.Err()
+}
+
+// Close stops everything at once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.httpL.Close()
+	s.http.Close()
+	s.closeConns()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+}
+
+// CAPool is a helper for tests: the pool the server verifies clients with.
+func (s *Server) CAPool() *x509.CertPool { return s.cfg.Cache.TLSPool() }
+
+// chanListener hands already-accepted TLS connections to http.Server.
+type chanListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
