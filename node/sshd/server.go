@@ -106,6 +106,8 @@ type Server struct {
 	metrics *metrics
 	self    selfUser // the OS user the node runs as
 
+	sftpSearch []string // where to look for an SFTP helper if none is configured
+
 	// ctx is canceled by Close, or by Shutdown when its context ends: every
 	// connection closes and every process is killed.
 	ctx    context.Context
@@ -134,14 +136,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
-		cfg:       cfg,
-		log:       cfg.Logger.With("node", cfg.NodeID),
-		metrics:   m,
-		self:      self,
-		ctx:       ctx,
-		cancel:    cancel,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*serverConn]struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With("node", cfg.NodeID),
+		metrics:    m,
+		self:       self,
+		sftpSearch: sftpServerPaths(),
+		ctx:        ctx,
+		cancel:     cancel,
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[*serverConn]struct{}),
 	}, nil
 }
 

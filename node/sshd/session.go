@@ -504,7 +504,7 @@ func (s *Server) sftpHelper(login string) ([]string, error) {
 	if len(s.cfg.SFTPHelper) > 0 {
 		return s.cfg.SFTPHelper, nil
 	}
-	for _, p := range sftpServerPaths() {
+	for _, p := range s.sftpSearch {
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
 			return []string{p}, nil
 		}

@@ -1,0 +1,114 @@
+package state
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"jumpgate.dev/jumpgate/auth/identity"
+)
+
+func mustApply(t *testing.T, s *Store, idx uint64, typ Type, body any) any {
+	t.Helper()
+	cmd, err := Encode(typ, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Apply(idx, cmd)
+	if err != nil {
+		t.Fatalf("apply %d: %v", typ, err)
+	}
+	return res
+}
+
+func TestCommands(t *testing.T) {
+	var events []Event
+	s := New(func(_ uint64, evs []Event) { events = append(events, evs...) })
+	mustApply(t, s, 1, TypeBootstrap, Bootstrap{Cluster: "c1", CAs: CAs{UserSSH: []string{"k"}}})
+	mustApply(t, s, 2, TypeUpsertRole, UpsertRole{Role: identity.Role{Name: "dev"}})
+	mustApply(t, s, 3, TypeUpsertUser, UpsertUser{User: User{Name: "alice", Roles: []string{"dev"}, PasswordHash: "h"}, Create: true})
+	// A failing command changes nothing and reports why.
+	cmd, _ := Encode(TypeUpsertUser, UpsertUser{User: User{Name: "alice"}, Create: true})
+	if _, err := s.Apply(4, cmd); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("duplicate user: %v", err)
+	}
+	if u, _ := s.User("alice"); u.PasswordHash != "h" {
+		t.Fatal("failed command changed state")
+	}
+	if s.Index() != 4 {
+		t.Fatalf("index %d", s.Index())
+	}
+	// Unknown commands: skipped with the flag, an error without.
+	if _, err := s.Apply(5, []byte{byte(0x7f), '{', '}'}); !errors.Is(err, ErrUnknownCommand) {
+		t.Fatalf("unknown command: %v", err)
+	}
+	if _, err := s.Apply(6, []byte{byte(0x7f | FlagIgnorable), '{', '}'}); err != nil {
+		t.Fatalf("ignorable unknown command: %v", err)
+	}
+	if len(events) != 3 || events[2].Kind != KindRole {
+		t.Fatalf("events: %+v", events)
+	}
+}
+
+func TestTokens(t *testing.T) {
+	s := New(nil)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	hash := strings.Repeat("ab", 32)
+	mustApply(t, s, 1, TypeCreateToken, CreateToken{Token: Token{Hash: hash, Kind: identity.KindNode, Expires: now.Add(time.Hour), Created: now}})
+	consume := func(idx uint64, kind identity.Kind, at time.Time) error {
+		cmd, _ := Encode(TypeConsumeToken, ConsumeToken{Hash: hash, Kind: kind, Name: "n1", Now: at})
+		_, err := s.Apply(idx, cmd)
+		return err
+	}
+	if err := consume(2, identity.KindProxy, now); err == nil || !strings.Contains(err.Error(), "not a proxy") {
+		t.Fatalf("wrong kind: %v", err)
+	}
+	if err := consume(3, identity.KindNode, now.Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired 1h ago") {
+		t.Fatalf("expired: %v", err)
+	}
+	if err := consume(4, identity.KindNode, now.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := consume(5, identity.KindNode, now.Add(2*time.Minute)); err == nil || !strings.Contains(err.Error(), "already used by n1") {
+		t.Fatalf("reuse: %v", err)
+	}
+}
+
+func TestSnapshotRestore(t *testing.T) {
+	s := New(nil)
+	mustApply(t, s, 1, TypeBootstrap, Bootstrap{Cluster: "c1"})
+	mustApply(t, s, 2, TypeUpsertNode, UpsertNode{Node: Node{ID: "n1", Labels: map[string]string{"env": "dev"}}})
+	b, idx, err := s.Snapshot()
+	if err != nil || idx != 2 {
+		t.Fatal(err, idx)
+	}
+	reset := false
+	s2 := New(func(_ uint64, evs []Event) { reset = evs[0].Op == "reset" })
+	if err := s2.Restore(b); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := s2.Node("n1"); !ok || n.Labels["env"] != "dev" || s2.Cluster() != "c1" || s2.Index() != 2 || !reset {
+		t.Fatalf("restored: %+v %v", n, s2.Cluster())
+	}
+	if err := s2.Restore([]byte(`{"version":9}`)); err == nil {
+		t.Fatal("future snapshot version accepted")
+	}
+}
+
+func FuzzApply(f *testing.F) {
+	for _, c := range []struct {
+		t Type
+		b any
+	}{{TypeBootstrap, Bootstrap{Cluster: "c"}}, {TypeUpsertRole, UpsertRole{Role: identity.Role{Name: "r"}}}, {TypeDeleteToken, DeleteToken{ID: "abcdef"}}} {
+		cmd, _ := Encode(c.t, c.b)
+		f.Add(cmd)
+	}
+	f.Fuzz(func(t *testing.T, cmd []byte) {
+		s := New(nil)
+		_, _ = s.Apply(1, cmd)
+		if _, _, err := s.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseConfig(t *testing.T) {
+	c, err := ParseConfig([]byte("data_dir: /tmp/x\nroles: [auth, proxy]\nauth: {cluster_name: prod}\nproxy: {id: p1}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckAndSetDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Auth.Listen != "127.0.0.1:3025" || c.Proxy.Listen != "127.0.0.1:3080" || !c.Has("proxy") {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+	if _, err := ParseConfig([]byte("data_dri: /tmp\n")); err == nil || !strings.Contains(err.Error(), "data_dri") {
+		t.Fatalf("misspelt key not reported: %v", err)
+	}
+	bad := []string{
+		"roles: [auth]\ndata_dir: /x\n",                                       // no cluster name
+		"roles: [wizard]\ndata_dir: /x\n",                                     // unknown role
+		"roles: [node]\ndata_dir: /x\nnode: {name: n1}\n",                     // no proxy
+		"roles: [node]\ndata_dir: /x\nnode: {name: 'bad name', proxy: a:1}\n", // bad name
+		"roles: [auth]\ndata_dir: /x\nauth: {cluster_name: c, listen: nope}\n",
+	}
+	for _, b := range bad {
+		c, err := ParseConfig([]byte(b))
+		if err == nil {
+			err = c.CheckAndSetDefaults()
+		}
+		if err == nil {
+			t.Errorf("config accepted:\n%s", b)
+		}
+	}
+}
+
+func TestParseLabels(t *testing.T) {
+	l, err := ParseLabels("env=prod, team=db")
+	if err != nil || l["env"] != "prod" || l["team"] != "db" {
+		t.Fatalf("%v %v", l, err)
+	}
+	if _, err := ParseLabels("env"); err == nil {
+		t.Fatal("label without = accepted")
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte("data_dir: /var/lib/jumpgate\nroles: [auth, proxy, node]\nauth: {cluster_name: c}\nproxy: {id: p}\nnode: {name: n, labels: {a: b}}\n"))
+	f.Add([]byte("roles: !!binary AAAA\n"))
+	f.Add([]byte("{{{{"))
+	f.Add([]byte("auth:\n  user_cert_ttl: 12h\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig(b)
+		if err != nil {
+			return
+		}
+		_ = c.CheckAndSetDefaults()
+	})
+}
