@@ -365,7 +365,7 @@ func sshCmd() *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			sc, chans, reqs, err := ssh.NewClientConn(conn, node, &ssh.ClientConfig{User: login, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)}, HostKeyCallback: hkcb, BannerCallback: func(msg string) error {
+			sc, chans, reqs, err := ssh.NewClientConn(conn, net.JoinHostPort(node, "22"), &ssh.ClientConfig{User: login, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)}, HostKeyCallback: hkcb, BannerCallback: func(msg string) error {
 				fmt.Fprint(os.Stderr, msg)
 				return nil
 			}, Timeout: 20 * time.Second})

@@ -408,7 +408,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 			var rep authapi.PresenceReport
 			rep.TTL = identity.Duration(30 * time.Second)
 			for _, n := range tsrv.Nodes() {
-				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedAt})
+				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedSince})
 			}
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if err := upstream.ReportPresence(rctx, rep); err != nil && ctx.Err() == nil {

@@ -175,10 +175,11 @@ func (s *Server) refuse(st *authState, cm ssh.ConnMetadata, err error) error {
 		ae = &authError{reason: reasonOther, event: audit.AuthFailed, err: err, msg: "login failed: run jg login and try again"}
 	}
 	if ae.plainKey {
-		// OpenSSH offers the plain key after its certificate; one event
-		// per connection says enough, and the certificate's refusal is
-		// the message that matters.
-		if st.plainKeySeen {
+		// OpenSSH offers the plain key after a refused certificate, and
+		// may offer several agent keys: the first refusal of a plain key
+		// is counted and explained, unless a certificate's refusal, the
+		// message that matters, was already.
+		if st.plainKeySeen || st.bannerShown {
 			return ae
 		}
 		st.plainKeySeen = true
@@ -201,9 +202,6 @@ func (s *Server) refuse(st *authState, cm ssh.ConnMetadata, err error) error {
 	s.log.Info("refused ssh login", attrs...)
 	s.cfg.Audit.Emit(e)
 
-	if ae.plainKey && st.bannerShown {
-		return ae
-	}
 	st.bannerShown = true
 	return &ssh.BannerError{Err: ae, Message: "jumpgate: " + ae.msg + "\n"}
 }

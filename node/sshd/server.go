@@ -106,7 +106,9 @@ type Server struct {
 	metrics *metrics
 	self    selfUser // the OS user the node runs as
 
-	sftpSearch []string // where to look for an SFTP helper if none is configured
+	sftpSearch []string      // where to look for an SFTP helper if none is configured
+	waitDelay  time.Duration // see defaultWaitDelay; shorter in tests
+	ptyDrain   time.Duration // see defaultPTYDrain; shorter in tests
 
 	// ctx is canceled by Close, or by Shutdown when its context ends: every
 	// connection closes and every process is killed.
@@ -141,6 +143,8 @@ func New(cfg Config) (*Server, error) {
 		metrics:    m,
 		self:       self,
 		sftpSearch: sftpServerPaths(),
+		waitDelay:  defaultWaitDelay,
+		ptyDrain:   defaultPTYDrain,
 		ctx:        ctx,
 		cancel:     cancel,
 		listeners:  make(map[net.Listener]struct{}),
@@ -320,6 +324,7 @@ type serverConn struct {
 
 	mu       sync.Mutex // guards following
 	active   int        // open channels
+	sessions int        // open session channels
 	draining bool
 }
 
@@ -382,20 +387,33 @@ func (c *serverConn) drain() {
 	}
 }
 
-// acquire counts a new channel; false when the connection is draining.
-func (c *serverConn) acquire() bool {
+// maxSessions is how many session channels one connection may have open,
+// as OpenSSH's MaxSessions. Port forwards are not limited.
+const maxSessions = 10
+
+// acquire counts a new channel; it returns the reason to refuse it, if any.
+func (c *serverConn) acquire(session bool) (ssh.RejectionReason, string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.draining {
-		return false
+		return ssh.Prohibited, fmt.Sprintf("node %s is shutting down: reconnect in a moment", c.srv.cfg.NodeID), false
+	}
+	if session && c.sessions >= maxSessions {
+		return ssh.ResourceShortage, fmt.Sprintf("this connection already has %d sessions open: close one or open another connection", maxSessions), false
 	}
 	c.active++
-	return true
+	if session {
+		c.sessions++
+	}
+	return 0, "", true
 }
 
-func (c *serverConn) release() {
+func (c *serverConn) release(session bool) {
 	c.mu.Lock()
 	c.active--
+	if session {
+		c.sessions--
+	}
 	idle := c.draining && c.active == 0
 	c.mu.Unlock()
 	if idle {
@@ -427,13 +445,14 @@ func (c *serverConn) handleChannel(nch ssh.NewChannel) {
 		c.reject(nch, ssh.UnknownChannelType, fmt.Sprintf("channel type %q is not supported by Jumpgate", nch.ChannelType()))
 		return
 	}
-	if !c.acquire() {
-		c.reject(nch, ssh.Prohibited, fmt.Sprintf("node %s is shutting down: reconnect in a moment", c.srv.cfg.NodeID))
+	session := nch.ChannelType() == "session"
+	if reason, msg, ok := c.acquire(session); !ok {
+		c.reject(nch, reason, msg)
 		return
 	}
 	c.wg.Go(func() {
-		defer c.release()
-		if nch.ChannelType() == "session" {
+		defer c.release(session)
+		if session {
 			c.handleSession(nch)
 		} else {
 			c.handleDirectTCPIP(nch)

@@ -23,14 +23,14 @@ import (
 )
 
 const (
-	// waitDelay bounds how long a finished program's leftovers hold the
-	// session: a background job that keeps stdout open (no PTY), or a
-	// process that survives SIGKILL of its group for a moment.
-	waitDelay = 5 * time.Second
-	// ptyDrainTimeout bounds reading the terminal after the shell exits:
+	// defaultWaitDelay bounds how long a finished program's leftovers
+	// hold the session: a background job that keeps stdout open (no PTY),
+	// or a process that survives SIGKILL of its group for a moment.
+	defaultWaitDelay = 5 * time.Second
+	// defaultPTYDrain bounds reading the terminal after the shell exits:
 	// its last output is read in full, but a background job that keeps the
 	// terminal open does not keep the session.
-	ptyDrainTimeout = time.Second
+	defaultPTYDrain = time.Second
 )
 
 // session is one "session" channel: at most one program (shell, exec
@@ -57,6 +57,12 @@ type session struct {
 	proc    *exec.Cmd // nil before start and for in-process SFTP
 	ptmx    *os.File  // terminal master, when the program has a PTY
 
+	// startReplied is closed once the client has the reply to its shell, exec
+	// or subsystem request: a fast program's exit status and channel
+	// close must not overtake the reply, or the client sees the channel
+	// gone before it learns the program started.
+	startReplied chan struct{}
+
 	bytesIn, bytesOut atomic.Int64
 	exitCode          int // set by the waiter; read after wg.Wait
 }
@@ -76,7 +82,7 @@ func (c *serverConn) handleSession(nch ssh.NewChannel) {
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
-	s := &session{c: c, ch: ch, id: newSessionID(), ctx: ctx, cancel: cancel}
+	s := &session{c: c, ch: ch, id: newSessionID(), ctx: ctx, cancel: cancel, startReplied: make(chan struct{})}
 	s.log = c.log.With("session", s.id)
 
 	m := c.srv.metrics
@@ -115,7 +121,7 @@ func (s *session) event(typ string) audit.Event {
 // handleRequest serves one channel request. Reply does nothing when the
 // client wants none.
 func (s *session) handleRequest(req *ssh.Request) {
-	ok := false
+	ok, starts := false, false
 	switch req.Type {
 	case "pty-req":
 		ok = s.handlePtyReq(req.Payload)
@@ -123,6 +129,7 @@ func (s *session) handleRequest(req *ssh.Request) {
 		ok = s.handleEnv(req.Payload)
 	case "shell":
 		ok = s.handleStart("shell", "")
+		starts = ok
 	case "exec":
 		cmd, err := parseExec(req.Payload)
 		if err != nil {
@@ -131,6 +138,7 @@ func (s *session) handleRequest(req *ssh.Request) {
 			break
 		}
 		ok = s.handleStart("exec", cmd)
+		starts = ok
 	case "subsystem":
 		name, err := parseSubsystem(req.Payload)
 		if err != nil || name != "sftp" {
@@ -139,6 +147,7 @@ func (s *session) handleRequest(req *ssh.Request) {
 			break
 		}
 		ok = s.handleStart("sftp", "")
+		starts = ok
 	case "window-change":
 		ok = s.handleWindowChange(req.Payload)
 	case "signal":
@@ -150,6 +159,9 @@ func (s *session) handleRequest(req *ssh.Request) {
 	}
 	if err := req.Reply(ok, nil); err != nil {
 		s.log.Debug("reply to channel request", "type", req.Type, "err", err)
+	}
+	if starts {
+		close(s.startReplied)
 	}
 }
 
@@ -315,7 +327,7 @@ func (s *session) startProcess(login osLogin, path string, args []string, withPt
 		// The group's id is the leader's pid (Setpgid or Setsid).
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
-	cmd.WaitDelay = waitDelay
+	cmd.WaitDelay = s.c.srv.waitDelay
 	startErr := func(err error) error {
 		return fmt.Errorf("could not start %s as %s on node %s (%v): ask an administrator to check the login's shell and home directory", path, login.Name, s.c.srv.cfg.NodeID, err)
 	}
@@ -346,7 +358,7 @@ func (s *session) startProcess(login osLogin, path string, args []string, withPt
 		})
 		s.wg.Go(func() {
 			err := cmd.Wait()
-			if err := ptmx.SetReadDeadline(time.Now().Add(ptyDrainTimeout)); err != nil {
+			if err := ptmx.SetReadDeadline(time.Now().Add(s.c.srv.ptyDrain)); err != nil {
 				ptmx.Close()
 			}
 			<-outDone
@@ -408,7 +420,7 @@ func (s *session) finish(ps *os.ProcessState, err error) {
 		}
 	}
 	if errors.Is(err, exec.ErrWaitDelay) {
-		s.log.Info("session program exited but left its output open; closed it", "wait_delay", waitDelay)
+		s.log.Info("session program exited but left its output open; closed it", "wait_delay", s.c.srv.waitDelay)
 	}
 	code := 255
 	var sig *exitSignal
@@ -431,6 +443,7 @@ func (s *session) finish(ps *os.ProcessState, err error) {
 // sendExit sends exit-signal if sig is set, else exit-status, then EOF and
 // close (RFC 4254 section 6.10). Errors mean the client is gone.
 func (s *session) sendExit(st exitStatus, sig *exitSignal) {
+	<-s.startReplied
 	var err error
 	if sig != nil {
 		_, err = s.ch.SendRequest("exit-signal", false, ssh.Marshal(sig))

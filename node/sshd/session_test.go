@@ -405,3 +405,30 @@ func TestGarbageDoesNotStopServer(t *testing.T) {
 		t.Fatalf("stalled connection was not closed at the handshake timeout: %v", err)
 	}
 }
+
+func TestSessionLimit(t *testing.T) {
+	e := newTestEnv(t)
+	c := e.client()
+	for i := 0; i < maxSessions; i++ {
+		s, err := c.NewSession()
+		if err != nil {
+			t.Fatalf("session %d: %v", i+1, err)
+		}
+		defer s.Close()
+	}
+	_, err := c.NewSession()
+	if err == nil || !strings.Contains(err.Error(), "already has 10 sessions open") {
+		t.Fatalf("session %d: %v, want refused", maxSessions+1, err)
+	}
+	// Port forwards are not sessions.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conn, err := c.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("port forward with the sessions full: %v", err)
+	}
+	conn.Close()
+}

@@ -12,7 +12,6 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"jumpgate.dev/jumpgate/auth/identity"
-	"jumpgate.dev/jumpgate/tunnel/proto"
 )
 
 // Config configures an Agent. Zero durations, sizes and windows take the
@@ -54,7 +53,9 @@ type Config struct {
 	// timeout (10s) so that the user gets this reason, not a timeout.
 	AcceptTimeout time.Duration
 	// AcceptBacklog is how many dials may wait for Accept at once; more are
-	// refused at once. Default 128.
+	// refused at once. Default 1024: a burst of sessions (a deploy tool
+	// fanning out) must not be refused while the SSH server's accept loop
+	// catches up; like a TCP listen backlog, it only bounds memory.
 	AcceptBacklog int
 	// KeepAlivePeriod is how often the agent pings an idle tunnel; it keeps
 	// NAT mappings open. Default 5s (NATs drop idle UDP mappings after as
@@ -86,7 +87,7 @@ const (
 	DefaultMaxBackoff              = 15 * time.Second
 	DefaultHandshakeTimeout        = 10 * time.Second
 	DefaultAcceptTimeout           = 5 * time.Second
-	DefaultAcceptBacklog           = 128
+	DefaultAcceptBacklog           = 1024
 	DefaultKeepAlivePeriod         = 5 * time.Second
 	DefaultMaxIdleTimeout          = 15 * time.Second
 	DefaultStreamReceiveWindow     = 16 << 20

@@ -27,6 +27,7 @@ const (
 
 type metrics struct {
 	connectedProxies prometheus.Gauge
+	pendingDials     prometheus.Gauge
 	connects         *prometheus.CounterVec
 	dials            *prometheus.CounterVec
 }
@@ -36,6 +37,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		connectedProxies: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "jumpgate_tunnel_agent_connected_proxies",
 			Help: "Proxies this node holds a reverse tunnel to.",
+		}),
+		pendingDials: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "jumpgate_tunnel_agent_pending_dials",
+			Help: "Dials waiting for the node's SSH server to accept them; persistently above zero means the server is slow or not running.",
 		}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "jumpgate_tunnel_agent_connects_total",
@@ -53,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.dials.WithLabelValues(o)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connectedProxies, m.connects, m.dials} {
+		for _, c := range []prometheus.Collector{m.connectedProxies, m.pendingDials, m.connects, m.dials} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register tunnel agent metrics: %w", err)
 			}

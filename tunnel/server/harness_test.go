@@ -1,0 +1,391 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/quic-go/quic-go"
+
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/tunnel/agent"
+	"jumpgate.dev/jumpgate/tunnel/proto"
+	"jumpgate.dev/jumpgate/tunnel/server"
+	"jumpgate.dev/jumpgate/tunnel/server/servertest"
+)
+
+func TestMain(m *testing.M) { servertest.MainLeakCheck(m) }
+
+const (
+	cluster = "prod"
+	waitFor = 10 * time.Second
+)
+
+// logBuf collects log output; it is printed if the test fails.
+type logBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// count returns how many lines contain all of words.
+func (l *logBuf) count(words ...string) int {
+	n := 0
+	for _, line := range strings.Split(l.String(), "\n") {
+		ok := line != ""
+		for _, w := range words {
+			ok = ok && strings.Contains(line, w)
+		}
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+func newLogger(t testing.TB, name string) (*slog.Logger, *logBuf) {
+	lb := &logBuf{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, lb.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
+}
+
+// env is one proxy with its PKI.
+type env struct {
+	t     *testing.T
+	ca    *servertest.CA
+	proxy *proxy
+}
+
+// proxy is a running tunnel server.
+type proxy struct {
+	srv    *server.Server
+	pc     net.PacketConn
+	addr   string
+	reg    *prometheus.Registry
+	log    *logBuf
+	served chan error
+	once   sync.Once
+
+	mu     sync.Mutex
+	events []server.TunnelEvent
+}
+
+func newEnv(t *testing.T, mutate ...func(*server.Config)) *env {
+	t.Helper()
+	e := &env{t: t, ca: servertest.NewCA(t, "prod TLS CA")}
+	e.proxy = e.startProxy("127.0.0.1:0", mutate...)
+	return e
+}
+
+func (e *env) startProxy(addr string, mutate ...func(*server.Config)) *proxy {
+	t := e.t
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := e.ca.Issue(t, identity.Identity{Kind: identity.KindProxy, Name: "p1", Cluster: cluster})
+	p := &proxy{pc: pc, addr: pc.LocalAddr().String(), reg: prometheus.NewRegistry(), served: make(chan error, 1)}
+	var logger *slog.Logger
+	logger, p.log = newLogger(t, "proxy "+p.addr)
+	cfg := server.Config{
+		ProxyID:        "p1",
+		ClusterName:    cluster,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil },
+		ClientCAs:      e.ca.Pool,
+		OnTunnel: func(ev server.TunnelEvent) {
+			p.mu.Lock()
+			p.events = append(p.events, ev)
+			p.mu.Unlock()
+		},
+		Logger:  logger,
+		Metrics: p.reg,
+	}
+	for _, f := range mutate {
+		f(&cfg)
+	}
+	p.srv, err = server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.served <- p.srv.Serve(pc) }()
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+// stop closes the proxy and its socket; it may be called more than once.
+func (p *proxy) stop(t testing.TB) {
+	p.once.Do(func() {
+		p.srv.Close()
+		if err := <-p.served; !errors.Is(err, server.ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+		p.pc.Close()
+	})
+}
+
+func (p *proxy) eventsSnapshot() []server.TunnelEvent {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]server.TunnelEvent(nil), p.events...)
+}
+
+// hasNode reports whether nodeID is connected, optionally through the
+// given number of tunnels.
+func (p *proxy) hasNode(nodeID string) bool {
+	for _, n := range p.srv.Nodes() {
+		if n.ID == nodeID {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *proxy) metric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	return gatherValue(t, p.reg, name, labels...)
+}
+
+func gatherValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if !labelsMatch(m.GetLabel(), labels) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	t.Fatalf("metric %s%v not found", name, labels)
+	return 0
+}
+
+func labelsMatch(have []*dto.LabelPair, want []string) bool {
+	for i := 0; i+1 < len(want); i += 2 {
+		found := false
+		for _, l := range have {
+			if l.GetName() == want[i] && l.GetValue() == want[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// nodeCert issues a node certificate of this env's CA.
+func (e *env) nodeCert(name string) *tls.Certificate {
+	return e.ca.Issue(e.t, identity.Identity{Kind: identity.KindNode, Name: name, Cluster: cluster})
+}
+
+// agentConfig is a config for node nodeID with cert, pointed at the proxy.
+func (e *env) agentConfig(nodeID string, cert *tls.Certificate) agent.Config {
+	logger, _ := newLogger(e.t, "agent "+nodeID)
+	return agent.Config{
+		ProxyAddrs:           []string{e.proxy.addr},
+		NodeID:               nodeID,
+		ClusterName:          cluster,
+		Labels:               func() map[string]string { return map[string]string{"env": "test"} },
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil },
+		RootCAs:              e.ca.Pool,
+		Version:              "test-1.0",
+		MinBackoff:           10 * time.Millisecond,
+		MaxBackoff:           100 * time.Millisecond,
+		Logger:               logger,
+	}
+}
+
+// runAgent starts an agent; it is closed at the end of the test.
+func runAgent(t *testing.T, cfg agent.Config) *agent.Agent {
+	t.Helper()
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background()) }()
+	t.Cleanup(func() {
+		a.Close()
+		if err := <-done; !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Run returned %v, want net.ErrClosed", err)
+		}
+	})
+	return a
+}
+
+// startAgent runs a good agent for nodeID and waits until the proxy has it.
+func (e *env) startAgent(nodeID string, mutate ...func(*agent.Config)) *agent.Agent {
+	e.t.Helper()
+	cfg := e.agentConfig(nodeID, e.nodeCert(nodeID))
+	for _, f := range mutate {
+		f(&cfg)
+	}
+	a := runAgent(e.t, cfg)
+	servertest.WaitFor(e.t, waitFor, "node "+nodeID+" to connect", func() bool { return e.proxy.hasNode(nodeID) })
+	return a
+}
+
+// serveEcho accepts connections from ln and echoes each one back, then
+// half-closes it. Each accepted conn is also sent on accepted, if not nil.
+func serveEcho(t *testing.T, ln net.Listener, accepted chan<- net.Conn) {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if accepted != nil {
+				accepted <- c
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(interface{ CloseWrite() error }).CloseWrite()
+				io.Copy(io.Discard, c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+}
+
+// echoRoundTrip writes payload on c, half-closes, and checks it all comes
+// back followed by EOF.
+func echoRoundTrip(t testing.TB, c net.Conn, payload []byte) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echo returned %d bytes, want %d identical bytes", len(got), len(payload))
+	}
+}
+
+// echoOnce exchanges one message on an open conn without closing it.
+func echoOnce(t testing.TB, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(waitFor))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatalf("write on live conn: %v", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+		t.Fatalf("echo on live conn = %q, %v", buf, err)
+	}
+}
+
+// rawTunnel is a hand-made agent speaking the protocol directly, to play
+// parts a well-behaved agent never plays.
+type rawTunnel struct {
+	qc  *quic.Conn
+	ack proto.HelloAck
+}
+
+func dialRaw(t testing.TB, addr string, cert *tls.Certificate, hello proto.Hello) (*rawTunnel, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	qc, err := dialRawNoHello(ctx, addr, cert)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	r := &rawTunnel{qc: qc}
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return r, err
+	}
+	if err := proto.WriteMessage(st, hello); err != nil {
+		return r, err
+	}
+	r.ack, err = proto.Expect[proto.HelloAck](st)
+	st.Close()
+	return r, err
+}
+
+func dialRawNoHello(ctx context.Context, addr string, cert *tls.Certificate) (*quic.Conn, error) {
+	tc := &tls.Config{
+		NextProtos:         []string{proto.ALPN},
+		InsecureSkipVerify: true, // this test client trusts the test proxy
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return cert, nil
+		},
+	}
+	return quic.DialAddr(ctx, addr, tc, &quic.Config{MaxIncomingStreams: 1000})
+}
+
+// answerDial accepts one dial on the raw tunnel and answers it with resp.
+func (r *rawTunnel) answerDial(t testing.TB, resp proto.DialResponse) (*quic.Stream, proto.DialRequest) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	st, err := r.qc.AcceptStream(ctx)
+	if err != nil {
+		t.Fatalf("raw tunnel: accept stream: %v", err)
+	}
+	req, err := proto.Expect[proto.DialRequest](st)
+	if err != nil {
+		t.Fatalf("raw tunnel: read DialRequest: %v", err)
+	}
+	if err := proto.WriteMessage(st, resp); err != nil {
+		t.Fatalf("raw tunnel: write DialResponse: %v", err)
+	}
+	return st, req
+}
