@@ -33,7 +33,7 @@ import (
 type ServerConfig struct {
 	ID        string // this auth server's id
 	Store     *state.Store
-	Hub       *Hub                         // fed from Store by the caller (see PublishState)
+	Hub       *Hub                          // fed from Store by the caller (see PublishState)
 	Apply     func(cmd []byte) (any, error) // replicate a command through raft
 	RaftStats func() any
 	CA        *ca.Authority

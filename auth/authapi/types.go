@@ -98,8 +98,8 @@ type NodeStatus struct {
 
 // PresenceReport is a proxy's full list of tunnels it holds.
 type PresenceReport struct {
-	Proxy string           `json:"proxy"`
-	Nodes []NodePresence   `json:"nodes"`
+	Proxy string            `json:"proxy"`
+	Nodes []NodePresence    `json:"nodes"`
 	TTL   identity.Duration `json:"ttl"` // how long the report stays valid
 }
 
