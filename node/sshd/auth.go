@@ -187,12 +187,12 @@ func (s *Server) refuse(st *authState, cm ssh.ConnMetadata, err error) error {
 
 	e := s.auditEvent(ae.event)
 	e.Login = cm.User()
-	e.RemoteAddr = cm.RemoteAddr().String()
+	e.RemoteAddr = addrString(cm.RemoteAddr())
 	e.Error = ae.msg
 	e.User = ae.user
 	e.Roles = ae.roles
 	s.metrics.authFailures.WithLabelValues(string(ae.reason)).Inc()
-	attrs := []any{"login", cm.User(), "remote", cm.RemoteAddr().String(), "reason", string(ae.reason), "why", ae.msg}
+	attrs := []any{"login", cm.User(), "remote", addrString(cm.RemoteAddr()), "reason", string(ae.reason), "why", ae.msg}
 	if ae.user != "" {
 		attrs = append(attrs, "user", ae.user)
 	}

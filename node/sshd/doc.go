@@ -45,8 +45,10 @@
 // the server sends "exit-status" (or "exit-signal" if a signal killed it),
 // EOF, and closes the channel. With a PTY the program runs in a new session
 // on the terminal; without one it gets pipes, stderr going to the
-// channel's extended data. Each session has a random id, set in
-// JUMPGATE_SESSION_ID next to HOME, USER, LOGNAME, SHELL, PATH and TERM.
+// channel's extended data. Each session has a random id (16 bytes, in
+// hex), set in JUMPGATE_SESSION_ID next to HOME, USER, LOGNAME, SHELL,
+// PATH, TERM, JUMPGATE_USER, JUMPGATE_CLUSTER and JUMPGATE_NODE. A
+// connection may have 10 sessions open at once, as OpenSSH's MaxSessions.
 //
 // "direct-tcpip" channels (ssh -L), if the certificate has
 // permit-port-forwarding, dial the target from the node with DialTimeout

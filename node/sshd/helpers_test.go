@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -367,6 +368,29 @@ func (o *output) waitFor(t *testing.T, s string) string {
 		case <-changed:
 		case <-deadline.C:
 			t.Fatalf("no %q in output after %v: %q", s, waitLimit, text)
+		}
+	}
+}
+
+// waitForMatch waits until the output matches re and returns the match.
+func (o *output) waitForMatch(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.NewTimer(waitLimit)
+	defer deadline.Stop()
+	for {
+		o.mu.Lock()
+		text, err, changed := o.buf.String(), o.err, o.changed
+		o.mu.Unlock()
+		if m := re.FindStringSubmatch(text); m != nil {
+			return m
+		}
+		if err != nil {
+			t.Fatalf("output ended (%v) without a match for %s: %q", err, re, text)
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("no match for %s in output after %v: %q", re, waitLimit, text)
 		}
 	}
 }

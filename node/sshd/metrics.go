@@ -18,8 +18,6 @@ const (
 	reasonOther        failReason = "other"         // plain keys, malformed certificates, OS login problems
 )
 
-var allReasons = []failReason{reasonExpired, reasonUnknownCA, reasonWrongCluster, reasonPrincipal, reasonDenied, reasonOther}
-
 // metrics are the server's Prometheus collectors. They always exist, and are
 // registered only when Config.Metrics is set.
 type metrics struct {
@@ -43,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "SSH logins refused by this node, by reason.",
 		}, []string{"reason"}),
 	}
-	for _, r := range allReasons {
+	for _, r := range []failReason{reasonExpired, reasonUnknownCA, reasonWrongCluster, reasonPrincipal, reasonDenied, reasonOther} {
 		m.authFailures.WithLabelValues(string(r)) // export zeros so rates work from the start
 	}
 	if reg == nil {

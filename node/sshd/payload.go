@@ -179,21 +179,22 @@ func parseSubsystem(payload []byte) (string, error) {
 	return s.Name, nil
 }
 
-// signals are the signal names of RFC 4254 section 6.10, without "SIG".
-var signals = map[string]syscall.Signal{
-	"ABRT": syscall.SIGABRT,
-	"ALRM": syscall.SIGALRM,
-	"FPE":  syscall.SIGFPE,
-	"HUP":  syscall.SIGHUP,
-	"ILL":  syscall.SIGILL,
-	"INT":  syscall.SIGINT,
-	"KILL": syscall.SIGKILL,
-	"PIPE": syscall.SIGPIPE,
-	"QUIT": syscall.SIGQUIT,
-	"SEGV": syscall.SIGSEGV,
-	"TERM": syscall.SIGTERM,
-	"USR1": syscall.SIGUSR1,
-	"USR2": syscall.SIGUSR2,
+// rfcSignals lists the signals of RFC 4254 section 6.10 with their names
+// (without "SIG"). A function, not a package variable: no mutable globals.
+func rfcSignals() []struct {
+	name string
+	sig  syscall.Signal
+} {
+	return []struct {
+		name string
+		sig  syscall.Signal
+	}{
+		{"ABRT", syscall.SIGABRT}, {"ALRM", syscall.SIGALRM}, {"FPE", syscall.SIGFPE},
+		{"HUP", syscall.SIGHUP}, {"ILL", syscall.SIGILL}, {"INT", syscall.SIGINT},
+		{"KILL", syscall.SIGKILL}, {"PIPE", syscall.SIGPIPE}, {"QUIT", syscall.SIGQUIT},
+		{"SEGV", syscall.SIGSEGV}, {"TERM", syscall.SIGTERM}, {"USR1", syscall.SIGUSR1},
+		{"USR2", syscall.SIGUSR2},
+	}
 }
 
 // parseSignal parses a signal payload into a signal the server delivers.
@@ -202,19 +203,21 @@ func parseSignal(payload []byte) (syscall.Signal, error) {
 	if err := ssh.Unmarshal(payload, &s); err != nil {
 		return 0, fmt.Errorf("parse signal: %w", err)
 	}
-	sig, ok := signals[strings.TrimPrefix(s.Name, "SIG")]
-	if !ok {
-		return 0, fmt.Errorf("parse signal: unknown signal %.20q", s.Name)
+	name := strings.TrimPrefix(s.Name, "SIG")
+	for _, rs := range rfcSignals() {
+		if rs.name == name {
+			return rs.sig, nil
+		}
 	}
-	return sig, nil
+	return 0, fmt.Errorf("parse signal: unknown signal %.20q", s.Name)
 }
 
 // signalName is the RFC 4254 name of sig, or "" if it has none; exit-signal
 // falls back to exit-status for those.
 func signalName(sig syscall.Signal) string {
-	for name, s := range signals {
-		if s == sig {
-			return name
+	for _, rs := range rfcSignals() {
+		if rs.sig == sig {
+			return rs.name
 		}
 	}
 	return ""

@@ -272,7 +272,7 @@ func (s *Server) startConn(nc net.Conn) bool {
 		nc:     nc,
 		ctx:    ctx,
 		cancel: cancel,
-		log:    s.log.With("remote", nc.RemoteAddr().String()),
+		log:    s.log.With("remote", addrString(nc.RemoteAddr())),
 	}
 	s.mu.Lock()
 	if s.draining {
@@ -472,7 +472,7 @@ func (c *serverConn) auditEvent(typ string) audit.Event {
 	e.User = c.ident.Name
 	e.Roles = c.ident.Roles
 	e.Login = c.sc.User()
-	e.RemoteAddr = c.nc.RemoteAddr().String()
+	e.RemoteAddr = addrString(c.nc.RemoteAddr())
 	return e
 }
 
@@ -481,4 +481,13 @@ func (c *serverConn) auditEvent(typ string) audit.Event {
 func (c *serverConn) permits(ext string) bool {
 	_, ok := c.perms[ext]
 	return ok
+}
+
+// addrString is a.String(), or "" for a listener whose connections have no
+// remote address.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

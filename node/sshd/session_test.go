@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -147,8 +148,19 @@ func TestShellPTY(t *testing.T) {
 	if err := sess.WindowChange(50, 132); err != nil {
 		t.Fatalf("WindowChange: %v", err)
 	}
-	io.WriteString(stdin, "echo size-$(stty size | tr ' ' x)\n")
-	out.waitFor(t, "size-50x132")
+	// The resize (a channel request) and the typed command (channel data)
+	// are handled by different goroutines on the server, so the command
+	// may run first: ask again until the size shows, or the try limit.
+	for try := 1; ; try++ {
+		fmt.Fprintf(stdin, "echo try%d-$(stty size | tr ' ' x)\n", try)
+		m := out.waitForMatch(t, regexp.MustCompile(fmt.Sprintf(`try%d-(\d+x\d+)`, try)))
+		if m[1] == "50x132" {
+			break
+		}
+		if try == 50 {
+			t.Fatalf("stty size is still %s after window-change to 50x132", m[1])
+		}
+	}
 
 	io.WriteString(stdin, "exit 7\n")
 	err = sess.Wait()
@@ -203,26 +215,35 @@ func TestClientDisconnectKillsProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sess.Start("echo $$; exec sleep 600"); err != nil {
+	// The shell and a child in its process group.
+	if err := sess.Start("sleep 600 & echo $$ $!; wait"); err != nil {
 		t.Fatal(err)
 	}
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
-		t.Fatalf("read pid: %v", err)
+		t.Fatalf("read pids: %v", err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("pid %q: %v", line, err)
+	var pids []int
+	for _, f := range strings.Fields(line) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("pids %q: %v", line, err)
+		}
+		if processGone(pid) {
+			t.Fatalf("process %d is not running", pid)
+		}
+		pids = append(pids, pid)
 	}
-	if processGone(pid) {
-		t.Fatalf("process %d is not running", pid)
+	if len(pids) != 2 {
+		t.Fatalf("pids %q, want shell and child", line)
 	}
 	c.Close() // the client vanishes mid-session
 
-	// SessionEnd is written after the process was killed and reaped.
+	// SessionEnd is written after the process group was killed and the
+	// shell reaped.
 	e.audit.wait(t, audit.SessionEnd, nil)
-	if !processGone(pid) {
-		t.Errorf("process %d still runs after its client disconnected", pid)
+	for _, pid := range pids {
+		waitUntil(t, "process "+strconv.Itoa(pid)+" to exit", func() bool { return processGone(pid) })
 	}
 	waitUntil(t, "no active sessions", func() bool { return metricValue(t, e.reg, "jumpgate_node_sessions_active") == 0 })
 }
