@@ -350,8 +350,12 @@ func (a *Agent) handshakeError(ctx context.Context, addr, op string, err error) 
 		}
 		return &RefusedError{ProxyAddr: addr, Reason: fmt.Sprintf("TLS alert %q", alert.Error())}
 	}
-	if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("%s %s: no answer within %v: %w", op, addr, a.cfg.HandshakeTimeout, err)
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	if errors.As(err, &idle) || errors.As(err, &hs) || errors.Is(err, context.DeadlineExceeded) {
+		// quic-go's handshake timers and our context race to report the
+		// same silence; say it one way, so it is logged once.
+		return fmt.Errorf("%s %s: no answer within %v: is the proxy up, and UDP open on the way?", op, addr, a.cfg.HandshakeTimeout)
 	}
 	return fmt.Errorf("%s %s: %w", op, addr, err)
 }

@@ -76,7 +76,7 @@ func newLogger(t testing.TB, name string) (*slog.Logger, *logBuf) {
 
 // env is one proxy with its PKI.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ca    *servertest.CA
 	proxy *proxy
 }
@@ -95,19 +95,33 @@ type proxy struct {
 	events []server.TunnelEvent
 }
 
-func newEnv(t *testing.T, mutate ...func(*server.Config)) *env {
+func newEnv(t testing.TB, mutate ...func(*server.Config)) *env {
+	t.Helper()
+	return newEnvWith(t, nil, mutate...)
+}
+
+// newEnvWith is newEnv with the proxy's socket wrapped by wrap.
+func newEnvWith(t testing.TB, wrap func(net.PacketConn) net.PacketConn, mutate ...func(*server.Config)) *env {
 	t.Helper()
 	e := &env{t: t, ca: servertest.NewCA(t, "prod TLS CA")}
-	e.proxy = e.startProxy("127.0.0.1:0", mutate...)
+	e.proxy = e.startProxyWith("127.0.0.1:0", wrap, mutate...)
 	return e
 }
 
 func (e *env) startProxy(addr string, mutate ...func(*server.Config)) *proxy {
+	e.t.Helper()
+	return e.startProxyWith(addr, nil, mutate...)
+}
+
+func (e *env) startProxyWith(addr string, wrap func(net.PacketConn) net.PacketConn, mutate ...func(*server.Config)) *proxy {
 	t := e.t
 	t.Helper()
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		pc = wrap(pc)
 	}
 	cert := e.ca.Issue(t, identity.Identity{Kind: identity.KindProxy, Name: "p1", Cluster: cluster})
 	p := &proxy{pc: pc, addr: pc.LocalAddr().String(), reg: prometheus.NewRegistry(), served: make(chan error, 1)}
@@ -155,8 +169,7 @@ func (p *proxy) eventsSnapshot() []server.TunnelEvent {
 	return append([]server.TunnelEvent(nil), p.events...)
 }
 
-// hasNode reports whether nodeID is connected, optionally through the
-// given number of tunnels.
+// hasNode reports whether nodeID is connected.
 func (p *proxy) hasNode(nodeID string) bool {
 	for _, n := range p.srv.Nodes() {
 		if n.ID == nodeID {
@@ -237,7 +250,7 @@ func (e *env) agentConfig(nodeID string, cert *tls.Certificate) agent.Config {
 }
 
 // runAgent starts an agent; it is closed at the end of the test.
-func runAgent(t *testing.T, cfg agent.Config) *agent.Agent {
+func runAgent(t testing.TB, cfg agent.Config) *agent.Agent {
 	t.Helper()
 	a, err := agent.New(cfg)
 	if err != nil {
@@ -262,13 +275,15 @@ func (e *env) startAgent(nodeID string, mutate ...func(*agent.Config)) *agent.Ag
 		f(&cfg)
 	}
 	a := runAgent(e.t, cfg)
-	servertest.WaitFor(e.t, waitFor, "node "+nodeID+" to connect", func() bool { return e.proxy.hasNode(nodeID) })
+	servertest.WaitFor(e.t, waitFor, "node "+nodeID+" to connect", func() bool {
+		return e.proxy.hasNode(nodeID) && a.Status()[0].State == agent.StateConnected
+	})
 	return a
 }
 
 // serveEcho accepts connections from ln and echoes each one back, then
 // half-closes it. Each accepted conn is also sent on accepted, if not nil.
-func serveEcho(t *testing.T, ln net.Listener, accepted chan<- net.Conn) {
+func serveEcho(t testing.TB, ln net.Listener, accepted chan<- net.Conn) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {

@@ -30,8 +30,8 @@ func TestReconnectReplacesLingeringTunnel(t *testing.T) {
 	if err != nil || !old.ack.Accepted {
 		t.Fatalf("raw tunnel: %+v, %v", old.ack, err)
 	}
-	oldAddr := old.qc.LocalAddr().String()
-	if n := e.proxy.srv.Nodes(); len(n) != 1 || n[0].RemoteAddr.String() != oldAddr {
+	oldPort := old.qc.LocalAddr().(*net.UDPAddr).Port
+	if n := e.proxy.srv.Nodes(); len(n) != 1 || n[0].RemoteAddr.(*net.UDPAddr).Port != oldPort {
 		t.Fatalf("Nodes() = %+v", n)
 	}
 
@@ -48,7 +48,7 @@ func TestReconnectReplacesLingeringTunnel(t *testing.T) {
 		t.Fatalf("old tunnel closed with %v, want CloseReplaced", err)
 	}
 	n := e.proxy.srv.Nodes()
-	if len(n) != 1 || n[0].Tunnels != 1 || n[0].RemoteAddr.String() == oldAddr {
+	if len(n) != 1 || n[0].Tunnels != 1 || n[0].RemoteAddr.(*net.UDPAddr).Port == oldPort {
 		t.Fatalf("Nodes() = %+v, want only the new tunnel", n)
 	}
 	c, err := e.proxy.srv.Dial(context.Background(), "web-1", dialReq())
@@ -59,6 +59,7 @@ func TestReconnectReplacesLingeringTunnel(t *testing.T) {
 	echoRoundTrip(t, c, []byte("through the new tunnel"))
 
 	// Two TunnelUp events and no TunnelDown: the node never went away.
+	servertest.WaitFor(t, waitFor, "two events", func() bool { return len(e.proxy.eventsSnapshot()) >= 2 })
 	ev := e.proxy.eventsSnapshot()
 	if len(ev) != 2 || ev[0].Type != server.TunnelUp || ev[1].Type != server.TunnelUp {
 		t.Fatalf("events = %+v", ev)
@@ -124,9 +125,15 @@ func TestSameAgentTwoAddressesKeepsBoth(t *testing.T) {
 
 	// The last tunnel going is a TunnelDown.
 	first.qc.CloseWithError(0, "")
-	servertest.WaitFor(t, waitFor, "the node to go offline", func() bool { return !e.proxy.hasNode("web-1") })
+	servertest.WaitFor(t, waitFor, "TunnelDown", func() bool {
+		ev := e.proxy.eventsSnapshot()
+		return ev[len(ev)-1].Type == server.TunnelDown
+	})
+	if e.proxy.hasNode("web-1") {
+		t.Fatal("node listed after TunnelDown")
+	}
 	ev := e.proxy.eventsSnapshot()
-	if last := ev[len(ev)-1]; last.Type != server.TunnelDown || last.Node.ID != "web-1" || last.Err == nil {
+	if last := ev[len(ev)-1]; last.Node.ID != "web-1" || last.Err == nil {
 		t.Fatalf("last event = %+v, want TunnelDown with a cause", last)
 	}
 	if got := e.proxy.metric(t, "jumpgate_tunnel_connected_nodes"); got != 0 {
@@ -265,7 +272,10 @@ func TestShutdownDrains(t *testing.T) {
 	go func() { done <- e.proxy.srv.Shutdown(context.Background()) }()
 	// New dials are refused at once...
 	servertest.WaitFor(t, waitFor, "dials to be refused", func() bool {
-		_, err := e.proxy.srv.Dial(context.Background(), "web-1", dialReq())
+		c, err := e.proxy.srv.Dial(context.Background(), "web-1", dialReq())
+		if err == nil {
+			c.Close() // dialed before Shutdown began
+		}
 		return errors.Is(err, server.ErrShuttingDown)
 	})
 	_, err = e.proxy.srv.Dial(context.Background(), "web-1", dialReq())

@@ -78,6 +78,7 @@ func TestDialRoundTrip(t *testing.T) {
 	if got := e.proxy.metric(t, "jumpgate_tunnel_connected_nodes"); got != 1 {
 		t.Errorf("connected_nodes = %v", got)
 	}
+	servertest.WaitFor(t, waitFor, "TunnelUp", func() bool { return len(e.proxy.eventsSnapshot()) >= 1 })
 	if ev := e.proxy.eventsSnapshot(); len(ev) != 1 || ev[0].Type != server.TunnelUp || ev[0].Node.ID != "web-1" {
 		t.Errorf("events = %+v", ev)
 	}

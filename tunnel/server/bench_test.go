@@ -1,0 +1,194 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/tunnel/agent"
+	"jumpgate.dev/jumpgate/tunnel/server"
+	"jumpgate.dev/jumpgate/tunnel/server/servertest"
+)
+
+const benchChunk = 1 << 20
+
+// BenchmarkTunnelThroughput moves bytes over one connection on loopback:
+// raw TCP and TLS-over-TCP as baselines, then server.Dial → agent.Accept
+// with several receive-window settings, in both directions ("up" is proxy
+// → node, like an upload; "down" is node → proxy). The defaults in
+// config.go quote its results.
+//
+//	go test -run XXX -bench TunnelThroughput -benchtime 256x ./tunnel/server
+func BenchmarkTunnelThroughput(b *testing.B) {
+	b.Run("tcp", func(b *testing.B) { benchStream(b, tcpPair(b, false)) })
+	b.Run("tls-tcp", func(b *testing.B) { benchStream(b, tcpPair(b, true)) })
+	windows := []struct {
+		name         string
+		stream, conn uint64
+	}{
+		{"win=1M/4M", 1 << 20, 4 << 20},
+		{"win=6M/15M(quic-go)", 6 << 20, 15 << 20},
+		{"win=16M/32M", 16 << 20, 32 << 20},
+		{"win=32M/64M", 32 << 20, 64 << 20},
+	}
+	for _, rtt := range []time.Duration{0, 20 * time.Millisecond} {
+		for _, w := range windows {
+			for _, dir := range []string{"up", "down"} {
+				b.Run(fmt.Sprintf("tunnel/rtt=%v/%s/%s", rtt, w.name, dir), func(b *testing.B) {
+					proxySide, nodeSide := tunnelPair(b, w.stream, w.conn, rtt)
+					if dir == "up" {
+						benchStream(b, [2]net.Conn{proxySide, nodeSide})
+					} else {
+						benchStream(b, [2]net.Conn{nodeSide, proxySide})
+					}
+				})
+			}
+		}
+	}
+}
+
+// delayConn delays every datagram the proxy sends by d, emulating a WAN
+// round trip on loopback (windows only matter when the round trip is long).
+// Without it the proxy's socket is a *net.UDPConn, with GSO and batched
+// reads; with it, quic-go falls back to plain WriteTo/ReadFrom, so compare
+// delayed runs with each other only.
+type delayConn struct {
+	net.PacketConn
+	d     time.Duration
+	queue chan delayed
+	done  chan struct{}
+
+	mu     sync.Mutex
+	closed bool
+}
+
+type delayed struct {
+	b   []byte
+	to  net.Addr
+	due time.Time
+}
+
+func newDelayConn(pc net.PacketConn, d time.Duration) *delayConn {
+	c := &delayConn{PacketConn: pc, d: d, queue: make(chan delayed, 1<<16), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for p := range c.queue {
+			time.Sleep(time.Until(p.due)) // a network emulator's clock, not a test waiting
+			c.PacketConn.WriteTo(p.b, p.to)
+		}
+	}()
+	return c
+}
+
+func (c *delayConn) WriteTo(b []byte, to net.Addr) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	c.queue <- delayed{b: append([]byte(nil), b...), to: to, due: time.Now().Add(c.d)}
+	return len(b), nil
+}
+
+func (c *delayConn) Close() error {
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.queue)
+	}
+	c.mu.Unlock()
+	<-c.done
+	return c.PacketConn.Close()
+}
+
+// benchStream writes b.N chunks on pair[0] and reads them on pair[1].
+func benchStream(b *testing.B, pair [2]net.Conn) {
+	w, r := pair[0], pair[1]
+	defer w.Close()
+	defer r.Close()
+	buf := make([]byte, benchChunk)
+	done := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, r)
+		done <- n
+	}()
+	b.SetBytes(benchChunk)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := w.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	w.(interface{ CloseWrite() error }).CloseWrite()
+	if n := <-done; n != int64(b.N)*benchChunk {
+		b.Fatalf("read %d bytes, want %d", n, int64(b.N)*benchChunk)
+	}
+	b.StopTimer()
+}
+
+func tcpPair(b *testing.B, useTLS bool) [2]net.Conn {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	var cert *tls.Certificate
+	if useTLS {
+		cert = servertest.NewCA(b, "bench CA").Issue(b, identity.Identity{Kind: identity.KindProxy, Name: "p1", Cluster: cluster})
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		if useTLS {
+			c = tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}})
+		}
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if useTLS {
+		c = tls.Client(c, &tls.Config{InsecureSkipVerify: true}) // baseline only
+	}
+	return [2]net.Conn{c, <-accepted}
+}
+
+// tunnelPair returns both ends of one dialed tunnel stream.
+func tunnelPair(b *testing.B, stream, conn uint64, rtt time.Duration) (proxySide, nodeSide net.Conn) {
+	e := newEnvWith(b, func(pc net.PacketConn) net.PacketConn {
+		if rtt == 0 {
+			return pc
+		}
+		return newDelayConn(pc, rtt)
+	}, func(c *server.Config) {
+		c.StreamReceiveWindow, c.ConnectionReceiveWindow = stream, conn
+	})
+	a := e.startAgent("bench", func(c *agent.Config) {
+		c.StreamReceiveWindow, c.ConnectionReceiveWindow = stream, conn
+	})
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := a.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	c, err := e.proxy.srv.Dial(context.Background(), "bench", dialReq())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c, <-accepted
+}
