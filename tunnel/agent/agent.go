@@ -180,7 +180,6 @@ func (a *Agent) keepTunnel(ctx context.Context, tr *quic.Transport, i int, addr 
 			return
 		}
 		if !up.IsZero() {
-			a.metrics.connectedProxies.Dec()
 			log.Warn("tunnel down; reconnecting", "err", err, "up_for", time.Since(up).Round(time.Millisecond).String())
 			lastLogged = ""
 			if time.Since(up) >= stableAfter {
@@ -257,6 +256,7 @@ func (a *Agent) runTunnel(ctx context.Context, tr *quic.Transport, i int, addr s
 	}
 	a.metrics.connects.WithLabelValues(connectOK).Inc()
 	a.metrics.connectedProxies.Inc()
+	defer a.metrics.connectedProxies.Dec()
 	up := time.Now()
 	a.setStatus(i, func(s *TunnelStatus) {
 		s.State = StateConnected
@@ -431,6 +431,12 @@ func (a *Agent) verifyProxy(cs tls.ConnectionState) error {
 
 // serve accepts the proxy's dials on qc until the tunnel ends or ctx does,
 // and returns why the tunnel ended.
+//
+// There is no reader/writer loop pair per tunnel, as the style guide
+// suggests for connections: the tunnel carries no messages of its own after
+// the Hello, each dial is a stream with its own goroutine, and closing the
+// connection (on ctx) ends the accept loop. An errgroup would add a second
+// goroutine per tunnel that only waits.
 func (a *Agent) serve(ctx context.Context, qc *quic.Conn, version int, addr string) error {
 	var handlers sync.WaitGroup
 	defer handlers.Wait()
@@ -477,12 +483,17 @@ func (a *Agent) handleStream(qc *quic.Conn, st *quic.Stream, version int) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.AcceptTimeout))
 	req, err := proto.Expect[proto.DialRequest](st)
 	if err != nil {
-		a.metrics.dials.WithLabelValues(dialBadRequest).Inc()
-		a.log.Warn("refusing a bad dial request", "remote", qc.RemoteAddr().String(), "err", err)
 		c := &Conn{st: st, version: version}
-		if errors.Is(err, proto.ErrUnsupportedVersion) || errors.Is(err, proto.ErrMalformed) {
+		switch {
+		case errors.Is(err, proto.ErrUnsupportedVersion), errors.Is(err, proto.ErrMalformed), errors.Is(err, proto.ErrUnknownType), errors.Is(err, proto.ErrFrameTooLarge):
+			a.metrics.dials.WithLabelValues(dialBadRequest).Inc()
+			a.log.Warn("refusing a bad dial request", "remote", qc.RemoteAddr().String(), "err", err)
 			c.refuse(fmt.Sprintf("node %s: bad dial request: %v", a.cfg.NodeID, err))
-		} else {
+		default:
+			// The tunnel closed, the proxy gave up, or it sent nothing
+			// in time: nobody is waiting for an answer.
+			a.metrics.dials.WithLabelValues(dialAborted).Inc()
+			a.log.Debug("dial request not received", "remote", qc.RemoteAddr().String(), "err", err)
 			c.abort()
 		}
 		return

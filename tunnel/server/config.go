@@ -72,21 +72,42 @@ type Config struct {
 }
 
 // Receive-window defaults. quic-go starts each window at 512 KiB and grows
-// it, as the reader keeps up, up to these caps (quic-go's own caps are 6 MiB
-// per stream and 15 MiB per connection).
+// it, while the reader keeps up, up to these caps (quic-go's own caps are
+// 6 MiB per stream and 15 MiB per connection). The agent uses the same.
 //
-// Measured with BenchmarkTunnelThroughput (one stream, 64 MiB, proxy →
-// agent, loopback), against raw loopback TCP in the same run.
-// Machine: 2 vCPUs (nproc=2), "Intel(R) Xeon(R) Processor" (a KVM guest),
-// Go 1.26.8, quic-go v0.65.0, net.core.rmem_max 4 MiB (quic-go raises its
-// socket buffers to 7 MiB with SO_RCVBUFFORCE as root):
+// Measured with BenchmarkTunnelThroughput: one stream, 256 MiB written in
+// 1 MiB writes and read 32 KiB at a time, server.Dial → agent.Accept, three
+// runs each, against raw TCP and TLS 1.3 over TCP on loopback in the same
+// run. Machine: nproc = 2, "Intel(R) Xeon(R) Processor" (a KVM guest, no
+// model name), Go 1.26.8, quic-go v0.65.0 with GSO on, net.core.rmem_max
+// 4 MiB (quic-go forces 7 MiB socket buffers as root).
 //
-//	raw TCP                           MEASURE_TCP
-//	tunnel, stream 6 MiB / conn 15 MiB   MEASURE_DEFAULT
-//	tunnel, stream 16 MiB / conn 32 MiB  MEASURE_16
-//	tunnel, stream 1 MiB / conn 4 MiB    MEASURE_1
+//	loopback                    MB/s          ratio to raw TCP
+//	raw TCP                     2780 - 4560   1
+//	TLS 1.3 over TCP            1800 - 2170   ≈ 0.55
+//	tunnel, windows 1M/4M        550 -  630   ≈ 0.17
+//	tunnel, windows 6M/15M       540 -  630   ≈ 0.17
+//	tunnel, windows 16M/32M      580 -  660   ≈ 0.17
+//	tunnel, windows 32M/64M      470 -  665   ≈ 0.17
 //
-// MEASURE_CONCLUSION
+// On loopback the windows make no difference: the round trip is tens of
+// microseconds, so even 1 MiB is many times the bandwidth-delay product, and
+// the tunnel is CPU-bound in QUIC (1.8 of the 2 cores busy; about 0.3 of TLS over
+// TCP, as DEPENDENCIES.md found). Windows matter across regions, so the
+// benchmark also delays every packet the proxy sends by 20 ms (an emulated
+// WAN round trip; the wrapped socket loses GSO, so compare these rows only
+// with each other):
+//
+//	RTT 20 ms, node → proxy     MB/s
+//	windows 1M/4M               42 - 43   (capped by the window: 1 MiB per 20 ms = 52 MB/s)
+//	windows 6M/15M              65 - 84
+//	windows 16M/32M             91 - 96   best
+//	windows 32M/64M             82 - 86
+//
+// (proxy → node ran at 36 - 66 MB/s for every window: the single-goroutine
+// delay emulator, which those packets pass through, is the bottleneck.)
+// So the caps are 16 MiB per stream and 32 MiB per connection. They are
+// ceilings, not allocations: a window only grows while its reader keeps up.
 const (
 	DefaultStreamReceiveWindow     = 16 << 20
 	DefaultConnectionReceiveWindow = 32 << 20

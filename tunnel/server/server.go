@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -415,7 +416,7 @@ func (s *Server) register(t *tunnel) bool {
 	s.metrics.connectedNodes.Set(float64(len(s.nodes)))
 	s.notifyDrainLocked()
 	s.mu.Unlock()
-	s.emit(TunnelEvent{Type: TunnelUp, Node: t.info, Time: s.cfg.Now()})
+	s.emit(TunnelEvent{Type: TunnelUp, Node: t.info, Time: s.cfg.Now()}, len(keep)+1)
 	s.eventMu.Unlock()
 
 	for _, old := range replaced {
@@ -449,14 +450,15 @@ func (s *Server) unregister(t *tunnel, cause error) {
 	s.mu.Unlock()
 	s.log.Info("tunnel down", "node", t.info.ID, "remote", t.info.RemoteAddr.String(), "err", cause)
 	if len(list) == 0 {
-		s.emit(TunnelEvent{Type: TunnelDown, Node: t.info, Time: s.cfg.Now(), Err: cause})
+		s.emit(TunnelEvent{Type: TunnelDown, Node: t.info, Time: s.cfg.Now(), Err: cause}, 0)
 	}
 }
 
-func (s *Server) emit(ev TunnelEvent) {
+// emit calls OnTunnel; tunnels is how many tunnels the node holds now.
+func (s *Server) emit(ev TunnelEvent, tunnels int) {
 	if s.cfg.OnTunnel != nil {
 		ev.Node.Labels = maps.Clone(ev.Node.Labels)
-		ev.Node.Tunnels = 1
+		ev.Node.Tunnels = tunnels
 		s.cfg.OnTunnel(ev)
 	}
 }
@@ -479,15 +481,7 @@ func (s *Server) Nodes() []NodeInfo {
 		info.Tunnels = len(list)
 		out = append(out, info)
 	}
-	slices.SortFunc(out, func(a, b NodeInfo) int {
-		if a.ID < b.ID {
-			return -1
-		}
-		if a.ID > b.ID {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b NodeInfo) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -525,7 +519,10 @@ func (s *Server) dial(ctx context.Context, nodeID string, req proto.DialRequest)
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
-	var failed *tunnel
+	var (
+		failed    *tunnel
+		failedErr error
+	)
 	for {
 		t := s.newest(nodeID)
 		if t == nil {
@@ -533,7 +530,7 @@ func (s *Server) dial(ctx context.Context, nodeID string, req proto.DialRequest)
 		}
 		if t == failed {
 			// The tunnel broke but is still registered: report that.
-			return nil, outcomeTunnelError, &DialError{Node: nodeID, Retryable: true, Err: fmt.Errorf("tunnel from %s failed", t.info.RemoteAddr)}
+			return nil, outcomeTunnelError, &DialError{Node: nodeID, Retryable: true, Err: fmt.Errorf("tunnel from %s: %w", t.info.RemoteAddr, failedErr)}
 		}
 		c, err := s.dialTunnel(dctx, t, req)
 		if err == nil {
@@ -549,7 +546,7 @@ func (s *Server) dial(ctx context.Context, nodeID string, req proto.DialRequest)
 			return nil, outcomeRefused, &DialError{Node: nodeID, Err: err}
 		case t.conn.Context().Err() != nil && failed == nil:
 			// The tunnel died under us; a newer one may have replaced it.
-			failed = t
+			failed, failedErr = t, err
 			continue
 		default:
 			return nil, outcomeTunnelError, &DialError{Node: nodeID, Retryable: t.conn.Context().Err() != nil,
