@@ -5,7 +5,8 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test test-short deps fuzz bench vet clean
+.PHONY: all build demo test test-short deps fuzz bench bench-go vet clean
+BENCH   ?= quick
 
 all: build
 
@@ -43,10 +44,14 @@ fuzz:
 	  done; \
 	done
 
-# bench runs the Go micro-benchmarks that exist so far (tunnel throughput vs raw loopback TCP).
-# The OpenSSH-baseline suite (direct ssh, ProxyJump, via Jumpgate) is not written yet: see benchmarks/README.md.
+# bench runs the performance suite against OpenSSH baselines started in the same run and
+# writes benchmarks/RESULTS.md. BENCH=full repeats more. See benchmarks/README.md.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./tunnel/...
+	$(GO) run ./benchmarks -bin $(BIN) -mode $(BENCH) -out benchmarks/RESULTS.md
+
+# bench-go runs the Go micro-benchmarks of the hot paths.
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchtime 200x ./tunnel/... ./mesh/...
 
 vet:
 	$(GO) vet ./...

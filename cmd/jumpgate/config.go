@@ -19,6 +19,7 @@ import (
 //	roles: [auth, proxy, node]
 //	log: {level: info, format: text}
 //	diag_listen: 127.0.0.1:3090        # /metrics /healthz /readyz
+//	diag_pprof: false                  # true adds /debug/pprof/ to diag_listen
 //	auth:
 //	  cluster_name: example
 //	  listen: 127.0.0.1:3025
@@ -37,15 +38,19 @@ import (
 //	  proxy: proxy.example.com:3080
 //	  token: <node join token>
 //	  ca_pin: sha256:...
+//	  bench_ssh_listen: 127.0.0.1:3022  # benchmarks only: SSH server also on this loopback address
 type Config struct {
-	DataDir    string      `yaml:"data_dir"`
-	Roles      []string    `yaml:"roles"`
-	Log        LogConfig   `yaml:"log"`
-	DiagListen string      `yaml:"diag_listen"`
-	AuditLog   string      `yaml:"audit_log"`
-	Auth       AuthConfig  `yaml:"auth"`
-	Proxy      ProxyConfig `yaml:"proxy"`
-	Node       NodeConfig  `yaml:"node"`
+	DataDir    string    `yaml:"data_dir"`
+	Roles      []string  `yaml:"roles"`
+	Log        LogConfig `yaml:"log"`
+	DiagListen string    `yaml:"diag_listen"`
+	// DiagPprof adds Go's /debug/pprof handlers to the diagnostic listener.
+	// Off by default: profiles reveal code paths and command lines.
+	DiagPprof bool        `yaml:"diag_pprof"`
+	AuditLog  string      `yaml:"audit_log"`
+	Auth      AuthConfig  `yaml:"auth"`
+	Proxy     ProxyConfig `yaml:"proxy"`
+	Node      NodeConfig  `yaml:"node"`
 }
 
 // LogConfig configures logging.
@@ -79,6 +84,11 @@ type NodeConfig struct {
 	Proxy  string            `yaml:"proxy"`
 	Token  string            `yaml:"token"`
 	CAPin  string            `yaml:"ca_pin"`
+	// BenchSSHListen also serves the node's SSH server directly on this
+	// loopback address, bypassing the tunnel. It exists for the benchmark
+	// suite, which separates the mesh's cost from the SSH server's; a node in
+	// production is reachable only through its tunnels.
+	BenchSSHListen string `yaml:"bench_ssh_listen"`
 }
 
 // ParseConfig reads a YAML config strictly: unknown keys are errors (a
@@ -174,6 +184,12 @@ func (c *Config) CheckAndSetDefaults() error {
 		}
 		if err := checkHostPort("node.proxy", c.Node.Proxy); err != nil {
 			return err
+		}
+		if c.Node.BenchSSHListen != "" {
+			h, _, err := net.SplitHostPort(c.Node.BenchSSHListen)
+			if ip := net.ParseIP(h); err != nil || ip == nil || !ip.IsLoopback() {
+				return fmt.Errorf("node.bench_ssh_listen %q: want a loopback address such as 127.0.0.1:3022 (it bypasses the tunnel and exists for benchmarks)", c.Node.BenchSSHListen)
+			}
 		}
 		for k, v := range c.Node.Labels {
 			if k == "" || strings.ContainsAny(k+v, ",=\n") {

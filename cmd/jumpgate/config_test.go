@@ -25,6 +25,15 @@ func TestParseConfig(t *testing.T) {
 		"roles: [node]\ndata_dir: /x\nnode: {name: n1}\n",                     // no proxy
 		"roles: [node]\ndata_dir: /x\nnode: {name: 'bad name', proxy: a:1}\n", // bad name
 		"roles: [auth]\ndata_dir: /x\nauth: {cluster_name: c, listen: nope}\n",
+		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: '0.0.0.0:22'}\n", // bench listener off loopback
+		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: 'localhost'}\n",
+	}
+	ok, err := ParseConfig([]byte("roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: '127.0.0.1:0'}\n"))
+	if err == nil {
+		err = ok.CheckAndSetDefaults()
+	}
+	if err != nil {
+		t.Fatalf("loopback bench listener refused: %v", err)
 	}
 	for _, b := range bad {
 		c, err := ParseConfig([]byte(b))

@@ -68,6 +68,9 @@ func startCmd() *cobra.Command {
 			set("log-level", &cfg.Log.Level, f.Log.Level)
 			set("log-format", &cfg.Log.Format, f.Log.Format)
 			set("diag-listen", &cfg.DiagListen, f.DiagListen)
+			if fl.Changed("diag-pprof") {
+				cfg.DiagPprof = f.DiagPprof
+			}
 			set("audit-log", &cfg.AuditLog, f.AuditLog)
 			set("cluster-name", &cfg.Auth.ClusterName, f.Auth.ClusterName)
 			set("auth-listen", &cfg.Auth.Listen, f.Auth.Listen)
@@ -76,6 +79,7 @@ func startCmd() *cobra.Command {
 			set("auth", &cfg.Proxy.AuthAddr, f.Proxy.AuthAddr)
 			set("node-name", &cfg.Node.Name, f.Node.Name)
 			set("proxy", &cfg.Node.Proxy, f.Node.Proxy)
+			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
 			if fl.Changed("public-addr") {
 				cfg.Proxy.PublicAddrs = f.Proxy.PublicAddrs
 			}
@@ -108,6 +112,7 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Log.Level, "log-level", "info", "debug, info, warn, error")
 	fl.StringVar(&f.Log.Format, "log-format", "text", "text or json")
 	fl.StringVar(&f.DiagListen, "diag-listen", "", "address for /metrics, /healthz and /readyz (off when empty)")
+	fl.BoolVar(&f.DiagPprof, "diag-pprof", false, "serve Go's /debug/pprof/ on the diagnostic listener")
 	fl.StringVar(&f.AuditLog, "audit-log", "", "audit log file (default <data-dir>/audit.log)")
 	fl.StringVar(&f.Auth.ClusterName, "cluster-name", "", "cluster name (auth, first start)")
 	fl.StringVar(&f.Auth.Listen, "auth-listen", "127.0.0.1:3025", "auth API address")
@@ -120,6 +125,8 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Node.Proxy, "proxy", "", "proxy address the node dials (host:port)")
 	fl.StringVar(&f.Node.Token, "token", "", "join token (first start only)")
 	fl.StringVar(&f.Node.CAPin, "ca-pin", "", "cluster CA pin, sha256:... (first start only)")
+	fl.StringVar(&f.Node.BenchSSHListen, "bench-ssh-listen", "", "benchmarks only: also serve the node's SSH server on this loopback address")
+	_ = fl.MarkHidden("bench-ssh-listen")
 	fl.DurationVar(&drain, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for live sessions")
 	return c
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -55,7 +56,7 @@ func (p *process) goServe(name string, f func() error) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, tserver.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			select {
 			case p.errc <- fmt.Errorf("%s: %w", name, err):
 			default:
@@ -105,7 +106,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, shutdownTimeout time
 		}
 	}
 	if cfg.DiagListen != "" {
-		if err := startDiag(p, cfg.DiagListen); err != nil {
+		if err := startDiag(p, cfg.DiagListen, cfg.DiagPprof); err != nil {
 			return shutdownAll(p, err, shutdownTimeout)
 		}
 	}
@@ -561,6 +562,22 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		return ag.Run(ctx)
 	})
 	p.goServe("node sshd", func() error { return srv.Serve(ag) })
+	if cfg.Node.BenchSSHListen != "" {
+		ln, err := net.Listen("tcp", cfg.Node.BenchSSHListen)
+		if err != nil {
+			return fmt.Errorf("node bench_ssh_listen: %w", err)
+		}
+		p.log.Warn("node SSH server also listening directly, bypassing the tunnel (benchmarks only)", "addr", ln.Addr())
+		p.goServe("node bench sshd", func() error {
+			select {
+			case <-ctx.Done():
+				ln.Close()
+				return nil
+			case <-cache.Ready():
+			}
+			return srv.Serve(ln)
+		})
+	}
 	p.onShutdown(func(ctx context.Context) {
 		srv.Shutdown(ctx) //nolint:errcheck
 		ag.Close()
@@ -579,8 +596,15 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 
 // --- diagnostics -------------------------------------------------------------
 
-func startDiag(p *process, addr string) error {
+func startDiag(p *process, addr string, withPprof bool) error {
 	mux := http.NewServeMux()
+	if withPprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// results holds every sample of one run: MB/s for throughput, milliseconds
+// for connects, keyed by path host alias.
+type results struct {
+	Mode                        string
+	Params                      params
+	Machine                     machine
+	TCP                         []float64
+	Throughput, Upload, Connect map[string][]float64
+	// CPU seconds per GiB downloaded: the proxy process on the Jumpgate
+	// path, the node process on the Jumpgate and node-direct paths.
+	ProxyCPU []float64
+	NodeCPU  map[string][]float64
+}
+
+// target is one goal from the performance issue, as a ratio of two medians.
+type target struct {
+	What     string
+	Num, Den string // path hosts
+	Metric   string // "download" or "connect"
+	Limit    float64
+	AtLeast  bool
+}
+
+var targets = []target{
+	{"throughput via one proxy ≥ 1.2× ProxyJump", "jumpgate", "proxyjump", "download", 1.2, true},
+	{"throughput via one proxy ≥ 0.6× direct ssh", "jumpgate", "direct", "download", 0.6, true},
+	{"connect time via one proxy ≤ 0.8× ProxyJump", "jumpgate", "proxyjump", "connect", 0.8, false},
+	{"connect time via one proxy ≤ 1.3× direct ssh", "jumpgate", "direct", "connect", 1.3, false},
+}
+
+func spread(xs []float64, format string) string {
+	if len(xs) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf(format+" ("+format+"–"+format+")", median(xs), slices.Min(xs), slices.Max(xs))
+}
+
+func ratio(a, b []float64) string {
+	if len(a) == 0 || len(b) == 0 || median(b) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", median(a)/median(b))
+}
+
+func (r *results) series(metric string) map[string][]float64 {
+	switch metric {
+	case "download":
+		return r.Throughput
+	case "upload":
+		return r.Upload
+	}
+	return r.Connect
+}
+
+func (r *results) markdown() string {
+	var b strings.Builder
+	m := r.Machine
+	fmt.Fprintf(&b, "# Jumpgate benchmark results\n\n")
+	fmt.Fprintf(&b, "Written by `make bench` (mode %s). Every figure below was measured in the same run on the machine described here; ratios compare medians from this run only. Re-run `make bench` on your own machine rather than trusting these numbers.\n\n", r.Mode)
+	fmt.Fprintf(&b, "| | |\n|---|---|\n| Date | %s |\n| Commit | %s |\n| CPU | %s |\n| Cores | %d |\n| Kernel | %s |\n| Go | %s |\n| OpenSSH | %s |\n| Repetitions | %d × %s per path and direction; %d connects per path |\n\n",
+		m.Date, m.Commit, m.CPU, m.Cores, m.Kernel, m.Go, m.OpenSSH, r.Params.Reps, human(r.Params.Bytes), r.Params.Connects)
+	fmt.Fprintf(&b, "All paths use the same OpenSSH client with `Ciphers aes128-gcm@openssh.com`, no compression, on loopback. Medians with min–max in brackets.\n\n")
+
+	fmt.Fprintf(&b, "## Paths\n\n| Path | What the bytes go through |\n|---|---|\n")
+	fmt.Fprintf(&b, "| raw loopback TCP | one Go TCP connection, 256 KiB writes (the ceiling) |\n")
+	for _, p := range paths {
+		fmt.Fprintf(&b, "| %s | %s |\n", p.Title, p.What)
+	}
+
+	fmt.Fprintf(&b, "\n## Throughput, %s (MB/s, higher is better)\n\n", human(r.Params.Bytes))
+	fmt.Fprintf(&b, "Download is `ssh HOST head -c N /dev/zero`; upload is `ssh HOST wc -c` fed N bytes, and the byte count is checked.\n\n")
+	fmt.Fprintf(&b, "| Path | Download | vs direct | vs ProxyJump | Upload | vs direct | vs ProxyJump |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| raw loopback TCP | %s | | | | | |\n", spread(r.TCP, "%.0f"))
+	for _, p := range paths {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", p.Title,
+			spread(r.Throughput[p.Host], "%.0f"), ratio(r.Throughput[p.Host], r.Throughput["direct"]), ratio(r.Throughput[p.Host], r.Throughput["proxyjump"]),
+			spread(r.Upload[p.Host], "%.0f"), ratio(r.Upload[p.Host], r.Upload["direct"]), ratio(r.Upload[p.Host], r.Upload["proxyjump"]))
+	}
+
+	fmt.Fprintf(&b, "\n### Where the CPU goes (download, CPU seconds per GiB)\n\n")
+	fmt.Fprintf(&b, "| Process | via one Jumpgate proxy | Jumpgate node, direct |\n|---|---:|---:|\n")
+	fmt.Fprintf(&b, "| proxy (TLS from `jg`, QUIC to the node) | %s | |\n", spread(r.ProxyCPU, "%.2f"))
+	fmt.Fprintf(&b, "| node (SSH server, QUIC tunnel agent) | %s | %s |\n", spread(r.NodeCPU["jumpgate"], "%.2f"), spread(r.NodeCPU["jgnode"], "%.2f"))
+	fmt.Fprintf(&b, "\nThe difference between the node's two columns is the cost of the node's end of the tunnel.\n")
+
+	fmt.Fprintf(&b, "\n## Connect time, `ssh HOST true` (ms, lower is better)\n\n")
+	fmt.Fprintf(&b, "Wall time of a whole `ssh` run: process start, key exchange, authentication, one exec, exit. Via Jumpgate this includes starting `jg proxy ssh`, its TLS handshake to the proxy and the dial through the tunnel.\n\n")
+	fmt.Fprintf(&b, "| Path | Connect | vs direct | vs ProxyJump |\n|---|---:|---:|---:|\n")
+	for _, p := range paths {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", p.Title, spread(r.Connect[p.Host], "%.1f"),
+			ratio(r.Connect[p.Host], r.Connect["direct"]), ratio(r.Connect[p.Host], r.Connect["proxyjump"]))
+	}
+
+	fmt.Fprintf(&b, "\n## Targets\n\n| Target | Measured | Result |\n|---|---:|---|\n")
+	for _, t := range targets {
+		s := r.series(t.Metric)
+		num, den := median(s[t.Num]), median(s[t.Den])
+		got, verdict := "–", "not measured"
+		if den > 0 {
+			v := num / den
+			got = fmt.Sprintf("%.2f×", v)
+			if t.AtLeast && v >= t.Limit || !t.AtLeast && v <= t.Limit {
+				verdict = "met"
+			} else {
+				verdict = "**missed**"
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", t.What, got, verdict)
+	}
+
+	fmt.Fprintf(&b, "\n## Not measured yet\n\n")
+	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: via two peered proxies (mesh), with and without the resumable layer (rolling upgrades), 100 and 1,000 concurrent sessions with memory per session, 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and the control plane (certificate issuance per second with software keys and SoftHSM2, login p99, raft writes per second, gossip convergence, lock propagation, GeoIP ranking). The QUIC tunnel's own throughput against raw TCP is the Go micro-benchmark `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`).\n")
+	return b.String()
+}
