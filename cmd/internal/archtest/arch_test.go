@@ -67,6 +67,8 @@ func TestImportRules(t *testing.T) {
 				// cmd/ wires everything together.
 			case under(from, "mesh") && under(to, "tunnel"), under(from, "tunnel") && under(to, "mesh"):
 				t.Errorf("%s imports %s: mesh/ and tunnel/ must not import each other (join them in cmd/)", from, to)
+			case strings.HasSuffix(from, "test") && to == "auth/authtest":
+				// Test helper packages (servertest, meshtest) share auth's test CA.
 			case (under(from, "mesh") || under(from, "tunnel") || under(from, "node")) && under(to, "auth") && !allowedFromAuth[to]:
 				t.Errorf("%s imports %s: network packages may import only auth/identity, auth/audit and auth/authapi from auth/", from, to)
 			case under(from, "auth") && !networkFacing[from] && (under(to, "mesh") || under(to, "tunnel") || under(to, "node") || networkFacing[to]):
