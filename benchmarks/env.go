@@ -27,6 +27,7 @@ type env struct {
 	named                map[string]*exec.Cmd
 	direct, bastion, jgd string // loopback addresses
 	proxy, auth          string
+	proxyB               string // a second proxy, peered with the first; node2 tunnels to it only
 	diagProxy, diagNode  string // diagnostic listeners with /debug/pprof/
 }
 
@@ -134,8 +135,15 @@ PrintMotd no
 		return e, err
 	}
 	jgAuthDir := filepath.Join(dir, "jg-auth")
+	var gossipA, peerA, gossipB, peerB string
+	for _, a := range []*string{&e.proxyB, &gossipA, &peerA, &gossipB, &peerB} {
+		if *a, err = freeAddr(); err != nil {
+			return e, err
+		}
+	}
 	if err := e.start("jumpgate-auth-proxy", filepath.Join(bin, "jumpgate"), "start", "--roles=auth,proxy", "--cluster-name=bench", "--proxy-id=proxy1",
 		"--data-dir="+jgAuthDir, "--auth-listen="+e.auth, "--proxy-listen="+e.proxy, "--log-level=warn",
+		"--gossip-listen="+gossipA, "--peer-listen="+peerA, "--region=a",
 		"--diag-listen="+e.diagProxy, "--diag-pprof"); err != nil {
 		return e, err
 	}
@@ -160,6 +168,34 @@ PrintMotd no
 	var tok struct {
 		Token string `json:"token"`
 		CAPin string `json:"ca_pin"`
+	}
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, out)
+	}
+	ptok, err := e.cmd(admin, "", "jgctl", "tokens", "add", "--type=proxy", "--json")
+	if err != nil {
+		return e, err
+	}
+	if err := json.Unmarshal([]byte(ptok), &tok); err != nil {
+		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, ptok)
+	}
+	if err := e.start("jumpgate-proxy-b", filepath.Join(bin, "jumpgate"), "start", "--roles=proxy", "--proxy-id=proxy2", "--region=b",
+		"--data-dir="+filepath.Join(dir, "jg-proxy-b"), "--auth="+e.auth, "--token="+tok.Token, "--ca-pin="+tok.CAPin,
+		"--proxy-listen="+e.proxyB, "--gossip-listen="+gossipB, "--peer-listen="+peerB, "--seeds="+gossipA, "--log-level=warn"); err != nil {
+		return e, err
+	}
+	if out, err = e.cmd(admin, "", "jgctl", "tokens", "add", "--type=node", "--json"); err != nil {
+		return e, err
+	}
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, out)
+	}
+	if err := e.start("jumpgate-node2", filepath.Join(bin, "jumpgate"), "start", "--roles=node", "--node-name=node2", "--labels=env=bench",
+		"--data-dir="+filepath.Join(dir, "jg-node2"), "--proxy="+e.proxyB, "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn"); err != nil {
+		return e, err
+	}
+	if out, err = e.cmd(admin, "", "jgctl", "tokens", "add", "--type=node", "--json"); err != nil {
+		return e, err
 	}
 	if err := json.Unmarshal([]byte(out), &tok); err != nil {
 		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, out)
@@ -211,6 +247,9 @@ Host proxyjump
     ProxyJump bastion
 Host jumpgate
     HostName node1
+    ProxyCommand %[4]s/jg proxy ssh %%r@%%h:%%p
+%[5]sHost jumpgate2
+    HostName node2
     ProxyCommand %[4]s/jg proxy ssh %%r@%%h:%%p
 %[5]sHost jgnode
     HostName %[6]s

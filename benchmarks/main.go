@@ -118,6 +118,7 @@ var paths = []path{
 	{"proxyjump", "ssh -J (ProxyJump)", "OpenSSH client → sshd bastion → OpenSSH sshd"},
 	{"jgnode", "Jumpgate node, direct", "OpenSSH client → Jumpgate node SSH server (benchmark-only listener, no tunnel)"},
 	{"jumpgate", "via one Jumpgate proxy", "OpenSSH client + `jg proxy ssh` → proxy (TLS) → QUIC reverse tunnel → node SSH server"},
+	{"jumpgate2", "via two peered Jumpgate proxies", "OpenSSH client + `jg proxy ssh` → proxy A (TLS) → QUIC peer link → proxy B → QUIC reverse tunnel → node SSH server"},
 }
 
 // run measures every path, interleaving repetitions so drift on a shared

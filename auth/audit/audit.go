@@ -49,6 +49,7 @@ const (
 	SessionDenied  = "session.denied"
 	AuthFailed     = "session.auth.failed"
 	CertAuthorityX = "ca.changed"
+	MeshKeyChanged = "mesh.key.changed"
 )
 
 // Event is one audit record.

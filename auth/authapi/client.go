@@ -267,6 +267,24 @@ func (c *Client) ReportPresence(ctx context.Context, rep PresenceReport) error {
 	return c.do(ctx, "POST", "/v1/presence", rep, nil)
 }
 
+// MeshKeys fetches the proxies' gossip keyring (proxies only).
+func (c *Client) MeshKeys(ctx context.Context) ([][]byte, error) {
+	var out MeshKeys
+	return out.Keys, c.do(ctx, "GET", "/v1/mesh/keys", nil, &out)
+}
+
+// MeshKeyOp applies one step of a gossip key rotation (admins only).
+func (c *Client) MeshKeyOp(ctx context.Context, op MeshKeyOp) (*MeshKeyring, error) {
+	var out MeshKeyring
+	return &out, c.do(ctx, "POST", "/v1/mesh/keys", op, &out)
+}
+
+// Proxies lists the proxies that reported to auth in the last hour.
+func (c *Client) Proxies(ctx context.Context) ([]ProxyState, error) {
+	var out []ProxyState
+	return out, c.do(ctx, "GET", "/v1/proxies", nil, &out)
+}
+
 // Nodes lists the inventory with tunnel state.
 func (c *Client) Nodes(ctx context.Context) ([]NodeStatus, error) {
 	var out []NodeStatus

@@ -121,6 +121,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.cfg.Hub.ServeWatch(w, r)
 	}, identity.KindProxy, identity.KindNode, identity.KindAdmin, identity.KindAuth))
 	s.mux.HandleFunc("POST /v1/presence", s.require(s.postPresence, identity.KindProxy))
+	s.mux.HandleFunc("GET /v1/mesh/keys", s.require(s.meshKeys, identity.KindProxy))
+	s.mux.HandleFunc("POST /v1/mesh/keys", s.require(s.meshKeyOp, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/proxies", s.require(s.listProxies, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("GET /v1/nodes", s.require(s.listNodes, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("DELETE /v1/nodes/{id}", s.require(s.deleteNode, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/status", s.require(s.status, identity.KindAdmin, identity.KindProxy))
@@ -579,6 +582,111 @@ func (s *Server) NodeStatuses() []NodeStatus {
 	return out
 }
 
+// proxyStates lists the proxies heard from in the last hour, by id.
+func (s *Server) proxyStates() []ProxyState {
+	now := s.cfg.Now()
+	var out []ProxyState
+	s.mu.Lock()
+	for id, p := range s.presence {
+		if now.Sub(p.seen) < time.Hour {
+			out = append(out, ProxyState{ID: id, LastSeen: p.seen, Tunnels: len(p.report.Nodes), Mesh: p.report.Mesh})
+		}
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (s *Server) listProxies(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
+	WriteJSON(w, http.StatusOK, s.proxyStates())
+}
+
+// meshKeys hands the gossip keyring to a proxy. Nodes and users never get
+// it: the route requires a proxy certificate.
+func (s *Server) meshKeys(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
+	keys := s.cfg.Store.MeshKeys()
+	if len(keys) == 0 {
+		WriteError(w, http.StatusServiceUnavailable, "the cluster has no mesh key yet: the auth server creates one at start; retry")
+		return
+	}
+	WriteJSON(w, http.StatusOK, MeshKeys{Keys: keys})
+}
+
+// MeshKeyID names a gossip key without revealing it: the first 6 bytes of
+// its SHA-256, in hex. Proxies report the IDs of the keys they hold.
+func MeshKeyID(k []byte) string {
+	h := sha256.Sum256(k)
+	return hex.EncodeToString(h[:6])
+}
+
+func keyring(keys [][]byte) *MeshKeyring {
+	r := &MeshKeyring{KeyIDs: []string{}}
+	for _, k := range keys {
+		r.KeyIDs = append(r.KeyIDs, MeshKeyID(k))
+	}
+	return r
+}
+
+func (s *Server) meshKeyOp(w http.ResponseWriter, r *http.Request, caller identity.Identity) {
+	var op MeshKeyOp
+	if !readJSON(w, r, &op) {
+		return
+	}
+	keys := s.cfg.Store.MeshKeys()
+	find := func() int {
+		for i, k := range keys {
+			if MeshKeyID(k) == op.KeyID {
+				return i
+			}
+		}
+		return -1
+	}
+	switch op.Op {
+	case "list":
+		WriteJSON(w, http.StatusOK, keyring(keys))
+		return
+	case "add":
+		if len(keys) >= state.MaxMeshKeys {
+			WriteError(w, http.StatusConflict, fmt.Sprintf("the keyring already holds %d keys: remove an old one first", len(keys)))
+			return
+		}
+		k := make([]byte, state.MeshKeyBytes)
+		if _, err := rand.Read(k); err != nil {
+			WriteError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		keys = append(keys, k)
+	case "promote":
+		i := find()
+		if i < 0 {
+			WriteError(w, http.StatusNotFound, fmt.Sprintf("no mesh key %q in the keyring", op.KeyID))
+			return
+		}
+		keys[0], keys[i] = keys[i], keys[0]
+	case "remove":
+		i := find()
+		switch {
+		case i < 0:
+			WriteError(w, http.StatusNotFound, fmt.Sprintf("no mesh key %q in the keyring", op.KeyID))
+			return
+		case i == 0:
+			WriteError(w, http.StatusConflict, "that key is the primary: promote another key first")
+			return
+		}
+		keys = append(keys[:i], keys[i+1:]...)
+	default:
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("unknown mesh key operation %q: want list, add, promote or remove", op.Op))
+		return
+	}
+	if _, err := s.apply(state.TypeSetMeshKeys, state.SetMeshKeys{Keys: keys}); err != nil {
+		s.applyErr(w, err)
+		return
+	}
+	s.cfg.Audit.Emit(audit.Event{Type: audit.MeshKeyChanged, User: caller.Name, Subject: MeshKeyID(keys[0]), Command: op.Op})
+	s.cfg.Logger.Info("mesh keyring changed", "op", op.Op, "by", caller.Name, "primary", MeshKeyID(keys[0]), "keys", len(keys))
+	WriteJSON(w, http.StatusOK, keyring(keys))
+}
+
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
 	WriteJSON(w, http.StatusOK, s.NodeStatuses())
 }
@@ -600,15 +708,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request, _ identity.Ident
 			st.Online++
 		}
 	}
-	now := s.cfg.Now()
-	s.mu.Lock()
-	for id, p := range s.presence {
-		if now.Sub(p.seen) < time.Hour {
-			st.Proxies = append(st.Proxies, ProxyState{ID: id, LastSeen: p.seen, Tunnels: len(p.report.Nodes)})
-		}
-	}
-	s.mu.Unlock()
-	sort.Slice(st.Proxies, func(i, j int) bool { return st.Proxies[i].ID < st.Proxies[j].ID })
+	st.Proxies = s.proxyStates()
 	for _, der := range s.cfg.Store.CAs().TLS {
 		if c, err := x509.ParseCertificate(der); err == nil {
 			st.CAPins = append(st.CAPins, ca.Pin(c))

@@ -101,6 +101,51 @@ type PresenceReport struct {
 	Proxy string            `json:"proxy"`
 	Nodes []NodePresence    `json:"nodes"`
 	TTL   identity.Duration `json:"ttl"` // how long the report stays valid
+	// Mesh is the proxy's own description and its view of the mesh; absent
+	// from proxies that run without a mesh.
+	Mesh *ProxyMesh `json:"mesh,omitempty"`
+}
+
+// ProxyMesh is what a proxy tells auth about itself and its peers, for
+// `jgctl proxies ls`.
+type ProxyMesh struct {
+	Region     string     `json:"region,omitempty"`
+	Version    string     `json:"version,omitempty"`
+	State      string     `json:"state,omitempty"` // active or draining
+	PublicAddr string     `json:"public_addr,omitempty"`
+	PeerAddr   string     `json:"peer_addr,omitempty"`
+	GossipAddr string     `json:"gossip_addr,omitempty"`
+	Sessions   int        `json:"sessions"`
+	Peers      []PeerView `json:"peers,omitempty"`
+	// KeyIDs name the gossip keys the proxy holds, primary first (a hash
+	// prefix, not the key), so a rotation can wait until every proxy has
+	// the new key.
+	KeyIDs []string `json:"key_ids,omitempty"`
+}
+
+// PeerView is another proxy as one proxy sees it.
+type PeerView struct {
+	ID     string        `json:"id"`
+	Health string        `json:"health"` // alive, suspect, dead, left
+	RTT    time.Duration `json:"rtt,omitempty"`
+}
+
+// MeshKeyOp changes the gossip keyring one step of a rotation at a time:
+// "add" a new random key (not yet used to encrypt), "promote" a key to
+// primary, "remove" a key that is not the primary.
+type MeshKeyOp struct {
+	Op    string `json:"op"`
+	KeyID string `json:"key_id,omitempty"` // for promote and remove
+}
+
+// MeshKeyring describes the keyring without the keys.
+type MeshKeyring struct {
+	KeyIDs []string `json:"key_ids"` // primary first
+}
+
+// MeshKeys is the proxies' gossip keyring, primary first.
+type MeshKeys struct {
+	Keys [][]byte `json:"keys"`
 }
 
 // NodePresence is one tunnel held by a proxy.
@@ -126,9 +171,10 @@ type Status struct {
 
 // ProxyState is a proxy as the auth server last heard from it.
 type ProxyState struct {
-	ID       string    `json:"id"`
-	LastSeen time.Time `json:"last_seen"`
-	Tunnels  int       `json:"tunnels"`
+	ID       string     `json:"id"`
+	LastSeen time.Time  `json:"last_seen"`
+	Tunnels  int        `json:"tunnels"`
+	Mesh     *ProxyMesh `json:"mesh,omitempty"`
 }
 
 // CreateUserRequest adds a user.

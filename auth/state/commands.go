@@ -30,7 +30,22 @@ const (
 	TypeUpsertNode   Type = 9
 	TypeDeleteNode   Type = 10
 	TypeSetNodeLabel Type = 11
+	TypeSetMeshKeys  Type = 12
 )
+
+// MeshKeyBytes is the length of a mesh gossip key (AES-256).
+const MeshKeyBytes = 32
+
+// MaxMeshKeys bounds the gossip keyring: the primary plus keys being
+// rotated in or out.
+const MaxMeshKeys = 4
+
+// SetMeshKeys replaces the proxies' gossip keyring. Keys[0] is the primary
+// (used to encrypt); the others are still accepted, which is how a key is
+// rotated without splitting the mesh.
+type SetMeshKeys struct {
+	Keys [][]byte `json:"keys"`
+}
 
 // Bootstrap names the cluster and sets its first CA keys. It applies once.
 type Bootstrap struct {
@@ -129,6 +144,7 @@ var table = map[Type]handler{
 	TypeUpsertNode:   typed(applyUpsertNode),
 	TypeDeleteNode:   typed(applyDeleteNode),
 	TypeSetNodeLabel: typed(applySetNodeLabels),
+	TypeSetMeshKeys:  typed(applySetMeshKeys),
 }
 
 func typed[T any](f func(d *Data, c T) (any, []Event, error)) handler {
@@ -213,6 +229,33 @@ func applyBootstrap(d *Data, c Bootstrap) (any, []Event, error) {
 	d.Cluster = c.Cluster
 	d.CAs = c.CAs
 	return nil, []Event{event(KindCluster, "put", c.Cluster, nil), event(KindCAs, "put", "", c.CAs)}, nil
+}
+
+func applySetMeshKeys(d *Data, c SetMeshKeys) (any, []Event, error) {
+	if len(c.Keys) == 0 || len(c.Keys) > MaxMeshKeys {
+		return nil, nil, fmt.Errorf("mesh keyring must hold 1 to %d keys, not %d", MaxMeshKeys, len(c.Keys))
+	}
+	seen := map[string]bool{}
+	for i, k := range c.Keys {
+		if len(k) != MeshKeyBytes {
+			return nil, nil, fmt.Errorf("mesh key %d is %d bytes, want %d", i, len(k), MeshKeyBytes)
+		}
+		if seen[string(k)] {
+			return nil, nil, fmt.Errorf("mesh key %d is listed twice", i)
+		}
+		seen[string(k)] = true
+	}
+	d.MeshKeys = cloneKeys(c.Keys)
+	// Not watched: the keys go to proxies only, over their own endpoint.
+	return nil, nil, nil
+}
+
+func cloneKeys(ks [][]byte) [][]byte {
+	out := make([][]byte, len(ks))
+	for i, k := range ks {
+		out[i] = append([]byte(nil), k...)
+	}
+	return out
 }
 
 func applyUpsertUser(d *Data, c UpsertUser) (any, []Event, error) {

@@ -88,6 +88,9 @@ type Data struct {
 	Roles   map[string]identity.Role `json:"roles"`
 	Tokens  map[string]Token         `json:"tokens"` // by hash
 	Nodes   map[string]Node          `json:"nodes"`
+	// MeshKeys is the proxies' gossip keyring, primary first. Secret: it
+	// never appears in watch events.
+	MeshKeys [][]byte `json:"mesh_keys,omitempty"`
 }
 
 func newData() Data {
@@ -149,6 +152,13 @@ func (s *Store) CAs() CAs {
 	defer s.mu.RUnlock()
 	c := s.data.CAs
 	return CAs{UserSSH: append([]string(nil), c.UserSSH...), HostSSH: append([]string(nil), c.HostSSH...), TLS: append([][]byte(nil), c.TLS...)}
+}
+
+// MeshKeys returns a copy of the proxies' gossip keyring, primary first.
+func (s *Store) MeshKeys() [][]byte {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return cloneKeys(s.data.MeshKeys)
 }
 
 // User returns a user.
@@ -268,7 +278,7 @@ func (s *Store) Restore(b []byte) error {
 
 // mergeData copies src into dst, keeping dst's non-nil maps when src has nil ones.
 func mergeData(dst *Data, src Data) {
-	dst.Cluster, dst.CAs = src.Cluster, src.CAs
+	dst.Cluster, dst.CAs, dst.MeshKeys = src.Cluster, src.CAs, src.MeshKeys
 	if src.Users != nil {
 		dst.Users = src.Users
 	}

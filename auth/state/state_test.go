@@ -112,3 +112,48 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+func TestMeshKeys(t *testing.T) {
+	var events []Event
+	s := New(func(_ uint64, evs []Event) { events = append(events, evs...) })
+	k1, k2 := make([]byte, MeshKeyBytes), make([]byte, MeshKeyBytes)
+	k2[0] = 1
+	mustApply(t, s, 1, TypeSetMeshKeys, SetMeshKeys{Keys: [][]byte{k1, k2}})
+	got := s.MeshKeys()
+	if len(got) != 2 || got[1][0] != 1 {
+		t.Fatalf("keys %v", got)
+	}
+	got[0][0] = 9 // a copy: the store is not changed through it
+	if s.MeshKeys()[0][0] != 0 {
+		t.Fatal("MeshKeys returned the live slice")
+	}
+	if len(events) != 0 {
+		t.Fatalf("mesh keys leaked into watch events: %+v", events)
+	}
+	for name, keys := range map[string][][]byte{
+		"none":      nil,
+		"short":     {make([]byte, 16)},
+		"duplicate": {k1, k1},
+		"too many":  {k1, k2, {2: 0, 31: 1}, {3: 0, 31: 2}, {4: 0, 31: 3}},
+	} {
+		cmd, _ := Encode(TypeSetMeshKeys, SetMeshKeys{Keys: keys})
+		if _, err := s.Apply(2, cmd); err == nil {
+			t.Errorf("%s: keyring accepted", name)
+		}
+	}
+	if len(s.MeshKeys()) != 2 {
+		t.Fatal("refused keyring changed state")
+	}
+	// Keys survive a snapshot.
+	b, _, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := New(nil)
+	if err := s2.Restore(b); err != nil {
+		t.Fatal(err)
+	}
+	if len(s2.MeshKeys()) != 2 {
+		t.Fatal("mesh keys lost in snapshot")
+	}
+}

@@ -38,6 +38,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 func main() {
 	root := &cobra.Command{Use: "jg", Short: "Jumpgate client", SilenceUsage: true, SilenceErrors: true}
+	root.PersistentFlags().BoolVar(&debug, "debug", os.Getenv("JG_DEBUG") != "", "say on stderr which proxy and path each connection took ($JG_DEBUG)")
 	root.AddCommand(loginCmd(), lsCmd(), sshCmd(), proxyCmd(), configCmd(), statusCmd(), logoutCmd(),
 		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jg", version) }})
 	err := root.Execute()
@@ -226,6 +227,9 @@ func splitTarget(target, cluster string) (login, node string) {
 	return login, strings.TrimSuffix(target, "."+cluster)
 }
 
+// debug makes jg say which proxy and path each connection took.
+var debug bool
+
 // dial opens a byte stream to node's SSH server through the proxy.
 func dial(ctx context.Context, id *creds.Identity, node, login string) (net.Conn, error) {
 	tcfg := authapi.ClientTLS(authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, id.GetClientCertificate, ingress.ALPNDial)
@@ -253,7 +257,7 @@ func dial(ctx context.Context, id *creds.Identity, node, login string) (net.Conn
 		c.Close()
 		return nil, &ingress.DialError{Code: resp.Code, Message: resp.Error}
 	}
-	if os.Getenv("JG_DEBUG") != "" {
+	if debug {
 		fmt.Fprintf(os.Stderr, "jg: connected to %s via proxy %s (path %s)\n", resp.Node, id.Meta.Proxy, resp.Path)
 	}
 	return &bufConn{Conn: c, r: br}, nil

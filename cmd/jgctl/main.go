@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -36,7 +37,7 @@ func main() {
 	pf.StringVar(&g.auth, "auth", envOr("JUMPGATE_AUTH", "127.0.0.1:3025"), "auth server address ($JUMPGATE_AUTH)")
 	pf.StringVar(&g.identityDir, "identity", envOr("JUMPGATE_ADMIN_IDENTITY", "/var/lib/jumpgate/admin"), "admin identity directory ($JUMPGATE_ADMIN_IDENTITY)")
 	pf.BoolVar(&g.jsonOut, "json", false, "print JSON")
-	root.AddCommand(usersCmd(g), rolesCmd(g), tokensCmd(g), nodesCmd(g), statusCmd(g),
+	root.AddCommand(usersCmd(g), rolesCmd(g), tokensCmd(g), nodesCmd(g), proxiesCmd(g), meshCmd(g), statusCmd(g),
 		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jgctl", version) }})
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "jgctl:", err)
@@ -311,6 +312,185 @@ func nodesCmd(g *globals) *cobra.Command {
 		})}
 	n.AddCommand(ls, rm)
 	return n
+}
+
+func proxiesCmd(g *globals) *cobra.Command {
+	p := &cobra.Command{Use: "proxies", Aliases: []string{"proxy"}, Short: "The cluster's proxies and their mesh"}
+	ls := &cobra.Command{Use: "ls", Short: "List proxies with region, state, version, tunnels held and RTT to their peers", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			proxies, err := c.Proxies(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(proxies)
+			}
+			var rows [][]string
+			for _, p := range proxies {
+				rows = append(rows, proxyRow(p, proxies))
+			}
+			return table("PROXY\tREGION\tSTATE\tHEALTH\tVERSION\tTUNNELS\tSESSIONS\tPEER RTT\tLAST REPORT", rows)
+		})}
+	p.AddCommand(ls)
+	return p
+}
+
+// proxyRow is one line of `jgctl proxies ls`. HEALTH is how the other
+// proxies see this one, so a proxy that is dead (and no longer reports)
+// still shows up as such.
+func proxyRow(p authapi.ProxyState, all []authapi.ProxyState) []string {
+	region, state, ver, sessions, rtts := "-", "-", "-", "-", "-"
+	if m := p.Mesh; m != nil {
+		region, state, ver, sessions = m.Region, m.State, m.Version, fmt.Sprint(m.Sessions)
+		var rs []string
+		for _, pv := range m.Peers {
+			if pv.RTT > 0 {
+				rs = append(rs, fmt.Sprintf("%s %s", pv.ID, pv.RTT.Round(100*time.Microsecond)))
+			}
+		}
+		if len(rs) > 0 {
+			rtts = strings.Join(rs, ", ")
+		}
+	}
+	views := map[string]int{}
+	seen := 0
+	for _, o := range all {
+		if o.ID == p.ID || o.Mesh == nil || time.Since(o.LastSeen) > time.Minute {
+			continue
+		}
+		for _, pv := range o.Mesh.Peers {
+			if pv.ID == p.ID {
+				views[pv.Health]++
+				seen++
+			}
+		}
+	}
+	health := "-"
+	if seen > 0 {
+		var hs []string
+		for _, h := range []string{"alive", "suspect", "dead", "left"} {
+			if views[h] > 0 {
+				hs = append(hs, fmt.Sprintf("%s %d/%d", h, views[h], seen))
+			}
+		}
+		health = strings.Join(hs, ", ")
+	}
+	last := identity.HumanDuration(time.Since(p.LastSeen)) + " ago"
+	if time.Since(p.LastSeen) > time.Minute {
+		last += " (not reporting)"
+	}
+	return []string{p.ID, region, state, health, ver, fmt.Sprint(p.Tunnels), sessions, rtts, last}
+}
+
+func meshCmd(g *globals) *cobra.Command {
+	m := &cobra.Command{Use: "mesh", Short: "The proxies' gossip mesh"}
+	keys := &cobra.Command{Use: "keys", Short: "Show the gossip keyring (key IDs, primary first) and which proxies hold which keys", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			ring, err := c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "list"})
+			if err != nil {
+				return err
+			}
+			proxies, err := c.Proxies(ctx)
+			if err != nil {
+				return err
+			}
+			if g.jsonOut {
+				return g.printJSON(map[string]any{"keyring": ring, "proxies": proxies})
+			}
+			fmt.Printf("Keyring (primary first): %s\n\n", strings.Join(ring.KeyIDs, ", "))
+			var rows [][]string
+			for _, p := range proxies {
+				ids := "-"
+				if p.Mesh != nil {
+					ids = strings.Join(p.Mesh.KeyIDs, ", ")
+				}
+				rows = append(rows, []string{p.ID, ids})
+			}
+			return table("PROXY\tKEYS HELD (PRIMARY FIRST)", rows)
+		})}
+	var timeout time.Duration
+	rotate := &cobra.Command{Use: "rotate-key", Short: "Replace the gossip key without splitting the mesh: add, wait for every proxy, promote, wait, remove the old", Args: cobra.NoArgs,
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
+			return rotateMeshKey(ctx, c, timeout)
+		})}
+	rotate.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long each step waits for every proxy")
+	m.AddCommand(keys, rotate)
+	return m
+}
+
+// rotateMeshKey rotates the gossip key in three steps, each waiting until
+// every proxy that reported in the last minute holds the new keyring, so
+// that at every moment all proxies share a key they can all decrypt. Run it
+// again after a timeout: a keyring with more than one key is a rotation in
+// progress, and it continues with the newest key.
+func rotateMeshKey(ctx context.Context, c *authapi.Client, timeout time.Duration) error {
+	ring, err := c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "list"})
+	if err != nil {
+		return err
+	}
+	if len(ring.KeyIDs) == 1 {
+		if ring, err = c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "add"}); err != nil {
+			return err
+		}
+		fmt.Printf("added key %s\n", ring.KeyIDs[len(ring.KeyIDs)-1])
+	} else {
+		fmt.Printf("continuing the rotation in progress (keyring %s)\n", strings.Join(ring.KeyIDs, ", "))
+	}
+	newID := ring.KeyIDs[len(ring.KeyIDs)-1]
+	if ring.KeyIDs[0] != newID {
+		if err := waitProxiesKeys(ctx, c, timeout, "hold key "+newID, func(ids []string) bool { return slices.Contains(ids, newID) }); err != nil {
+			return err
+		}
+		if ring, err = c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "promote", KeyID: newID}); err != nil {
+			return err
+		}
+		fmt.Printf("promoted key %s to primary\n", newID)
+	}
+	if err := waitProxiesKeys(ctx, c, timeout, "use key "+newID, func(ids []string) bool { return len(ids) > 0 && ids[0] == newID }); err != nil {
+		return err
+	}
+	for _, id := range ring.KeyIDs[1:] {
+		if _, err := c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "remove", KeyID: id}); err != nil {
+			return err
+		}
+		fmt.Printf("removed key %s\n", id)
+	}
+	if err := waitProxiesKeys(ctx, c, timeout, "drop the old keys", func(ids []string) bool { return len(ids) == 1 && ids[0] == newID }); err != nil {
+		return err
+	}
+	fmt.Printf("rotation done: every proxy uses key %s only\n", newID)
+	return nil
+}
+
+func waitProxiesKeys(ctx context.Context, c *authapi.Client, timeout time.Duration, what string, ok func(ids []string) bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		proxies, err := c.Proxies(ctx)
+		if err != nil {
+			return err
+		}
+		var lagging []string
+		for _, p := range proxies {
+			if time.Since(p.LastSeen) > time.Minute {
+				continue // not reporting: dead or gone; it gets the keyring when it starts
+			}
+			if p.Mesh == nil || !ok(p.Mesh.KeyIDs) {
+				lagging = append(lagging, p.ID)
+			}
+		}
+		if len(lagging) == 0 {
+			fmt.Printf("every proxy now %s\n", what)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %s these proxies still do not %s: %s; the mesh is safe as it is (all proxies share a key); check them and run jgctl mesh rotate-key again to continue", timeout, what, strings.Join(lagging, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 func statusCmd(g *globals) *cobra.Command {

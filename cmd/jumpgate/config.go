@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,6 +33,13 @@ import (
 //	  auth_addr: auth.example.com:3025  # when auth runs elsewhere
 //	  token: <proxy join token>
 //	  ca_pin: sha256:...
+//	  region: eu-central                # shown in jgctl proxies ls; used by routing
+//	  location: {lat: 50.11, lon: 8.68} # where the proxy is, for nearest-proxy choices
+//	  mesh:                             # off when gossip_listen is empty (a lone proxy)
+//	    gossip_listen: 0.0.0.0:3082     # membership and tunnel directory, TCP and UDP
+//	    peer_listen: 0.0.0.0:3081       # proxy-to-proxy QUIC (UDP)
+//	    advertise_addr: 203.0.113.7     # the address other proxies use, when not the listen host
+//	    seeds: [proxy-us-1.example.com:3082]
 //	node:
 //	  name: db-1
 //	  labels: {env: prod, team: data}
@@ -69,21 +77,45 @@ type AuthConfig struct {
 
 // ProxyConfig configures the proxy role.
 type ProxyConfig struct {
-	ID          string   `yaml:"id"`
-	Listen      string   `yaml:"listen"`
-	PublicAddrs []string `yaml:"public_addrs"`
-	AuthAddr    string   `yaml:"auth_addr"`
-	Token       string   `yaml:"token"`
-	CAPin       string   `yaml:"ca_pin"`
+	ID          string     `yaml:"id"`
+	Listen      string     `yaml:"listen"`
+	PublicAddrs []string   `yaml:"public_addrs"`
+	AuthAddr    string     `yaml:"auth_addr"`
+	Token       string     `yaml:"token"`
+	CAPin       string     `yaml:"ca_pin"`
+	Region      string     `yaml:"region"`
+	Location    *Location  `yaml:"location"`
+	Mesh        MeshConfig `yaml:"mesh"`
 }
+
+// Location is a point on Earth in degrees.
+type Location struct {
+	Lat float64 `yaml:"lat"`
+	Lon float64 `yaml:"lon"`
+}
+
+// MeshConfig joins a proxy to the other proxies of its cluster.
+type MeshConfig struct {
+	GossipListen  string   `yaml:"gossip_listen"`
+	PeerListen    string   `yaml:"peer_listen"`
+	AdvertiseAddr string   `yaml:"advertise_addr"`
+	Seeds         []string `yaml:"seeds"`
+}
+
+// Enabled reports whether this proxy joins a mesh.
+func (m MeshConfig) Enabled() bool { return m.GossipListen != "" }
 
 // NodeConfig configures the node role.
 type NodeConfig struct {
 	Name   string            `yaml:"name"`
 	Labels map[string]string `yaml:"labels"`
-	Proxy  string            `yaml:"proxy"`
-	Token  string            `yaml:"token"`
-	CAPin  string            `yaml:"ca_pin"`
+	// Proxy is the proxy the node joins through and keeps a tunnel to;
+	// Proxies adds more, each held as its own tunnel, so the node stays
+	// reachable when one proxy dies. --proxy takes a comma-separated list.
+	Proxy   string   `yaml:"proxy"`
+	Proxies []string `yaml:"proxies"`
+	Token   string   `yaml:"token"`
+	CAPin   string   `yaml:"ca_pin"`
 	// BenchSSHListen also serves the node's SSH server directly on this
 	// loopback address, bypassing the tunnel. It exists for the benchmark
 	// suite, which separates the mesh's cost from the SSH server's; a node in
@@ -165,6 +197,33 @@ func (c *Config) CheckAndSetDefaults() error {
 		if err := checkHostPort("proxy.listen", c.Proxy.Listen); err != nil {
 			return err
 		}
+		if c.Proxy.Region == "" {
+			c.Proxy.Region = "default"
+		}
+		if err := identity.CheckName(c.Proxy.Region); err != nil {
+			return fmt.Errorf("proxy: region: %w", err)
+		}
+		if l := c.Proxy.Location; l != nil && (l.Lat < -90 || l.Lat > 90 || l.Lon < -180 || l.Lon > 180) {
+			return fmt.Errorf("proxy: location %v,%v: latitude must be within ±90 and longitude within ±180", l.Lat, l.Lon)
+		}
+		if m := &c.Proxy.Mesh; m.Enabled() {
+			if err := checkHostPort("proxy.mesh.gossip_listen", m.GossipListen); err != nil {
+				return err
+			}
+			if m.PeerListen == "" {
+				return errors.New("proxy: mesh.peer_listen is required with mesh.gossip_listen (--peer-listen)")
+			}
+			if err := checkHostPort("proxy.mesh.peer_listen", m.PeerListen); err != nil {
+				return err
+			}
+			for _, s := range m.Seeds {
+				if err := checkHostPort("proxy.mesh.seeds", s); err != nil {
+					return err
+				}
+			}
+		} else if len(c.Proxy.Mesh.Seeds) > 0 || c.Proxy.Mesh.PeerListen != "" {
+			return errors.New("proxy: mesh seeds or peer_listen given without mesh.gossip_listen (--gossip-listen)")
+		}
 		if !c.Has("auth") && (c.Proxy.AuthAddr == "" || c.Proxy.Token == "" && c.Proxy.CAPin == "") {
 			return errors.New("proxy: without the auth role in this process, auth_addr (--auth) and, on first start, token and ca_pin are required")
 		}
@@ -176,15 +235,28 @@ func (c *Config) CheckAndSetDefaults() error {
 		if err := identity.CheckName(c.Node.Name); err != nil {
 			return fmt.Errorf("node: name: %w", err)
 		}
-		if c.Node.Proxy == "" {
+		if c.Node.Proxy == "" && len(c.Node.Proxies) == 0 {
 			if !c.Has("proxy") {
 				return errors.New("node: proxy is required (--proxy host:port)")
 			}
 			c.Node.Proxy = c.Proxy.Listen
 		}
-		if err := checkHostPort("node.proxy", c.Node.Proxy); err != nil {
-			return err
+		list := append(strings.Split(c.Node.Proxy, ","), c.Node.Proxies...)
+		c.Node.Proxy, c.Node.Proxies = "", nil
+		for _, a := range list {
+			a = strings.TrimSpace(a)
+			if a == "" || slices.Contains(c.Node.Proxies, a) {
+				continue
+			}
+			if err := checkHostPort("node.proxy", a); err != nil {
+				return err
+			}
+			c.Node.Proxies = append(c.Node.Proxies, a)
 		}
+		if len(c.Node.Proxies) == 0 {
+			return errors.New("node: proxy is required (--proxy host:port)")
+		}
+		c.Node.Proxy = c.Node.Proxies[0]
 		if c.Node.BenchSSHListen != "" {
 			h, _, err := net.SplitHostPort(c.Node.BenchSSHListen)
 			if ip := net.ParseIP(h); err != nil || ip == nil || !ip.IsLoopback() {

@@ -27,7 +27,7 @@ func demoCmd() *cobra.Command {
 	var keep bool
 	c := &cobra.Command{
 		Use:   "demo",
-		Short: "Run a whole cluster on this machine: auth, a proxy and two nodes reachable only through tunnels",
+		Short: "Run a whole cluster on this machine: auth, three proxies in three simulated regions, and two nodes reachable only through tunnels",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -36,7 +36,7 @@ func demoCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&dir, "dir", ".demo", "working directory for the demo's data and logs (removed at exit)")
-	c.Flags().StringVar(&proxyAddr, "proxy-listen", "127.0.0.1:3080", "proxy address")
+	c.Flags().StringVar(&proxyAddr, "proxy-listen", "127.0.0.1:3080", "first proxy's address; the others use the same port on 127.0.0.2 and 127.0.0.3")
 	c.Flags().StringVar(&authAddr, "auth-listen", "127.0.0.1:3025", "auth server address")
 	c.Flags().StringVar(&password, "password", "", "password for the demo user alice (default: random)")
 	c.Flags().BoolVar(&keep, "keep", false, "keep the demo directory at exit")
@@ -48,8 +48,46 @@ type demoOptions struct {
 	keep                       bool
 }
 
+// demoRegion is one simulated region of the demo: its proxy listens on its
+// own loopback address, as a proxy in another city would on its own host.
+type demoRegion struct {
+	proxyID, region, ip, location string
+	listen, peer, gossip          string
+}
+
+func demoRegions(proxyListen string) ([]demoRegion, error) {
+	host, portStr, err := net.SplitHostPort(proxyListen)
+	if err != nil {
+		return nil, fmt.Errorf("--proxy-listen %q: %w", proxyListen, err)
+	}
+	var port int
+	if _, err := fmt.Sscan(portStr, &port); err != nil || port < 1 || port > 65533 {
+		return nil, fmt.Errorf("--proxy-listen %q: want a port below 65534", proxyListen)
+	}
+	rs := []demoRegion{
+		{proxyID: "proxy-us", region: "us-east", ip: host, location: "39.04,-77.49"},             // Ashburn
+		{proxyID: "proxy-eu", region: "eu-central", ip: "127.0.0.2", location: "50.11,8.68"},     // Frankfurt
+		{proxyID: "proxy-ap", region: "ap-northeast", ip: "127.0.0.3", location: "35.68,139.65"}, // Tokyo
+	}
+	for i := range rs {
+		r := &rs[i]
+		r.listen = net.JoinHostPort(r.ip, fmt.Sprint(port))
+		r.peer = net.JoinHostPort(r.ip, fmt.Sprint(port+1))
+		r.gossip = net.JoinHostPort(r.ip, fmt.Sprint(port+2))
+	}
+	return rs, nil
+}
+
 func runDemo(ctx context.Context, o demoOptions) error {
-	for _, a := range []string{o.proxy, o.auth} {
+	regions, err := demoRegions(o.proxy)
+	if err != nil {
+		return err
+	}
+	busy := []string{o.auth}
+	for _, r := range regions {
+		busy = append(busy, r.listen, r.peer, r.gossip)
+	}
+	for _, a := range busy {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
 			return fmt.Errorf("address %s is busy (is another demo running?): %w", a, err)
@@ -102,17 +140,35 @@ func runDemo(ctx context.Context, o demoOptions) error {
 		children = append(children, c)
 		return nil
 	}
+	meshArgs := func(r demoRegion) []string {
+		args := []string{"--proxy-id=" + r.proxyID, "--region=" + r.region, "--location=" + r.location,
+			"--proxy-listen=" + r.listen, "--peer-listen=" + r.peer, "--gossip-listen=" + r.gossip}
+		if r.proxyID != regions[0].proxyID {
+			args = append(args, "--seeds="+regions[0].gossip)
+		}
+		return args
+	}
 	fmt.Println("Starting the Jumpgate demo cluster...")
-	if err := start("auth-proxy", "--roles=auth,proxy", "--cluster-name=demo", "--proxy-id=proxy1",
-		"--data-dir="+filepath.Join(dir, "auth"), "--auth-listen="+o.auth, "--proxy-listen="+o.proxy); err != nil {
+	if err := start("auth-"+regions[0].proxyID, append([]string{"--roles=auth,proxy", "--cluster-name=demo",
+		"--data-dir=" + filepath.Join(dir, "auth"), "--auth-listen=" + o.auth}, meshArgs(regions[0])...)...); err != nil {
 		return err
 	}
 	adminDir := filepath.Join(dir, "auth", "admin")
 	admin, err := waitAdmin(ctx, adminDir, o.auth)
 	if err != nil {
-		return fmt.Errorf("auth server did not come up (see %s): %w", filepath.Join(dir, "logs", "auth-proxy.log"), err)
+		return fmt.Errorf("auth server did not come up (see %s): %w", filepath.Join(dir, "logs", "auth-"+regions[0].proxyID+".log"), err)
 	}
 	defer admin.Close()
+	for _, r := range regions[1:] {
+		tok, err := admin.CreateToken(ctx, authapi.CreateTokenRequest{Kind: identity.KindProxy, TTL: identity.Duration(10 * time.Minute)})
+		if err != nil {
+			return err
+		}
+		if err := start(r.proxyID, append([]string{"--roles=proxy", "--data-dir=" + filepath.Join(dir, r.proxyID), "--auth=" + o.auth,
+			"--token=" + tok.Token, "--ca-pin=" + tok.CAPin}, meshArgs(r)...)...); err != nil {
+			return err
+		}
+	}
 	me, err := user.Current()
 	if err != nil {
 		return err
@@ -136,27 +192,43 @@ func runDemo(ctx context.Context, o demoOptions) error {
 	if err := admin.CreateUser(ctx, authapi.CreateUserRequest{Name: "bob", Roles: []string{"staging-only"}, Password: pw}); err != nil {
 		return err
 	}
+	// node1 sits in Frankfurt with a tunnel to the EU proxy only; node2 in
+	// Tokyo keeps tunnels to the AP and US proxies.
+	nodes := []struct{ name, env, proxies string }{
+		{"node1", "dev", regions[1].listen},
+		{"node2", "staging", regions[2].listen + "," + regions[0].listen},
+	}
 	var pin string
-	for i, env := range []string{"dev", "staging"} {
+	for _, n := range nodes {
 		tok, err := admin.CreateToken(ctx, authapi.CreateTokenRequest{Kind: identity.KindNode, TTL: identity.Duration(10 * time.Minute)})
 		if err != nil {
 			return err
 		}
 		pin = tok.CAPin
-		name := fmt.Sprintf("node%d", i+1)
-		if err := start(name, "--roles=node", "--node-name="+name, "--labels=env="+env, "--data-dir="+filepath.Join(dir, name),
-			"--proxy="+o.proxy, "--token="+tok.Token, "--ca-pin="+tok.CAPin); err != nil {
+		if err := start(n.name, "--roles=node", "--node-name="+n.name, "--labels=env="+n.env, "--data-dir="+filepath.Join(dir, n.name),
+			"--proxy="+n.proxies, "--token="+tok.Token, "--ca-pin="+tok.CAPin); err != nil {
 			return err
 		}
 	}
-	if err := waitOnline(ctx, admin, 2); err != nil {
+	if err := waitOnline(ctx, admin, len(nodes)); err != nil {
 		return fmt.Errorf("nodes did not connect (see %s): %w", filepath.Join(dir, "logs"), err)
+	}
+	if err := waitProxies(ctx, admin, len(regions)); err != nil {
+		return fmt.Errorf("proxies did not form a mesh (see %s): %w", filepath.Join(dir, "logs"), err)
 	}
 	bin := filepath.Dir(exe)
 	fmt.Printf(`
-Jumpgate demo is running: cluster "demo", one auth server and proxy (%[1]s),
-and two nodes, node1 (env=dev) and node2 (env=staging). The nodes listen on no
-port: they are reachable only through their reverse tunnels to the proxy.
+Jumpgate demo is running: cluster "demo" with three proxies in three simulated
+regions, each on its own loopback address, gossiping and peering over QUIC:
+
+  proxy-us  us-east       %[1]s   (also runs the auth server)
+  proxy-eu  eu-central    %[8]s
+  proxy-ap  ap-northeast  %[9]s
+
+node1 (env=dev) holds a tunnel to proxy-eu only; node2 (env=staging) to
+proxy-ap and proxy-us. The nodes listen on no port. Log in at any proxy and
+reach every node: the mesh carries the connection to the proxy holding the
+node's tunnel.
 
 In another terminal:
 
@@ -165,7 +237,7 @@ In another terminal:
       (password: %[4]s)
   jg ls
   jg ssh node1
-  jg ssh node2 -- uname -a
+  jg --debug ssh node1 -- uname -a      (says which path it took: peer proxy-eu)
 
 Plain OpenSSH works too:
 
@@ -173,12 +245,14 @@ Plain OpenSSH works too:
   ssh node1 hostname;  scp somefile node2:/tmp/;  sftp node1
 
 bob (same password) has role staging-only: he may reach node2 but not node1.
-Admin commands (users, roles, tokens, nodes, status):
+Admin commands (users, roles, tokens, nodes, proxies, status):
 
-  JUMPGATE_ADMIN_IDENTITY=%[5]s jgctl --auth=%[6]s nodes ls
+  export JUMPGATE_ADMIN_IDENTITY=%[5]s JUMPGATE_AUTH=%[6]s
+  jgctl proxies ls
+  jgctl nodes ls
 
 Logs: %[7]s    Press Ctrl-C to stop the demo.
-`, o.proxy, bin, pin, pw, adminDir, o.auth, filepath.Join(dir, "logs"))
+`, regions[0].listen, bin, pin, pw, adminDir, o.auth, filepath.Join(dir, "logs"), regions[1].listen, regions[2].listen)
 	done := make(chan error, len(children))
 	for _, c := range children {
 		go func() { done <- c.Wait() }()
@@ -189,6 +263,38 @@ Logs: %[7]s    Press Ctrl-C to stop the demo.
 	case err := <-done:
 		return fmt.Errorf("a demo process exited (see %s): %v", filepath.Join(dir, "logs"), err)
 	}
+}
+
+// waitProxies waits until n proxies report to auth and each sees all the
+// others alive.
+func waitProxies(ctx context.Context, c *authapi.Client, n int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		ps, err := c.Proxies(ctx)
+		if err == nil && len(ps) >= n {
+			whole := true
+			for _, p := range ps {
+				alive := 0
+				if p.Mesh != nil {
+					for _, pv := range p.Mesh.Peers {
+						if pv.Health == "alive" {
+							alive++
+						}
+					}
+				}
+				whole = whole && alive >= n-1
+			}
+			if whole {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return errors.New("timed out after 60s")
 }
 
 func waitAdmin(ctx context.Context, dir, addr string) (*authapi.Client, error) {

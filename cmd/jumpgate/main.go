@@ -34,9 +34,9 @@ func versionCmd() *cobra.Command {
 
 func startCmd() *cobra.Command {
 	var (
-		configPath, roles, labels string
-		drain                     time.Duration
-		f                         Config
+		configPath, roles, labels, location string
+		drain                               time.Duration
+		f                                   Config
 	)
 	c := &cobra.Command{
 		Use:   "start",
@@ -80,6 +80,20 @@ func startCmd() *cobra.Command {
 			set("node-name", &cfg.Node.Name, f.Node.Name)
 			set("proxy", &cfg.Node.Proxy, f.Node.Proxy)
 			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
+			set("region", &cfg.Proxy.Region, f.Proxy.Region)
+			set("gossip-listen", &cfg.Proxy.Mesh.GossipListen, f.Proxy.Mesh.GossipListen)
+			set("peer-listen", &cfg.Proxy.Mesh.PeerListen, f.Proxy.Mesh.PeerListen)
+			set("advertise-addr", &cfg.Proxy.Mesh.AdvertiseAddr, f.Proxy.Mesh.AdvertiseAddr)
+			if fl.Changed("seeds") {
+				cfg.Proxy.Mesh.Seeds = f.Proxy.Mesh.Seeds
+			}
+			if fl.Changed("location") {
+				var l Location
+				if _, err := fmt.Sscanf(location, "%g,%g", &l.Lat, &l.Lon); err != nil {
+					return fmt.Errorf("--location %q: want LAT,LON in degrees, e.g. 50.11,8.68", location)
+				}
+				cfg.Proxy.Location = &l
+			}
 			if fl.Changed("public-addr") {
 				cfg.Proxy.PublicAddrs = f.Proxy.PublicAddrs
 			}
@@ -119,6 +133,12 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Proxy.ID, "proxy-id", "", "this proxy's id")
 	fl.StringVar(&f.Proxy.Listen, "proxy-listen", "127.0.0.1:3080", "proxy address: TLS on TCP, tunnels on UDP")
 	fl.StringSliceVar(&f.Proxy.PublicAddrs, "public-addr", nil, "names and IPs clients use to reach this proxy (go into its certificate)")
+	fl.StringVar(&f.Proxy.Region, "region", "", "this proxy's region (default \"default\")")
+	fl.StringVar(&location, "location", "", "this proxy's location as LAT,LON in degrees")
+	fl.StringVar(&f.Proxy.Mesh.GossipListen, "gossip-listen", "", "mesh membership address, TCP and UDP (mesh off when empty)")
+	fl.StringVar(&f.Proxy.Mesh.PeerListen, "peer-listen", "", "proxy-to-proxy QUIC address (UDP)")
+	fl.StringVar(&f.Proxy.Mesh.AdvertiseAddr, "advertise-addr", "", "address other proxies use to reach this one, when not the listen host")
+	fl.StringSliceVar(&f.Proxy.Mesh.Seeds, "seeds", nil, "gossip addresses of other proxies to join through")
 	fl.StringVar(&f.Proxy.AuthAddr, "auth", "", "auth server address, for a proxy without the auth role")
 	fl.StringVar(&f.Node.Name, "node-name", "", "this node's name")
 	fl.StringVar(&labels, "labels", "", "node labels, k=v,k2=v2")

@@ -34,7 +34,6 @@ import (
 	"jumpgate.dev/jumpgate/mesh/ingress"
 	"jumpgate.dev/jumpgate/node/sshd"
 	"jumpgate.dev/jumpgate/tunnel/agent"
-	"jumpgate.dev/jumpgate/tunnel/proto"
 	tserver "jumpgate.dev/jumpgate/tunnel/server"
 )
 
@@ -198,6 +197,19 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 			return nil, lastErr
 		}
 	}
+	if len(store.MeshKeys()) == 0 {
+		// Proxies encrypt their gossip with this key (they fetch it from
+		// auth); clusters created before the mesh get one on upgrade.
+		key := make([]byte, state.MeshKeyBytes)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		cmd, _ := state.Encode(state.TypeSetMeshKeys, state.SetMeshKeys{Keys: [][]byte{key}})
+		if _, err := rn.Apply(cmd); err != nil {
+			return nil, fmt.Errorf("create mesh gossip key: %w", err)
+		}
+		p.log.Info("created the mesh gossip key")
+	}
 	_ = hub.Apply(authapi.SnapshotMessage(store))
 	api, err := authapi.NewServer(authapi.ServerConfig{
 		ID: "auth-" + cfg.Auth.ClusterName, Store: store, Hub: hub, Apply: rn.Apply,
@@ -298,11 +310,6 @@ func writeAdminIdentity(a *ca.Authority, cluster, dir string) error {
 
 // --- proxy -----------------------------------------------------------------
 
-type offlineError struct{ error }
-
-func (offlineError) Offline() bool   { return true }
-func (e offlineError) Unwrap() error { return e.error }
-
 func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Authority) error {
 	host, _, _ := net.SplitHostPort(cfg.Proxy.Listen)
 	hosts := append([]string{host, "localhost"}, cfg.Proxy.PublicAddrs...)
@@ -355,9 +362,21 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		return nil
 	})
 	presenceKick := make(chan struct{}, 1)
+	var pm *proxyMesh // set below; tunnel events before that are replayed from Nodes()
+	var pmMu sync.Mutex
+	tunnelReset, _, err := resetKeys(cfg.DataDir)
+	if err != nil {
+		return err
+	}
 	tsrv, err := tserver.New(tserver.Config{
-		ProxyID: cfg.Proxy.ID, ClusterName: cluster, GetCertificate: getCert, ClientCAs: cache.TLSPool,
-		OnTunnel: func(tserver.TunnelEvent) {
+		ProxyID: cfg.Proxy.ID, ClusterName: cluster, GetCertificate: getCert, ClientCAs: cache.TLSPool, StatelessResetKey: tunnelReset,
+		OnTunnel: func(ev tserver.TunnelEvent) {
+			pmMu.Lock()
+			m := pm
+			pmMu.Unlock()
+			if m != nil {
+				m.onTunnel(ev)
+			}
 			select {
 			case presenceKick <- struct{}{}:
 			default:
@@ -374,24 +393,31 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	}
 	p.goServe("tunnel server", func() error { return tsrv.Serve(udp) })
 	p.onShutdown(func(ctx context.Context) { tsrv.Shutdown(ctx) }) //nolint:errcheck
-	online := func(node string) bool {
-		for _, n := range tsrv.Nodes() {
-			if n.ID == node {
-				return true
-			}
+	publicAddr := cfg.Proxy.Listen
+	if len(cfg.Proxy.PublicAddrs) > 0 {
+		_, port, _ := net.SplitHostPort(cfg.Proxy.Listen)
+		publicAddr = net.JoinHostPort(cfg.Proxy.PublicAddrs[0], port)
+	}
+	kick := func() {
+		select {
+		case presenceKick <- struct{}{}:
+		default:
 		}
-		return false
+	}
+	m, err := startMesh(ctx, p, cfg, cluster, tsrv, upstream, getCert, pool, publicAddr, kick)
+	if err != nil {
+		return err
+	}
+	pmMu.Lock()
+	pm = m
+	pmMu.Unlock()
+	for _, n := range tsrv.Nodes() { // tunnels that came up before the mesh started
+		m.onTunnel(tserver.TunnelEvent{Type: tserver.TunnelUp, Node: n})
 	}
 	ing, err := ingress.New(ingress.Config{
-		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: online, Version: version,
-		Dialer: ingress.NodeDialerFunc(func(ctx context.Context, node string, user identity.Identity, clientAddr string) (net.Conn, error) {
-			c, err := tsrv.Dial(ctx, node, proto.DialRequest{Version: proto.Version, ClientAddr: clientAddr, User: user.Name})
-			if errors.Is(err, tserver.ErrNodeOffline) {
-				return nil, offlineError{err}
-			}
-			return c, err
-		}),
-		Audit: p.audit, Logger: p.log.With("component", "ingress"), Metrics: p.reg,
+		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
+		Dialer: ingress.NodeDialerFunc(m.dial),
+		Audit:  p.audit, Logger: p.log.With("component", "ingress"), Metrics: p.reg,
 	})
 	if err != nil {
 		return err
@@ -411,16 +437,24 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 			for _, n := range tsrv.Nodes() {
 				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedSince})
 			}
+			rep.Mesh = m.report(ing.Sessions())
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if err := upstream.ReportPresence(rctx, rep); err != nil && ctx.Err() == nil {
 				p.log.Warn("report tunnels to auth", "err", err)
 			}
 			cancel()
+			last := time.Now()
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-t.C:
 			case <-presenceKick:
+				// Coalesce bursts (a proxy restart brings back many tunnels).
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Until(last.Add(time.Second))):
+				}
 			}
 		}
 	})
@@ -511,18 +545,35 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	cl, err := authapi.NewClient(authapi.ClientConfig{Addr: cfg.Node.Proxy, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}},
-		GetClientCertificate: id.GetClientCertificate})
-	if err != nil {
-		return err
+	var clients []*authapi.Client
+	for _, addr := range cfg.Node.Proxies {
+		cl, err := authapi.NewClient(authapi.ClientConfig{Addr: addr, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}},
+			GetClientCertificate: id.GetClientCertificate})
+		if err != nil {
+			return err
+		}
+		clients = append(clients, cl)
+	}
+	// The cache follows one proxy's watch stream; when it breaks, the next
+	// attempt goes to the next proxy, so losing a proxy does not freeze the
+	// node's view of roles and CAs.
+	var next atomic.Uint32
+	openWatch := func(ctx context.Context) (*http.Response, error) {
+		i := int(next.Add(1)-1) % len(clients)
+		resp, err := clients[i].OpenWatch(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("watch via proxy %s: %w", cfg.Node.Proxies[i], err)
+		}
+		next.Add(^uint32(0)) // stay on the proxy that answered
+		return resp, nil
 	}
 	cache := authapi.NewHub()
 	p.goServe("node cache", func() error {
-		authapi.Follow(ctx, cache, cl.OpenWatch, func(err error) {
+		authapi.Follow(ctx, cache, openWatch, func(err error) {
 			if err != nil {
-				p.log.Warn("watch stream from proxy broke; retrying", "proxy", cfg.Node.Proxy, "err", err)
+				p.log.Warn("watch stream from proxy broke; retrying", "err", err)
 			} else {
-				p.log.Info("node cache in sync", "proxy", cfg.Node.Proxy)
+				p.log.Info("node cache in sync")
 			}
 		})
 		return nil
@@ -544,7 +595,7 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		return err
 	}
 	ag, err := agent.New(agent.Config{
-		ProxyAddrs: []string{cfg.Node.Proxy}, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
+		ProxyAddrs: cfg.Node.Proxies, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
 		Labels:               func() map[string]string { return labels },
 		GetClientCertificate: id.GetClientCertificate, RootCAs: id.RootCAs,
 		Logger: p.log.With("component", "agent"), Metrics: p.reg,
@@ -590,7 +641,7 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		}
 		return errors.New("node: no tunnel connected")
 	})
-	p.log.Info("node started", "node", id.Meta.Name, "proxy", cfg.Node.Proxy, "labels", labels)
+	p.log.Info("node started", "node", id.Meta.Name, "proxies", cfg.Node.Proxies, "labels", labels)
 	return nil
 }
 

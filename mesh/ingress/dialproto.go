@@ -12,6 +12,7 @@
 //
 //	client → proxy   one line of JSON: {"v":1,"node":"node1","login":"alice"}\n
 //	proxy  → client  one line of JSON: {"v":1,"ok":true,"node":"node1","path":"local"}\n
+//	                 (path "peer proxy-3" when another proxy holds the tunnel)
 //	                 or {"v":1,"code":"denied","error":"access denied: ..."}\n
 //	then             raw bytes both ways: the client's SSH connection, end to
 //	                 end with the node. The proxy never sees inside it.
@@ -19,7 +20,8 @@
 // A line is at most MaxLineBytes. v is the protocol version; a server
 // answers a request with a newer v with code "version". Codes: "denied"
 // (roles), "unknown" (no such node), "offline" (no tunnel), "version",
-// "bad_request", "unavailable" (the proxy is not ready).
+// "bad_request", "unavailable" (the proxy is not ready), "unreachable" (a
+// proxy holds the node's tunnel but none could be reached), "error".
 package ingress
 
 import (
@@ -68,6 +70,8 @@ const (
 	CodeVersion     = "version"
 	CodeBadRequest  = "bad_request"
 	CodeUnavailable = "unavailable"
+	CodeUnreachable = "unreachable"
+	CodeError       = "error"
 )
 
 // DialError is a refused dial as the client sees it.

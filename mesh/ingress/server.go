@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +50,13 @@ type Upstream interface {
 type OfflineError interface {
 	error
 	Offline() bool
+}
+
+// CodedError is implemented by dial errors that carry the code the client
+// should see (CodeOffline, CodeUnreachable, ...).
+type CodedError interface {
+	error
+	DialCode() string
 }
 
 // Config configures the ingress server.
@@ -110,6 +118,7 @@ type Server struct {
 	http    *http.Server
 	httpL   *chanListener
 	metrics *metrics
+	active  atomic.Int64 // sessions being forwarded
 
 	ctx    context.Context // cancelled by Close: ends every session
 	cancel context.CancelFunc
@@ -131,7 +140,7 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		dials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_dials_total", Help: "Client dials to nodes by outcome (ok, denied, unknown, offline, error) and path (local)."}, []string{"outcome", "path"}),
+		dials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_dials_total", Help: "Client dials to nodes by outcome (ok, denied, unknown, offline, unreachable, version, bad_request, error) and path (local: a tunnel held here; peer: through the proxy holding it)."}, []string{"outcome", "path"}),
 		dialTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jumpgate_proxy_dial_duration_seconds", Help: "Time from a client's dial request to the node stream being open.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jumpgate_proxy_sessions_active", Help: "Client connections currently forwarded to nodes."}),
@@ -307,25 +316,37 @@ func (s *Server) handleDial(tc *tls.Conn) {
 	cancel()
 	if err != nil {
 		ev.Type = audit.DialFailed
-		code := CodeOffline
+		code := CodeError
 		var oe OfflineError
-		if !errors.As(err, &oe) || !oe.Offline() {
-			code = "error"
+		var ce CodedError
+		switch {
+		case errors.As(err, &ce):
+			code = ce.DialCode()
+		case errors.As(err, &oe) && oe.Offline():
+			code = CodeOffline
 		}
 		refuse(&DialResponse{V: DialVersion, Code: code, Error: err.Error()})
 		return
 	}
 	defer nc.Close()
 	_ = tc.SetDeadline(time.Time{})
-	if err := WriteLine(tc, &DialResponse{V: DialVersion, OK: true, Node: node.ID, Path: "local"}); err != nil {
+	path, pathLabel := "local", "local"
+	if pc, ok := nc.(interface{ DialPath() string }); ok {
+		path = pc.DialPath()
+		if path != "local" {
+			pathLabel = "peer"
+		}
+	}
+	if err := WriteLine(tc, &DialResponse{V: DialVersion, OK: true, Node: node.ID, Path: path}); err != nil {
 		return
 	}
-	s.metrics.dials.WithLabelValues("ok", "local").Inc()
+	s.metrics.dials.WithLabelValues("ok", pathLabel).Inc()
 	s.metrics.dialTime.Observe(time.Since(start).Seconds())
 	ev.Type, ev.Error = audit.DialOK, ""
 	s.cfg.Audit.Emit(ev)
 	s.metrics.sessions.Inc()
-	defer s.metrics.sessions.Dec()
+	s.active.Add(1)
+	defer func() { s.metrics.sessions.Dec(); s.active.Add(-1) }()
 	// Bytes the client sent right behind its dial line are in br's buffer.
 	var client io.Reader = tc
 	if br.Buffered() > 0 {
@@ -466,6 +487,9 @@ func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	authapi.WriteJSON(w, http.StatusOK, out)
 }
+
+// Sessions is the number of client connections being forwarded to nodes.
+func (s *Server) Sessions() int { return int(s.active.Load()) }
 
 // Shutdown stops accepting, then waits for live sessions to end until ctx
 // expires, and then closes them.

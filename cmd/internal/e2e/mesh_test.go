@@ -1,0 +1,230 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// freeAddrOn is freeAddr on a given loopback IP: each simulated region of
+// the mesh test has its own 127.0.0.x address.
+func freeAddrOn(t *testing.T, ip string) string {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return addr
+		}
+	}
+	t.Fatalf("no free port on %s", ip)
+	return ""
+}
+
+// meshProxy is one proxy of the mesh test and the addresses it serves.
+type meshProxy struct {
+	id, region, ip       string
+	listen, gossip, peer string
+	args                 []string
+}
+
+type proxyInfo struct {
+	ID      string `json:"id"`
+	Tunnels int    `json:"tunnels"`
+	Mesh    *struct {
+		Region string `json:"region"`
+		State  string `json:"state"`
+		Peers  []struct {
+			ID     string `json:"id"`
+			Health string `json:"health"`
+		} `json:"peers"`
+	} `json:"mesh"`
+}
+
+func (c *cluster) proxies() []proxyInfo {
+	c.t.Helper()
+	var ps []proxyInfo
+	if err := json.Unmarshal([]byte(c.jgctl("proxies", "ls", "--json")), &ps); err != nil {
+		c.t.Fatal(err)
+	}
+	return ps
+}
+
+// seenAs reports whether every proxy other than id that reports a mesh
+// view sees id in state health, and at least one does.
+func seenAs(ps []proxyInfo, id, health string) bool {
+	n := 0
+	for _, p := range ps {
+		if p.ID == id || p.Mesh == nil {
+			continue
+		}
+		for _, pv := range p.Mesh.Peers {
+			if pv.ID == id {
+				if pv.Health != health {
+					return false
+				}
+				n++
+			}
+		}
+	}
+	return n > 0
+}
+
+// TestMesh runs three regions with one proxy each as separate processes on
+// 127.0.0.1, 127.0.0.2 and 127.0.0.3: node X holds a tunnel to region C only,
+// node Y to C and B. A user logged in at A reaches both through the peers
+// that hold them, with jg and with OpenSSH; when C is killed, Y is reached
+// through B and X is reported offline; when C comes back, it rejoins and X
+// is reachable again.
+func TestMesh(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test in -short mode")
+	}
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	a := &meshProxy{id: "pa", region: "region-a", ip: "127.0.0.1"}
+	b := &meshProxy{id: "pb", region: "region-b", ip: "127.0.0.2"}
+	cc := &meshProxy{id: "pc", region: "region-c", ip: "127.0.0.3"}
+	for _, p := range []*meshProxy{a, b, cc} {
+		p.listen, p.gossip, p.peer = freeAddrOn(t, p.ip), freeAddrOn(t, p.ip), freeAddrOn(t, p.ip)
+	}
+	c.proxy, c.auth = a.listen, freeAddr(t)
+	c.admin = filepath.Join(c.dir, "auth", "admin")
+	c.start("auth", "--roles=auth,proxy", "--cluster-name=mesh", "--proxy-id=pa", "--region=region-a", "--location=35.68,139.65",
+		"--data-dir="+filepath.Join(c.dir, "auth"), "--auth-listen="+c.auth, "--proxy-listen="+a.listen,
+		"--gossip-listen="+a.gossip, "--peer-listen="+a.peer)
+	waitFor(t, "auth server", 30*time.Second, func() bool {
+		_, code := c.run("", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "status")
+		return code == 0
+	})
+	for _, p := range []*meshProxy{b, cc} {
+		out := c.jgctl("tokens", "add", "--type=proxy", "--json")
+		var tok struct {
+			Token string `json:"token"`
+			CAPin string `json:"ca_pin"`
+		}
+		if err := json.Unmarshal([]byte(out), &tok); err != nil {
+			t.Fatalf("proxy token: %v: %s", err, out)
+		}
+		p.args = []string{"--roles=proxy", "--proxy-id=" + p.id, "--region=" + p.region, "--data-dir=" + filepath.Join(c.dir, p.id),
+			"--auth=" + c.auth, "--token=" + tok.Token, "--ca-pin=" + tok.CAPin, "--proxy-listen=" + p.listen,
+			"--gossip-listen=" + p.gossip, "--peer-listen=" + p.peer, "--seeds=" + a.gossip}
+		c.start(p.id, p.args...)
+	}
+	waitFor(t, "three proxies that see each other alive", 60*time.Second, func() bool {
+		ps := c.proxies()
+		return len(ps) == 3 && seenAs(ps, "pa", "alive") && seenAs(ps, "pb", "alive") && seenAs(ps, "pc", "alive")
+	})
+	roles := fmt.Sprintf("kind: role\nname: dev\nallow:\n  logins: [%s]\n  node_labels: {\"*\": \"*\"}\n", c.userLogin)
+	rf := filepath.Join(c.dir, "roles.yaml")
+	os.WriteFile(rf, []byte(roles), 0o600)
+	c.jgctl("roles", "apply", "-f", rf)
+	if out, code := c.run("alice-password\n", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "users", "add", "alice", "--roles=dev", "--password-stdin"); code != 0 {
+		t.Fatalf("add alice: %s", out)
+	}
+	for _, n := range []struct{ name, proxies string }{{"nodex", cc.listen}, {"nodey", cc.listen + "," + b.listen}} {
+		tok := c.token()
+		c.start(n.name, "--roles=node", "--node-name="+n.name, "--data-dir="+filepath.Join(c.dir, n.name),
+			"--proxy="+n.proxies, "--token="+tok.Token, "--ca-pin="+tok.CAPin)
+	}
+	c.waitOnline("nodex", "nodey")
+	alice := c.login("alice", "alice-password")
+
+	t.Run("proxies ls", func(t *testing.T) {
+		out := c.jgctl("proxies", "ls")
+		for _, want := range []string{"pa", "pb", "pc", "region-a", "region-b", "region-c", "active", "alive 2/2"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("jgctl proxies ls lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("via peer", func(t *testing.T) {
+		var out string
+		// The directory reaches A a moment after the tunnel is up at C.
+		waitFor(t, "nodex reachable from pa", 20*time.Second, func() bool {
+			var code int
+			out, code = c.run("", alice, "jg", "--debug", "ssh", "nodex", "--", "echo", "hello-x")
+			return code == 0
+		})
+		if !strings.Contains(out, "hello-x") || !strings.Contains(out, "path peer pc") {
+			t.Fatalf("jg --debug ssh nodex via pa: %s", out)
+		}
+	})
+	t.Run("openssh via peer", func(t *testing.T) {
+		cfgOut, code := c.run("", alice, "jg", "config")
+		if code != 0 {
+			t.Fatalf("jg config: %s", cfgOut)
+		}
+		sshCfg := filepath.Join(c.dir, "ssh_config")
+		os.WriteFile(sshCfg, []byte(cfgOut+"    BatchMode yes\n    LogLevel ERROR\n"), 0o600)
+		out, code := c.run("", alice, "/usr/bin/ssh", "-F", sshCfg, "nodex", "head -c 1048576 /dev/zero | wc -c")
+		if code != 0 || strings.TrimSpace(out) != "1048576" {
+			t.Fatalf("ssh nodex: exit %d: %q", code, out)
+		}
+	})
+	t.Run("garbage on the peer and gossip ports", func(t *testing.T) {
+		for _, addr := range []string{a.peer, a.gossip} {
+			u, err := net.Dial("udp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 20; i++ {
+				buf := make([]byte, 1200)
+				rand.Read(buf)
+				u.Write(buf)
+			}
+			u.Close()
+		}
+		if conn, err := net.Dial("tcp", a.gossip); err == nil {
+			buf := make([]byte, 4096)
+			rand.Read(buf)
+			conn.Write(buf)
+			conn.Close()
+		}
+		out, code := c.run("", alice, "jg", "ssh", "nodey", "--", "echo", "still-meshed")
+		if code != 0 || !strings.Contains(out, "still-meshed") {
+			t.Fatalf("after garbage: exit %d: %s", code, out)
+		}
+	})
+	t.Run("kill -9 a proxy", func(t *testing.T) {
+		start := time.Now()
+		c.procs["pc"].Process.Signal(syscall.SIGKILL)
+		c.procs["pc"].Wait()
+		waitFor(t, "pc marked dead by the mesh", 30*time.Second, func() bool { return seenAs(c.proxies(), "pc", "dead") })
+		t.Logf("pc seen dead after %v", time.Since(start).Round(100*time.Millisecond))
+		waitFor(t, "nodey reachable through pb", 30*time.Second, func() bool {
+			out, code := c.run("", alice, "jg", "--debug", "ssh", "nodey", "--", "echo", "y-alive")
+			return code == 0 && strings.Contains(out, "y-alive") && strings.Contains(out, "path peer pb")
+		})
+		out, code := c.run("", alice, "jg", "ssh", "nodex", "--", "true")
+		if code == 0 || !strings.Contains(out, "offline") {
+			t.Errorf("nodex with its only proxy dead: exit %d: %s", code, out)
+		}
+	})
+	t.Run("the proxy comes back", func(t *testing.T) {
+		c.start("pc", cc.args...)
+		waitFor(t, "pc alive again", 60*time.Second, func() bool { return seenAs(c.proxies(), "pc", "alive") })
+		waitFor(t, "nodex reachable again via pc", 60*time.Second, func() bool {
+			out, code := c.run("", alice, "jg", "--debug", "ssh", "nodex", "--", "echo", "x-back")
+			return code == 0 && strings.Contains(out, "x-back") && strings.Contains(out, "path peer pc")
+		})
+	})
+}
