@@ -279,6 +279,12 @@ func (c *Client) MeshKeyOp(ctx context.Context, op MeshKeyOp) (*MeshKeyring, err
 	return &out, c.do(ctx, "POST", "/v1/mesh/keys", op, &out)
 }
 
+// MeshProxies asks a proxy for the live proxies of its mesh (nodes and users).
+func (c *Client) MeshProxies(ctx context.Context) ([]MeshProxy, error) {
+	var out []MeshProxy
+	return out, c.do(ctx, "GET", "/v1/mesh/proxies", nil, &out)
+}
+
 // Proxies lists the proxies that reported to auth in the last hour.
 func (c *Client) Proxies(ctx context.Context) ([]ProxyState, error) {
 	var out []ProxyState

@@ -130,6 +130,20 @@ type PeerView struct {
 	RTT    time.Duration `json:"rtt,omitempty"`
 }
 
+// MeshProxy is a proxy of the mesh as any proxy describes it to nodes and
+// users (GET /v1/mesh/proxies on a proxy): where to reach it and whether it
+// is taking new work.
+type MeshProxy struct {
+	ID         string  `json:"id"`
+	Region     string  `json:"region,omitempty"`
+	PublicAddr string  `json:"public_addr"`
+	Lat        float64 `json:"lat,omitempty"`
+	Lon        float64 `json:"lon,omitempty"`
+	HasCoords  bool    `json:"has_coords,omitempty"`
+	State      string  `json:"state"`  // active or draining
+	Health     string  `json:"health"` // alive or suspect (dead proxies are left out)
+}
+
 // MeshKeyOp changes the gossip keyring one step of a rotation at a time:
 // "add" a new random key (not yet used to encrypt), "promote" a key to
 // primary, "remove" a key that is not the primary.

@@ -438,7 +438,7 @@ func rotateMeshKey(ctx context.Context, c *authapi.Client, timeout time.Duration
 	}
 	newID := ring.KeyIDs[len(ring.KeyIDs)-1]
 	if ring.KeyIDs[0] != newID {
-		if err := waitProxiesKeys(ctx, c, timeout, "hold key "+newID, func(ids []string) bool { return slices.Contains(ids, newID) }); err != nil {
+		if err := waitProxiesKeys(ctx, c, timeout, "hold key "+newID, "holds key "+newID, func(ids []string) bool { return slices.Contains(ids, newID) }); err != nil {
 			return err
 		}
 		if ring, err = c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "promote", KeyID: newID}); err != nil {
@@ -446,7 +446,7 @@ func rotateMeshKey(ctx context.Context, c *authapi.Client, timeout time.Duration
 		}
 		fmt.Printf("promoted key %s to primary\n", newID)
 	}
-	if err := waitProxiesKeys(ctx, c, timeout, "use key "+newID, func(ids []string) bool { return len(ids) > 0 && ids[0] == newID }); err != nil {
+	if err := waitProxiesKeys(ctx, c, timeout, "use key "+newID, "uses key "+newID, func(ids []string) bool { return len(ids) > 0 && ids[0] == newID }); err != nil {
 		return err
 	}
 	for _, id := range ring.KeyIDs[1:] {
@@ -455,14 +455,14 @@ func rotateMeshKey(ctx context.Context, c *authapi.Client, timeout time.Duration
 		}
 		fmt.Printf("removed key %s\n", id)
 	}
-	if err := waitProxiesKeys(ctx, c, timeout, "drop the old keys", func(ids []string) bool { return len(ids) == 1 && ids[0] == newID }); err != nil {
+	if err := waitProxiesKeys(ctx, c, timeout, "drop the old keys", "has dropped the old keys", func(ids []string) bool { return len(ids) == 1 && ids[0] == newID }); err != nil {
 		return err
 	}
 	fmt.Printf("rotation done: every proxy uses key %s only\n", newID)
 	return nil
 }
 
-func waitProxiesKeys(ctx context.Context, c *authapi.Client, timeout time.Duration, what string, ok func(ids []string) bool) error {
+func waitProxiesKeys(ctx context.Context, c *authapi.Client, timeout time.Duration, what, done string, ok func(ids []string) bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		proxies, err := c.Proxies(ctx)
@@ -479,7 +479,7 @@ func waitProxiesKeys(ctx context.Context, c *authapi.Client, timeout time.Durati
 			}
 		}
 		if len(lagging) == 0 {
-			fmt.Printf("every proxy now %s\n", what)
+			fmt.Printf("every proxy now %s\n", done)
 			return nil
 		}
 		if time.Now().After(deadline) {

@@ -122,14 +122,18 @@ func startMesh(ctx context.Context, p *process, cfg Config, cluster string, tunn
 		pm.peers.Close()
 		return nil, fmt.Errorf("proxy mesh: gossip: %w", err)
 	}
-	if strings.HasPrefix(meta.PeerAddr, ":") {
-		// Listening on all addresses with nothing to advertise: use the
-		// address gossip chose for this host.
-		h, _, _ := net.SplitHostPort(pm.gossip.LocalAddr())
-		_, port, _ := net.SplitHostPort(pudp.LocalAddr().String())
-		addr := net.JoinHostPort(h, port)
-		if err := pm.gossip.SetMeta(func(m *gossip.Meta) { m.PeerAddr = addr }); err != nil {
-			pm.log.Warn("publish peer address", "addr", addr, "err", err)
+	// Listening on all addresses with nothing to advertise: publish the
+	// address gossip chose for this host instead.
+	gossipHost, _, _ := net.SplitHostPort(pm.gossip.LocalAddr())
+	fix := func(addr string) string {
+		if h, port, err := net.SplitHostPort(addr); err == nil && (h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified()) {
+			return net.JoinHostPort(gossipHost, port)
+		}
+		return addr
+	}
+	if peerAddr, pub := fix(meta.PeerAddr), fix(meta.PublicAddr); peerAddr != meta.PeerAddr || pub != meta.PublicAddr {
+		if err := pm.gossip.SetMeta(func(m *gossip.Meta) { m.PeerAddr, m.PublicAddr = peerAddr, pub }); err != nil {
+			pm.log.Warn("publish this proxy's addresses", "peer", peerAddr, "public", pub, "err", err)
 		}
 	}
 	p.onShutdown(func(context.Context) {
@@ -201,7 +205,6 @@ func (pm *proxyMesh) onTunnel(ev tserver.TunnelEvent) {
 	case tserver.TunnelDown:
 		pm.gossip.RemoveTunnel(ev.Node.ID)
 	}
-	pm.gossip.SetMeta(func(m *gossip.Meta) { m.Tunnels = uint32(len(pm.tunnels.Nodes())) }) //nolint:errcheck
 }
 
 // online reports whether any proxy of the mesh holds a tunnel to node.
@@ -210,6 +213,22 @@ func (pm *proxyMesh) online(node string) bool {
 		return true
 	}
 	return pm.gossip != nil && len(pm.gossip.Holders(node)) > 0
+}
+
+// proxies lists the live proxies of the mesh for nodes and users.
+func (pm *proxyMesh) proxies() []authapi.MeshProxy {
+	if pm.gossip == nil {
+		return nil
+	}
+	var out []authapi.MeshProxy
+	for _, m := range pm.gossip.Members() {
+		if m.Health != gossip.HealthAlive && m.Health != gossip.HealthSuspect || m.PublicAddr == "" {
+			continue
+		}
+		out = append(out, authapi.MeshProxy{ID: m.ID, Region: m.Region, PublicAddr: m.PublicAddr, Lat: m.Lat, Lon: m.Lon, HasCoords: m.HasCoords,
+			State: string(m.State), Health: string(m.Health)})
+	}
+	return out
 }
 
 // pathConn is a dialed node connection that says which way it went, for the

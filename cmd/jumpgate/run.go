@@ -404,7 +404,17 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		default:
 		}
 	}
-	m, err := startMesh(ctx, p, cfg, cluster, tsrv, upstream, getCert, pool, publicAddr, kick)
+	// Peers are verified against the cluster's CAs as the watch stream
+	// delivers them, so a CA rotation reaches the mesh without a restart.
+	meshPool := func() *x509.CertPool {
+		select {
+		case <-cache.Ready():
+			return cache.TLSPool()
+		default:
+			return pool()
+		}
+	}
+	m, err := startMesh(ctx, p, cfg, cluster, tsrv, upstream, getCert, meshPool, publicAddr, kick)
 	if err != nil {
 		return err
 	}
@@ -416,6 +426,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	}
 	ing, err := ingress.New(ingress.Config{
 		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
+		Proxies: m.proxies, PublicAddr: publicAddr,
 		Dialer: ingress.NodeDialerFunc(m.dial),
 		Audit:  p.audit, Logger: p.log.With("component", "ingress"), Metrics: p.reg,
 	})

@@ -281,9 +281,12 @@ func (c *Cluster) Member(id string) (Member, bool) {
 	return c.member(id, r, time.Now(), sa), true
 }
 
-// SetMeta changes this proxy's metadata with f and gossips it at once.
-// f runs under the Cluster's lock: it must only edit the Meta. ID cannot
-// change, and Tunnels is kept by the Cluster.
+// SetMeta changes this proxy's metadata with f and gossips it at once
+// (if anything changed). f runs under the Cluster's lock: it must only
+// edit the Meta. ID cannot change. Tunnels is kept by the Cluster from
+// AddTunnel and RemoveTunnel and gossiped at most every 10 probe
+// intervals; SetMeta ignores changes to it, so that calling SetMeta on
+// every tunnel change costs nothing.
 func (c *Cluster) SetMeta(f func(*Meta)) error {
 	c.mu.Lock()
 	m := c.meta
@@ -292,7 +295,11 @@ func (c *Cluster) SetMeta(f func(*Meta)) error {
 		c.mu.Unlock()
 		return fmt.Errorf("set gossip meta of proxy %s: ID cannot change (to %q)", c.meta.ID, m.ID)
 	}
-	m.Tunnels = uint32(len(c.dir.own.nodes))
+	m.Tunnels = c.meta.Tunnels
+	if m == c.meta {
+		c.mu.Unlock()
+		return nil
+	}
 	if err := checkLocalMeta(&m); err != nil {
 		c.mu.Unlock()
 		return fmt.Errorf("set gossip meta of proxy %s: %w", c.meta.ID, err)

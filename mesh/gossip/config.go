@@ -39,9 +39,10 @@ type Config struct {
 	// Timing sets memberlist's probe and gossip timings. A zero field
 	// takes DefaultTiming's value.
 	Timing Timing
-	// Logger receives the Cluster's logs and memberlist's own, mapped to
-	// levels by their [DEBUG]/[INFO]/[WARN]/[ERR] prefixes. Default:
-	// slog.Default().
+	// Logger receives the Cluster's logs and memberlist's own (with
+	// lib=memberlist), mapped to levels by their [DEBUG]/[INFO]/[WARN]/
+	// [ERR] prefixes. Remote proxies are logged under the key proxy, this
+	// one under self. Default: slog.Default().
 	Logger *slog.Logger
 	// Metrics, if set, registers the Cluster's metrics (a per-instance
 	// registry, never the global one).
@@ -319,6 +320,6 @@ func (c *Config) memberlistConfig(kr *memberlist.Keyring, d *delegate) *memberli
 	mc.Events = d
 	mc.Alive = d
 	mc.Ping = d
-	mc.Logger = log.New(logWriter{c.Logger.With("component", "memberlist")}, "", 0)
+	mc.Logger = log.New(logWriter{c.Logger.With("lib", "memberlist")}, "", 0)
 	return mc
 }

@@ -22,8 +22,8 @@
 // AliveDelegate), logged once at Warn with its address and counted as
 // jumpgate_gossip_messages_received_total{type="meta",outcome="invalid"}.
 //
-// Health is memberlist's view for dead and left, and this proxy's own for
-// suspect: memberlist does not expose its suspect state without a data
+// Health is memberlist's view for dead, left when the proxy sent a leave
+// notice first (see below), and this proxy's own for suspect: memberlist does not expose its suspect state without a data
 // race (Members returns pointers into state it mutates under its lock),
 // so a member memberlist counts alive is suspect here when this proxy has
 // had no direct probe ack from it within ProbeTimeout for two probe

@@ -35,9 +35,10 @@ type Meta struct {
 	State      State
 	Load       uint32 // e.g. active sessions
 	// Tunnels counts the nodes whose tunnels the proxy holds. The Cluster
-	// keeps it from AddTunnel and RemoveTunnel (SetMeta cannot change it);
-	// peers see it refreshed at most every 10 probe intervals, so that
-	// tunnel churn does not turn into a stream of alive broadcasts.
+	// keeps it from AddTunnel and RemoveTunnel (SetMeta ignores it); peers
+	// see it refreshed at most every 10 probe intervals (4 s by default),
+	// so that tunnel churn does not turn into a stream of alive
+	// broadcasts. Self() has the current count.
 	Tunnels uint32
 }
 

@@ -69,11 +69,17 @@ type Config struct {
 	Upstream Upstream
 	Dialer   NodeDialer
 	// Online reports whether a node has a tunnel reachable from this proxy.
-	Online  func(node string) bool
-	Version string
-	Audit   audit.Sink
-	Logger  *slog.Logger
-	Metrics prometheus.Registerer
+	Online func(node string) bool
+	// Proxies, if set, lists the live proxies of the mesh, this one
+	// included, for GET /v1/mesh/proxies (node agents choose where to hold
+	// tunnels from it). Unset: this proxy alone.
+	Proxies func() []authapi.MeshProxy
+	// PublicAddr is where clients and agents reach this proxy.
+	PublicAddr string
+	Version    string
+	Audit      audit.Sink
+	Logger     *slog.Logger
+	Metrics    prometheus.Registerer
 	// HandshakeTimeout bounds the TLS handshake and the dial line (10s).
 	HandshakeTimeout time.Duration
 	// DialTimeout bounds reaching the node (15s).
@@ -175,6 +181,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("POST /v1/join", s.join)
 	mux.HandleFunc("GET /v1/watch", s.watch)
 	mux.HandleFunc("GET /v1/nodes", s.nodes)
+	mux.HandleFunc("GET /v1/mesh/proxies", s.meshProxies)
 	s.httpL = newChanListener()
 	s.http = &http.Server{
 		Handler:           http.MaxBytesHandler(mux, 1<<20),
@@ -470,6 +477,20 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.cfg.Cache.ServeWatch(w, r)
+}
+
+func (s *Server) meshProxies(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.caller(w, r, identity.KindNode, identity.KindUser); !ok {
+		return
+	}
+	var out []authapi.MeshProxy
+	if s.cfg.Proxies != nil {
+		out = s.cfg.Proxies()
+	}
+	if len(out) == 0 {
+		out = []authapi.MeshProxy{{ID: s.cfg.ProxyID, PublicAddr: s.cfg.PublicAddr, State: "active", Health: "alive"}}
+	}
+	authapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
