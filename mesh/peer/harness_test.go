@@ -11,15 +11,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/quic-go/quic-go"
 
 	"jumpgate.dev/jumpgate/auth/authtest"
@@ -33,73 +30,16 @@ const (
 
 // TestMain runs the tests, then checks that no goroutine of this package or
 // of quic-go survives them.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leaked := leakedGoroutines(5 * time.Second); len(leaked) > 0 {
-			os.Stderr.WriteString("goroutines leaked by the tests:\n\n" + strings.Join(leaked, "\n\n") + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { authtest.MainLeakCheck(m, leakMarkers...) }
 
 // leakMarkers are stack frames that betray a goroutine of this package
 // (including the tests' own helpers) or of quic-go.
 var leakMarkers = []string{"jumpgate.dev/jumpgate/mesh/peer", "github.com/quic-go/quic-go"}
 
-// leakedGoroutines returns the stacks of goroutines, other than the
-// caller's, that run this package's or quic-go's code, waiting up to timeout
-// for them to end.
-func leakedGoroutines(timeout time.Duration) []string {
-	deadline := time.Now().Add(timeout)
-	for {
-		leaked := peerGoroutines()
-		if len(leaked) == 0 || time.Now().After(deadline) {
-			return leaked
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition, not waiting and hoping
-	}
-}
-
-func peerGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var out []string
-	for i, g := range strings.Split(string(buf), "\n\n") {
-		// The first goroutine is the caller's; the others named here are
-		// the testing framework running the caller.
-		if i == 0 || strings.Contains(g, "peer.leakedGoroutines") || strings.Contains(g, "testing.(*T).Run") || strings.Contains(g, "testing.tRunner") {
-			continue
-		}
-		for _, m := range leakMarkers {
-			if strings.Contains(g, m) {
-				out = append(out, g)
-				break
-			}
-		}
-	}
-	return out
-}
-
 // checkLeaks fails t, at its end, if goroutines of this package or quic-go
 // still run a few seconds after its other cleanups. Call it first in a test
 // so that its cleanup runs last.
-func checkLeaks(t testing.TB) {
-	t.Helper()
-	t.Cleanup(func() {
-		if leaked := leakedGoroutines(5 * time.Second); len(leaked) > 0 {
-			t.Errorf("%d goroutines leaked:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-		}
-	})
-}
+func checkLeaks(t testing.TB) { t.Helper(); authtest.CheckLeaks(t, leakMarkers...) }
 
 // logBuf collects log output; it is printed if the test fails.
 type logBuf struct {
@@ -308,63 +248,13 @@ func (p *proxy) waitMetric(t testing.TB, want float64, name string, labels ...st
 
 func gatherValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !labelsMatch(m.GetLabel(), labels) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return 0
+	return authtest.Metric(t, reg, name, labels...)
 }
 
 // metricSum adds a counter's series over all label values.
 func (p *proxy) metricSum(t testing.TB, name string) float64 {
 	t.Helper()
-	mfs, err := p.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func labelsMatch(have []*dto.LabelPair, want []string) bool {
-	for i := 0; i+1 < len(want); i += 2 {
-		found := false
-		for _, l := range have {
-			if l.GetName() == want[i] && l.GetValue() == want[i+1] {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
+	return authtest.MetricSum(t, p.reg, name)
 }
 
 // connCount counts the connections m runs, live and superseded.

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/quic-go/quic-go"
 
+	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/tunnel/agent"
 	"jumpgate.dev/jumpgate/tunnel/proto"
@@ -186,45 +186,7 @@ func (p *proxy) metric(t testing.TB, name string, labels ...string) float64 {
 
 func gatherValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !labelsMatch(m.GetLabel(), labels) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return 0
-}
-
-func labelsMatch(have []*dto.LabelPair, want []string) bool {
-	for i := 0; i+1 < len(want); i += 2 {
-		found := false
-		for _, l := range have {
-			if l.GetName() == want[i] && l.GetValue() == want[i+1] {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
+	return authtest.Metric(t, reg, name, labels...)
 }
 
 // nodeCert issues a node certificate of this env's CA.
