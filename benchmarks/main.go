@@ -79,7 +79,7 @@ func main() {
 		log.Fatalf("setup: %v", err)
 	}
 	if *hold {
-		fmt.Printf("Every path is up. Try, for example:\n  JUMPGATE_HOME=%s ssh -F %s jumpgate\nHosts: direct, proxyjump, jgnode, jumpgate.\nProfiles: http://%s/debug/pprof/ (auth+proxy), http://%s/debug/pprof/ (node). Ctrl-C stops.\n", env.jgHome, env.sshConfig, env.diagProxy, env.diagNode)
+		fmt.Printf("Every path is up. Try, for example:\n  JUMPGATE_HOME=%s ssh -F %s jumpgate\nHosts: direct, directpipe, proxyjump, jgnode, jumpgate, jumpgate2.\nProfiles: http://%s/debug/pprof/ (auth+proxy), http://%s/debug/pprof/ (node). Ctrl-C stops.\n", env.jgHome, env.sshConfig, env.diagProxy, env.diagNode)
 		<-ctx.Done()
 		return
 	}
