@@ -46,6 +46,7 @@ import (
 //	  proxy: proxy.example.com:3080
 //	  token: <node join token>
 //	  ca_pin: sha256:...
+//	  connection_count: 2               # tunnels to this many distinct proxies, nearest first
 //	  bench_ssh_listen: 127.0.0.1:3022  # benchmarks only: SSH server also on this loopback address
 type Config struct {
 	DataDir    string    `yaml:"data_dir"`
@@ -114,8 +115,12 @@ type NodeConfig struct {
 	// reachable when one proxy dies. --proxy takes a comma-separated list.
 	Proxy   string   `yaml:"proxy"`
 	Proxies []string `yaml:"proxies"`
-	Token   string   `yaml:"token"`
-	CAPin   string   `yaml:"ca_pin"`
+	// ConnectionCount is how many distinct proxies the node keeps tunnels
+	// to, chosen nearest first from the mesh's proxies (the configured ones
+	// are only where it starts). Default 2.
+	ConnectionCount int    `yaml:"connection_count"`
+	Token           string `yaml:"token"`
+	CAPin           string `yaml:"ca_pin"`
 	// BenchSSHListen also serves the node's SSH server directly on this
 	// loopback address, bypassing the tunnel. It exists for the benchmark
 	// suite, which separates the mesh's cost from the SSH server's; a node in
@@ -257,6 +262,9 @@ func (c *Config) CheckAndSetDefaults() error {
 			return errors.New("node: proxy is required (--proxy host:port)")
 		}
 		c.Node.Proxy = c.Node.Proxies[0]
+		if c.Node.ConnectionCount < 0 || c.Node.ConnectionCount > 16 {
+			return fmt.Errorf("node: connection_count %d: want 1 to 16 (default 2)", c.Node.ConnectionCount)
+		}
 		if c.Node.BenchSSHListen != "" {
 			h, _, err := net.SplitHostPort(c.Node.BenchSSHListen)
 			if ip := net.ParseIP(h); err != nil || ip == nil || !ip.IsLoopback() {

@@ -79,6 +79,9 @@ func startCmd() *cobra.Command {
 			set("auth", &cfg.Proxy.AuthAddr, f.Proxy.AuthAddr)
 			set("node-name", &cfg.Node.Name, f.Node.Name)
 			set("proxy", &cfg.Node.Proxy, f.Node.Proxy)
+			if fl.Changed("connection-count") {
+				cfg.Node.ConnectionCount = f.Node.ConnectionCount
+			}
 			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
 			set("region", &cfg.Proxy.Region, f.Proxy.Region)
 			set("gossip-listen", &cfg.Proxy.Mesh.GossipListen, f.Proxy.Mesh.GossipListen)
@@ -143,6 +146,7 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Node.Name, "node-name", "", "this node's name")
 	fl.StringVar(&labels, "labels", "", "node labels, k=v,k2=v2")
 	fl.StringVar(&f.Node.Proxy, "proxy", "", "proxy address the node dials (host:port)")
+	fl.IntVar(&f.Node.ConnectionCount, "connection-count", 0, "tunnels to this many distinct proxies, nearest first (default 2)")
 	fl.StringVar(&f.Node.Token, "token", "", "join token (first start only)")
 	fl.StringVar(&f.Node.CAPin, "ca-pin", "", "cluster CA pin, sha256:... (first start only)")
 	fl.StringVar(&f.Node.BenchSSHListen, "bench-ssh-listen", "", "benchmarks only: also serve the node's SSH server on this loopback address")

@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -609,7 +610,12 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		ProxyAddrs: cfg.Node.Proxies, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
 		Labels:               func() map[string]string { return labels },
 		GetClientCertificate: id.GetClientCertificate, RootCAs: id.RootCAs,
-		Logger: p.log.With("component", "agent"), Metrics: p.reg,
+		Discover: nodeDiscovery(cfg.Node.Proxies, func(addr string) (*authapi.Client, error) {
+			return authapi.NewClient(authapi.ClientConfig{Addr: addr, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}},
+				GetClientCertificate: id.GetClientCertificate})
+		}),
+		ConnectionCount: cfg.Node.ConnectionCount,
+		Logger:          p.log.With("component", "agent"), Metrics: p.reg,
 	})
 	if err != nil {
 		return err
@@ -654,6 +660,55 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	})
 	p.log.Info("node started", "node", id.Meta.Name, "proxies", cfg.Node.Proxies, "labels", labels)
 	return nil
+}
+
+// nodeDiscovery returns the agent's Discover: ask the proxies, configured
+// ones first and then those learnt from earlier answers, for the live
+// proxies of the mesh, and return the first answer.
+func nodeDiscovery(seeds []string, newClient func(addr string) (*authapi.Client, error)) func(ctx context.Context) ([]agent.Candidate, error) {
+	var mu sync.Mutex // guards following
+	known := append([]string(nil), seeds...)
+	clients := map[string]*authapi.Client{}
+	return func(ctx context.Context) ([]agent.Candidate, error) {
+		mu.Lock()
+		addrs := append([]string(nil), known...)
+		mu.Unlock()
+		var errs []error
+		for _, addr := range addrs {
+			mu.Lock()
+			cl := clients[addr]
+			mu.Unlock()
+			if cl == nil {
+				c, err := newClient(addr)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				mu.Lock()
+				clients[addr] = c
+				mu.Unlock()
+				cl = c
+			}
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			ps, err := cl.MeshProxies(qctx)
+			cancel()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("ask proxy %s: %w", addr, err))
+				continue
+			}
+			var out []agent.Candidate
+			mu.Lock()
+			for _, mp := range ps {
+				out = append(out, agent.Candidate{ID: mp.ID, Addr: mp.PublicAddr, Draining: mp.State == "draining"})
+				if !slices.Contains(known, mp.PublicAddr) && len(known) < 64 {
+					known = append(known, mp.PublicAddr)
+				}
+			}
+			mu.Unlock()
+			return out, nil
+		}
+		return nil, fmt.Errorf("no proxy answered: %w", errors.Join(errs...))
+	}
 }
 
 // --- diagnostics -------------------------------------------------------------

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -21,7 +22,7 @@ import (
 	"jumpgate.dev/jumpgate/tunnel/proto"
 )
 
-// State is the state of the tunnel to one proxy address.
+// State is the state of one tunnel slot.
 type State string
 
 // Tunnel states.
@@ -32,10 +33,17 @@ const (
 	StateBackoff    State = "backoff"    // waiting before the next attempt
 )
 
-// TunnelStatus describes the tunnel to one proxy address.
+// TunnelStatus describes one tunnel slot: the tunnel to one proxy address.
 type TunnelStatus struct {
 	ProxyAddr string
 	State     State
+	// Transport is how the tunnel is carried: "quic" (a TCP fallback will
+	// add "tcp").
+	Transport string
+	// Draining says that the proxy is draining and this tunnel is being
+	// replaced: it closes once its replacement is up and no connection
+	// dialed through it is open (Config.Discover only).
+	Draining bool
 	// ProxyID is the proxy's name from its last HelloAck, if any.
 	ProxyID string
 	// Since is when the tunnel entered State.
@@ -47,6 +55,48 @@ type TunnelStatus struct {
 	// NextAttempt is when the next attempt starts (StateBackoff only).
 	NextAttempt time.Time
 }
+
+// transportQUIC is TunnelStatus.Transport for QUIC tunnels.
+const transportQUIC = "quic"
+
+// slot is one tunnel the agent keeps: a proxy address and the goroutine
+// (keepTunnel) that keeps a tunnel to it up. Without Config.Discover the
+// slots are ProxyAddrs, fixed; with it, the re-homing loop adds and removes
+// them (rehome.go).
+type slot struct {
+	addr string
+	// wantID is the proxy the slot was opened for, from Discover; empty for
+	// seeds, whose proxy is known only from a HelloAck.
+	wantID string
+
+	// The following fields are guarded by Agent.mu.
+	status TunnelStatus
+	// cancel ends the slot's keepTunnel (and closes its tunnel) with a
+	// cause; nil while Run is not running.
+	cancel context.CancelCauseFunc
+	// downSince is when the slot last started to be without a tunnel: when
+	// its first attempt started, or when its tunnel went down. Real clock.
+	downSince time.Time
+	// live is the tunnel up now, nil when none.
+	live *liveTunnel
+	// retire is the re-homing reason while the slot waits to close (its
+	// replacement is not up yet, or connections are open on it); "" for a
+	// slot the agent means to keep.
+	retire string
+}
+
+// liveTunnel is one established tunnel of a slot.
+type liveTunnel struct {
+	// open counts the dials taken from this tunnel whose Conn is not closed
+	// yet, including those still waiting for Accept. Guarded by Agent.mu.
+	open int
+}
+
+// rehomeCause is the cancel cause of a slot closed by re-homing; the proxy
+// hears the reason in the QUIC close.
+type rehomeCause struct{ reason string }
+
+func (c *rehomeCause) Error() string { return "re-homing: " + c.reason }
 
 // RefusedError says that a proxy refused this node's tunnel, and why.
 // Retrying can help once the cause (usually the node's certificate) is
@@ -82,10 +132,16 @@ type Agent struct {
 	handoff chan *Conn
 	// backlog is a semaphore of AcceptBacklog dials waiting for Accept.
 	backlog chan struct{}
+	// wake tells the re-homing loop that a tunnel or a dialed connection
+	// changed; see kick.
+	wake chan struct{}
 
-	mu      sync.Mutex // guards the following fields
-	status  []TunnelStatus
+	mu      sync.Mutex // guards the following fields and the slots' guarded fields
+	slots   []*slot
 	runDone chan struct{} // set while Run runs; closed when it returns
+	// sawUp and sawDown record, for the re-homing loop, that a tunnel came
+	// up, or went down or was refused, since it last looked.
+	sawUp, sawDown bool
 }
 
 var _ net.Listener = (*Agent)(nil)
@@ -109,18 +165,60 @@ func New(cfg Config) (*Agent, error) {
 		quicConf:   cfg.quicConfig(),
 		handoff:    make(chan *Conn),
 		backlog:    make(chan struct{}, cfg.AcceptBacklog),
+		wake:       make(chan struct{}, 1),
 	}
 	a.closeCtx, a.closeCancel = context.WithCancel(context.Background())
-	now := cfg.Now()
-	for _, addr := range cfg.ProxyAddrs {
-		a.status = append(a.status, TunnelStatus{ProxyAddr: addr, State: StateIdle, Since: now})
+	a.slots = a.seedSlots()
+	if cfg.Discover != nil {
+		m.desiredProxies.Set(float64(cfg.ConnectionCount))
+	} else {
+		m.desiredProxies.Set(float64(len(cfg.ProxyAddrs)))
 	}
 	return a, nil
 }
 
-// Run keeps one tunnel to each proxy address up until ctx ends or Close is
-// called; then it closes them and returns ctx's error, or net.ErrClosed
-// after Close. Only one Run may run at a time.
+// seedSlots returns an idle slot for each of ProxyAddrs.
+func (a *Agent) seedSlots() []*slot {
+	now := a.cfg.Now()
+	var slots []*slot
+	for _, addr := range a.cfg.ProxyAddrs {
+		slots = append(slots, a.newSlot(addr, "", now))
+	}
+	return slots
+}
+
+func (a *Agent) newSlot(addr, wantID string, now time.Time) *slot {
+	return &slot{addr: addr, wantID: wantID, status: TunnelStatus{ProxyAddr: addr, State: StateIdle, Transport: transportQUIC, Since: now}}
+}
+
+// runState is what starting a slot needs from Run.
+type runState struct {
+	ctx context.Context
+	tr  *quic.Transport
+	wg  *sync.WaitGroup // Run waits for every slot's goroutine
+}
+
+// startLocked starts keeping a tunnel for s, after delay. a.mu is held.
+func (a *Agent) startLocked(rs runState, s *slot, delay time.Duration) {
+	ctx, cancel := context.WithCancelCause(rs.ctx)
+	s.cancel = cancel
+	s.downSince = time.Now().Add(delay)
+	rs.wg.Go(func() { a.keepTunnel(ctx, rs.tr, s, delay) })
+}
+
+// kick wakes the re-homing loop, if any. It never blocks, so it may be
+// called with a.mu held.
+func (a *Agent) kick() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run keeps one tunnel to each proxy address up (or, with Config.Discover,
+// tunnels to ConnectionCount proxies) until ctx ends or Close is called;
+// then it closes them and returns ctx's error, or net.ErrClosed after
+// Close. Only one Run may run at a time.
 func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	if a.closeCtx.Err() != nil {
@@ -157,26 +255,72 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer tr.Close()
 
 	var wg sync.WaitGroup
-	for i, addr := range a.cfg.ProxyAddrs {
-		wg.Go(func() { a.keepTunnel(ctx, tr, i, addr) })
+	rs := runState{ctx: ctx, tr: tr, wg: &wg}
+	a.mu.Lock()
+	if len(a.slots) == 0 {
+		// A previous Run re-homed off every proxy and found none to
+		// move to: start from the seeds again.
+		a.slots = a.seedSlots()
+	}
+	for _, s := range a.slots {
+		a.startLocked(rs, s, 0)
+	}
+	a.sawUp, a.sawDown = false, false
+	a.mu.Unlock()
+	if a.cfg.Discover != nil {
+		wg.Go(func() { a.rehome(rs) })
 	}
 	wg.Wait()
+	a.mu.Lock()
+	// Slots that were being replaced are done with: the next Run starts
+	// from the ones the agent meant to keep.
+	a.slots = slices.DeleteFunc(a.slots, func(s *slot) bool { return s.retire != "" })
+	for _, s := range a.slots {
+		s.cancel = nil
+	}
+	a.mu.Unlock()
 	if a.closeCtx.Err() != nil {
 		return net.ErrClosed
 	}
 	return parent.Err()
 }
 
-// keepTunnel keeps the tunnel to one proxy address up until ctx ends.
-func (a *Agent) keepTunnel(ctx context.Context, tr *quic.Transport, i int, addr string) {
-	log := a.log.With("proxy_addr", addr)
+// keepTunnel keeps the tunnel of slot sl up until ctx ends. It waits delay
+// before the first attempt.
+func (a *Agent) keepTunnel(ctx context.Context, tr *quic.Transport, sl *slot, delay time.Duration) {
+	log := a.log.With("proxy_addr", sl.addr)
 	b := backoff{min: a.cfg.MinBackoff, max: a.cfg.MaxBackoff}
 	var lastLogged string // the failure last logged at Warn level
+	if delay > 0 && !a.wait(ctx, sl, delay) {
+		return
+	}
 	for {
-		a.setStatus(i, func(s *TunnelStatus) { s.State = StateConnecting })
-		up, err := a.runTunnel(ctx, tr, i, addr, log)
+		a.setStatus(sl, func(s *TunnelStatus) { s.State = StateConnecting })
+		up, err := a.runTunnel(ctx, tr, sl, log)
 		if ctx.Err() != nil {
-			a.setStatus(i, func(s *TunnelStatus) { s.State = StateIdle })
+			a.setStatus(sl, func(s *TunnelStatus) { s.State = StateIdle })
+			return
+		}
+		var re *RefusedError
+		a.mu.Lock()
+		if !up.IsZero() {
+			sl.downSince = time.Now()
+		}
+		if !up.IsZero() || errors.As(err, &re) {
+			a.sawDown = true
+		}
+		retiring := sl.retire != ""
+		if retiring {
+			a.setStatusLocked(sl, func(s *TunnelStatus) { s.State = StateIdle; s.LastError = err })
+		}
+		a.kick()
+		a.mu.Unlock()
+		if retiring {
+			// Being replaced, and now without a tunnel: the re-homing
+			// loop removes the slot (it never keeps a retiring slot
+			// without a live tunnel); do not dial the proxy again.
+			log.Info("tunnel being replaced has closed", "err", err)
+			<-ctx.Done()
 			return
 		}
 		if !up.IsZero() {
@@ -196,7 +340,7 @@ func (a *Agent) keepTunnel(ctx context.Context, tr *quic.Transport, i int, addr 
 		}
 		d := b.next()
 		next := a.cfg.Now().Add(d)
-		a.setStatus(i, func(s *TunnelStatus) {
+		a.setStatus(sl, func(s *TunnelStatus) {
 			s.State = StateBackoff
 			s.LastError = err
 			if up.IsZero() {
@@ -204,14 +348,29 @@ func (a *Agent) keepTunnel(ctx context.Context, tr *quic.Transport, i int, addr 
 			}
 			s.NextAttempt = next
 		})
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			a.setStatus(i, func(s *TunnelStatus) { s.State = StateIdle })
+		if !a.sleep(ctx, sl, d) {
 			return
-		case <-t.C:
 		}
+	}
+}
+
+// wait shows slot sl in backoff until d has passed; see sleep.
+func (a *Agent) wait(ctx context.Context, sl *slot, d time.Duration) bool {
+	next := a.cfg.Now().Add(d)
+	a.setStatus(sl, func(s *TunnelStatus) { s.State = StateBackoff; s.NextAttempt = next })
+	return a.sleep(ctx, sl, d)
+}
+
+// sleep waits d. If ctx ends first it marks sl idle and reports false.
+func (a *Agent) sleep(ctx context.Context, sl *slot, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		a.setStatus(sl, func(s *TunnelStatus) { s.State = StateIdle })
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -226,11 +385,15 @@ func logKey(err error) string {
 	return err.Error()
 }
 
-// setStatus updates the status of tunnel i; Since moves when State does.
-func (a *Agent) setStatus(i int, f func(*TunnelStatus)) {
+// setStatus updates the status of slot sl; Since moves when State does.
+func (a *Agent) setStatus(sl *slot, f func(*TunnelStatus)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := &a.status[i]
+	a.setStatusLocked(sl, f)
+}
+
+func (a *Agent) setStatusLocked(sl *slot, f func(*TunnelStatus)) {
+	s := &sl.status
 	before := s.State
 	s.NextAttempt = time.Time{}
 	f(s)
@@ -239,17 +402,23 @@ func (a *Agent) setStatus(i int, f func(*TunnelStatus)) {
 	}
 }
 
-// Status reports the tunnel to each proxy address, in ProxyAddrs order.
+// Status reports each tunnel slot. Without Config.Discover there is one per
+// proxy address, in ProxyAddrs order; with it, slots come and go as the
+// agent re-homes, oldest first.
 func (a *Agent) Status() []TunnelStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]TunnelStatus(nil), a.status...)
+	out := make([]TunnelStatus, len(a.slots))
+	for i, s := range a.slots {
+		out[i] = s.status
+	}
+	return out
 }
 
 // runTunnel sets up a tunnel and serves it until it ends. It returns when
 // the tunnel came up (zero if it never did) and why it ended.
-func (a *Agent) runTunnel(ctx context.Context, tr *quic.Transport, i int, addr string, log *slog.Logger) (time.Time, error) {
-	qc, ack, err := a.connect(ctx, tr, addr)
+func (a *Agent) runTunnel(ctx context.Context, tr *quic.Transport, sl *slot, log *slog.Logger) (time.Time, error) {
+	qc, ack, err := a.connect(ctx, tr, sl.addr)
 	if err != nil {
 		a.metrics.connects.WithLabelValues(connectOutcome(err)).Inc()
 		return time.Time{}, err
@@ -258,13 +427,24 @@ func (a *Agent) runTunnel(ctx context.Context, tr *quic.Transport, i int, addr s
 	a.metrics.connectedProxies.Inc()
 	defer a.metrics.connectedProxies.Dec()
 	up := time.Now()
-	a.setStatus(i, func(s *TunnelStatus) {
+	lt := &liveTunnel{}
+	a.mu.Lock()
+	a.setStatusLocked(sl, func(s *TunnelStatus) {
 		s.State = StateConnected
 		s.ProxyID = ack.ProxyID
 		s.Failures = 0
 	})
+	sl.live = lt
+	a.sawUp = true
+	a.kick()
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		sl.live = nil
+		a.mu.Unlock()
+	}()
 	log.Info("tunnel up", "proxy", ack.ProxyID, "protocol", ack.Version)
-	return up, a.serve(ctx, qc, ack.Version, addr)
+	return up, a.serve(ctx, qc, ack.Version, sl.addr, lt)
 }
 
 // connect dials addr and exchanges Hello and HelloAck.
@@ -437,12 +617,17 @@ func (a *Agent) verifyProxy(cs tls.ConnectionState) error {
 // the Hello, each dial is a stream with its own goroutine, and closing the
 // connection (on ctx) ends the accept loop. An errgroup would add a second
 // goroutine per tunnel that only waits.
-func (a *Agent) serve(ctx context.Context, qc *quic.Conn, version int, addr string) error {
+func (a *Agent) serve(ctx context.Context, qc *quic.Conn, version int, addr string, lt *liveTunnel) error {
 	var handlers sync.WaitGroup
 	defer handlers.Wait()
 	closed := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(closed)
+		var rc *rehomeCause
+		if errors.As(context.Cause(ctx), &rc) {
+			qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseNormal), fmt.Sprintf("node %s moved this tunnel to another proxy (%s)", a.cfg.NodeID, rc.reason))
+			return
+		}
 		qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseShutdown), fmt.Sprintf("node %s agent is stopping", a.cfg.NodeID))
 	})
 	defer func() {
@@ -456,7 +641,10 @@ func (a *Agent) serve(ctx context.Context, qc *quic.Conn, version int, addr stri
 			qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseNormal), "")
 			return downError(addr, err)
 		}
-		handlers.Go(func() { a.handleStream(qc, st, version) })
+		a.mu.Lock()
+		lt.open++
+		a.mu.Unlock()
+		handlers.Go(func() { a.handleStream(qc, st, version, a.releaser(lt)) })
 	}
 }
 
@@ -478,12 +666,26 @@ func downError(addr string, err error) error {
 	return fmt.Errorf("tunnel to %s: %w", addr, err)
 }
 
-// handleStream reads a DialRequest and offers the stream to Accept.
-func (a *Agent) handleStream(qc *quic.Conn, st *quic.Stream, version int) {
+// releaser returns the function a Conn calls, once, when it is closed,
+// refused or aborted: it takes the dial off lt's count of open dials.
+func (a *Agent) releaser(lt *liveTunnel) func() {
+	return func() {
+		a.mu.Lock()
+		lt.open--
+		if lt.open == 0 {
+			a.kick() // a tunnel being replaced may close now
+		}
+		a.mu.Unlock()
+	}
+}
+
+// handleStream reads a DialRequest and offers the stream to Accept. Every
+// path ends with the Conn closed, refused or aborted, which calls release.
+func (a *Agent) handleStream(qc *quic.Conn, st *quic.Stream, version int, release func()) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.AcceptTimeout))
 	req, err := proto.Expect[proto.DialRequest](st)
 	if err != nil {
-		c := &Conn{st: st, version: version}
+		c := &Conn{st: st, version: version, release: release}
 		switch {
 		case errors.Is(err, proto.ErrUnsupportedVersion), errors.Is(err, proto.ErrMalformed), errors.Is(err, proto.ErrUnknownType), errors.Is(err, proto.ErrFrameTooLarge):
 			a.metrics.dials.WithLabelValues(dialBadRequest).Inc()
@@ -499,7 +701,7 @@ func (a *Agent) handleStream(qc *quic.Conn, st *quic.Stream, version int) {
 		return
 	}
 	st.SetReadDeadline(time.Time{})
-	c := &Conn{st: st, req: req, version: version, local: a.Addr(), remote: qc.RemoteAddr()}
+	c := &Conn{st: st, req: req, version: version, local: a.Addr(), remote: qc.RemoteAddr(), release: release}
 	if ap, err := netip.ParseAddrPort(req.ClientAddr); err == nil {
 		c.remote = net.TCPAddrFromAddrPort(ap)
 	}

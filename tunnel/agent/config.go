@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -17,8 +18,9 @@ import (
 // Config configures an Agent. Zero durations, sizes and windows take the
 // defaults documented on each field.
 type Config struct {
-	// ProxyAddrs are the proxies' tunnel listeners, "host:port" (UDP). The
-	// agent keeps one tunnel to each. Required.
+	// ProxyAddrs are the proxies' tunnel listeners, "host:port" (UDP).
+	// Without Discover the agent keeps one tunnel to each, forever; with
+	// Discover they are only the seeds it starts from. Required.
 	ProxyAddrs []string
 	// NodeID is this node's name; it must equal the name in its
 	// certificate. Required.
@@ -72,6 +74,38 @@ type Config struct {
 	StreamReceiveWindow     uint64
 	ConnectionReceiveWindow uint64
 
+	// Discover, if set, returns the proxies of the mesh (the node's cmd/ asks
+	// whichever proxy it can reach over HTTPS). With it, ProxyAddrs are only
+	// the seeds: the agent keeps tunnels to ConnectionCount distinct proxies
+	// chosen nearest first from what Discover returns, and re-homes when one
+	// dies or drains (see "Re-homing" in the package comment). It must
+	// return when its context ends; each call gets at most 10s. Without it
+	// the agent keeps exactly the ProxyAddrs tunnels.
+	Discover func(ctx context.Context) ([]Candidate, error)
+	// ConnectionCount is how many distinct proxies to hold tunnels to when
+	// Discover is set. Default 2: one proxy can die or drain while the node
+	// stays reachable through the other, and each tunnel costs the node only
+	// a QUIC connection and a keepalive every KeepAlivePeriod.
+	ConnectionCount int
+	// RefreshInterval is how often Discover is called again, jittered by
+	// ±20% so that a fleet started together does not ask in step. Discover
+	// is also called right after a tunnel goes down or is refused. Default
+	// 30s: a drain is noticed within that even while every tunnel is up;
+	// dead proxies show up sooner, as tunnels going down.
+	RefreshInterval time.Duration
+	// Probe measures the round trip to a proxy address, for ranking
+	// candidates. Default: the time to connect over TCP to the same
+	// host:port (proxies serve TLS on TCP on the tunnel port, and a TCP
+	// connect is one round trip that needs no credentials). Each probe gets
+	// at most 2s; probes run in parallel, once per Discover.
+	Probe func(ctx context.Context, addr string) (time.Duration, error)
+	// FailoverAfter: a tunnel that has not been connected for this long, or
+	// has failed 3 attempts in a row, gives its place to the next candidate
+	// (if there is one; otherwise it keeps retrying). Default 5s: longer
+	// than a proxy restart takes to refuse or a lost packet to be resent,
+	// short enough that a node is not left on one tunnel for long.
+	FailoverAfter time.Duration
+
 	// Logger receives the agent's logs. Default: slog.Default().
 	Logger *slog.Logger
 	// Metrics, if set, registers the agent's metrics.
@@ -92,6 +126,9 @@ const (
 	DefaultMaxIdleTimeout          = 15 * time.Second
 	DefaultStreamReceiveWindow     = 16 << 20
 	DefaultConnectionReceiveWindow = 32 << 20
+	DefaultConnectionCount         = 2
+	DefaultRefreshInterval         = 30 * time.Second
+	DefaultFailoverAfter           = 5 * time.Second
 
 	// maxIncomingStreams is how many dials a proxy may have open on one
 	// tunnel at once. quic-go's default of 100 would queue the 101st SSH
@@ -165,6 +202,21 @@ func (c *Config) checkAndSetDefaults() error {
 	}
 	if c.ConnectionReceiveWindow < c.StreamReceiveWindow {
 		c.ConnectionReceiveWindow = c.StreamReceiveWindow
+	}
+	if c.ConnectionCount < 0 {
+		return fmt.Errorf("tunnel agent config: ConnectionCount %d is negative", c.ConnectionCount)
+	}
+	if c.ConnectionCount == 0 {
+		c.ConnectionCount = DefaultConnectionCount
+	}
+	if c.RefreshInterval <= 0 {
+		c.RefreshInterval = DefaultRefreshInterval
+	}
+	if c.FailoverAfter <= 0 {
+		c.FailoverAfter = DefaultFailoverAfter
+	}
+	if c.Probe == nil {
+		c.Probe = tcpProbe
 	}
 	return nil
 }

@@ -34,6 +34,11 @@ type Conn struct {
 	version       int
 	local, remote net.Addr
 	closeOnce     sync.Once
+	// release, if set, is called once when the Conn is closed, refused or
+	// aborted: the agent counts open dials per tunnel, so that a tunnel
+	// being replaced closes only when nothing uses it.
+	release     func()
+	releaseOnce sync.Once
 }
 
 var _ interface {
@@ -65,7 +70,17 @@ func (c *Conn) Close() error {
 		c.st.CancelRead(quic.StreamErrorCode(proto.StreamClosed))
 		c.st.Close()
 	})
+	c.done()
 	return nil
+}
+
+// done calls release once.
+func (c *Conn) done() {
+	c.releaseOnce.Do(func() {
+		if c.release != nil {
+			c.release()
+		}
+	})
 }
 
 // LocalAddr is the agent's Addr.
@@ -98,10 +113,12 @@ func (c *Conn) refuse(reason string) {
 	proto.WriteMessage(c.st, proto.DialResponse{Version: c.version, Error: reason})
 	c.st.CancelRead(quic.StreamErrorCode(proto.StreamRefused))
 	c.st.Close()
+	c.done()
 }
 
 // abort drops the stream without an answer.
 func (c *Conn) abort() {
 	c.st.CancelRead(quic.StreamErrorCode(proto.StreamCanceled))
 	c.st.CancelWrite(quic.StreamErrorCode(proto.StreamCanceled))
+	c.done()
 }

@@ -1,11 +1,17 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestBackoffFullJitter(t *testing.T) {
@@ -67,6 +73,7 @@ func TestConfigNamesMissingField(t *testing.T) {
 		{func(c *Config) { c.ProxyAddrs = []string{"a:0"} }, "bad port"},
 		{func(c *Config) { c.ProxyAddrs = []string{"a:1", "a:1"} }, "lists a:1 twice"},
 		{func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Second, time.Millisecond }, "MaxBackoff 1ms is below MinBackoff 1s"},
+		{func(c *Config) { c.ConnectionCount = -1 }, "ConnectionCount -1 is negative"},
 	}
 	for _, tt := range tests {
 		c := full()
@@ -85,6 +92,9 @@ func TestConfigNamesMissingField(t *testing.T) {
 		c.MaxIdleTimeout != 15*time.Second || c.AcceptTimeout != 5*time.Second || c.AcceptBacklog != 1024 || c.Logger == nil || c.Now == nil {
 		t.Fatalf("defaults = %+v", c)
 	}
+	if c.ConnectionCount != 2 || c.RefreshInterval != 30*time.Second || c.FailoverAfter != 5*time.Second || c.Probe == nil {
+		t.Fatalf("re-homing defaults = %+v", c)
+	}
 	q := a.quicConf
 	if q.MaxIncomingStreams != 10000 || q.MaxIncomingUniStreams != -1 || q.KeepAlivePeriod != 5*time.Second || q.MaxIdleTimeout != 15*time.Second {
 		t.Fatalf("quic config = %+v", q)
@@ -94,5 +104,139 @@ func TestConfigNamesMissingField(t *testing.T) {
 	}
 	if a.Addr().Network() != "jumpgate-tunnel" || a.Addr().String() != "web-1" {
 		t.Fatalf("Addr() = %v", a.Addr())
+	}
+}
+
+func TestRankCandidates(t *testing.T) {
+	fail := errors.New("no route")
+	var flips [2]int
+	for range 200 {
+		cs := []ranked{
+			{Candidate: Candidate{ID: "drain", Draining: true}},
+			{Candidate: Candidate{ID: "down-a"}, probeErr: fail},
+			{Candidate: Candidate{ID: "far"}, rtt: 80 * time.Millisecond},
+			{Candidate: Candidate{ID: "down-b"}, probeErr: fail},
+			{Candidate: Candidate{ID: "near"}, rtt: 5 * time.Millisecond},
+			{Candidate: Candidate{ID: "mid-a"}, rtt: 20 * time.Millisecond},
+			{Candidate: Candidate{ID: "mid-b"}, rtt: 20 * time.Millisecond},
+		}
+		rankCandidates(cs)
+		var ids []string
+		for _, c := range cs {
+			ids = append(ids, c.ID)
+		}
+		// Ties (equal round trips, failed probes) come in either order.
+		if ids[1] == "mid-b" {
+			ids[1], ids[2] = ids[2], ids[1]
+			flips[0]++
+		}
+		if ids[4] == "down-b" {
+			ids[4], ids[5] = ids[5], ids[4]
+			flips[1]++
+		}
+		if want := []string{"near", "mid-a", "mid-b", "far", "down-a", "down-b", "drain"}; !slices.Equal(ids, want) {
+			t.Fatalf("ranked %v, want %v (ties in any order)", ids, want)
+		}
+	}
+	// Ties are broken at random, so agents do not all pick the same proxy.
+	for i, n := range flips {
+		if n < 40 || n > 160 {
+			t.Errorf("tie %d broken the same way %d times of 200, want about half", i, 200-n)
+		}
+	}
+}
+
+func TestJitter(t *testing.T) {
+	lo, hi := time.Hour, time.Duration(0)
+	for range 1000 {
+		d := jitter(10*time.Second, 0.2)
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if lo < 8*time.Second || hi > 12*time.Second || hi-lo < 3*time.Second {
+		t.Fatalf("jitter(10s, 20%%) ranged over [%v, %v], want most of [8s, 12s]", lo, hi)
+	}
+}
+
+// Seeds beyond ConnectionCount settle on the nearest, whichever connects
+// first.
+func TestSurplusSeedsSettleOnNearest(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a, err := New(Config{
+		ProxyAddrs:           []string{"p4:1", "p3:1", "p1:1", "p2:1"},
+		NodeID:               "web-1",
+		ClusterName:          "prod",
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return nil, nil },
+		RootCAs:              x509.NewCertPool,
+		Discover:             func(context.Context) ([]Candidate, error) { return nil, nil },
+		Logger:               slog.New(slog.DiscardHandler),
+		Metrics:              reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rehomer{a: a, avoid: make(map[string]time.Time)}
+	var cands []ranked
+	for i, id := range []string{"p1", "p2", "p3", "p4"} {
+		cands = append(cands, ranked{Candidate: Candidate{ID: id, Addr: id + ":1"}, rtt: time.Duration(i+1) * time.Millisecond})
+	}
+	r.update(discovery{cands: cands})
+	slots := make(map[string]*slot)
+	for _, s := range a.slots {
+		s.downSince = time.Now() // as Run does
+		slots[s.addr] = s
+	}
+	connect := func(id string) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		s := slots[id+":1"]
+		s.live = &liveTunnel{}
+		s.status.State, s.status.ProxyID = StateConnected, id
+	}
+	have := func() []string {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		var out []string
+		for _, s := range a.slots {
+			out = append(out, s.addr)
+		}
+		slices.Sort(out)
+		return out
+	}
+
+	// The far seeds connect first: nothing is closed while the near ones
+	// are still connecting.
+	connect("p4")
+	connect("p3")
+	r.reconcile()
+	if got := have(); len(got) != 4 {
+		t.Fatalf("slots %v, want all 4 seeds while p1 and p2 connect", got)
+	}
+	connect("p1")
+	r.reconcile()
+	if got, want := have(), []string{"p1:1", "p2:1", "p3:1"}; !slices.Equal(got, want) {
+		t.Fatalf("slots %v, want %v", got, want)
+	}
+	connect("p2")
+	r.reconcile()
+	if got, want := have(), []string{"p1:1", "p2:1"}; !slices.Equal(got, want) {
+		t.Fatalf("slots %v, want %v", got, want)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "jumpgate_tunnel_agent_rehomes_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			want := 0.0
+			if m.GetLabel()[0].GetValue() == rehomeSurplus {
+				want = 2
+			}
+			if v := m.GetCounter().GetValue(); v != want {
+				t.Errorf("rehomes{%s} = %v, want %v", m.GetLabel()[0].GetValue(), v, want)
+			}
+		}
 	}
 }

@@ -25,11 +25,21 @@ const (
 	dialAborted    = "aborted" // the tunnel or stream ended before Accept
 )
 
+// Re-homing reasons (label values of jumpgate_tunnel_agent_rehomes_total).
+const (
+	rehomeDead     = "dead"     // the proxy left the candidate list
+	rehomeFailing  = "failing"  // the tunnel stayed down past FailoverAfter or 3 attempts
+	rehomeDraining = "draining" // the proxy is draining
+	rehomeSurplus  = "surplus"  // more tunnels than ConnectionCount, or two to one proxy
+)
+
 type metrics struct {
 	connectedProxies prometheus.Gauge
+	desiredProxies   prometheus.Gauge
 	pendingDials     prometheus.Gauge
 	connects         *prometheus.CounterVec
 	dials            *prometheus.CounterVec
+	rehomes          *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -37,6 +47,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		connectedProxies: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "jumpgate_tunnel_agent_connected_proxies",
 			Help: "Proxies this node holds a reverse tunnel to.",
+		}),
+		desiredProxies: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "jumpgate_tunnel_agent_desired_proxies",
+			Help: "Proxies this node means to hold a reverse tunnel to (ConnectionCount with discovery, else the configured addresses); compare with jumpgate_tunnel_agent_connected_proxies.",
 		}),
 		pendingDials: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "jumpgate_tunnel_agent_pending_dials",
@@ -50,6 +64,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "jumpgate_tunnel_agent_dials_total",
 			Help: "Dials received through reverse tunnels, by outcome (accepted, refused_timeout, refused_backlog, refused_closing, bad_request, aborted).",
 		}, []string{"outcome"}),
+		rehomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "jumpgate_tunnel_agent_rehomes_total",
+			Help: "Tunnels given up to move to another proxy (or closed as extra), by reason (dead, failing, draining, surplus).",
+		}, []string{"reason"}),
 	}
 	for _, o := range []string{connectOK, connectRefused, connectTLS, connectTimeout, connectError} {
 		m.connects.WithLabelValues(o)
@@ -57,8 +75,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, o := range []string{dialAccepted, dialTimeout, dialBacklog, dialClosing, dialBadRequest, dialAborted} {
 		m.dials.WithLabelValues(o)
 	}
+	for _, r := range []string{rehomeDead, rehomeFailing, rehomeDraining, rehomeSurplus} {
+		m.rehomes.WithLabelValues(r)
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connectedProxies, m.pendingDials, m.connects, m.dials} {
+		for _, c := range []prometheus.Collector{m.connectedProxies, m.desiredProxies, m.pendingDials, m.connects, m.dials, m.rehomes} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register tunnel agent metrics: %w", err)
 			}

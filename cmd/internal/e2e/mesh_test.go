@@ -140,10 +140,11 @@ func TestMesh(t *testing.T) {
 	if out, code := c.run("alice-password\n", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "users", "add", "alice", "--roles=dev", "--password-stdin"); code != 0 {
 		t.Fatalf("add alice: %s", out)
 	}
-	for _, n := range []struct{ name, proxies string }{{"nodex", cc.listen}, {"nodey", cc.listen + "," + b.listen}} {
+	// nodex keeps one tunnel, to C; nodey keeps two, starting from C and B.
+	for _, n := range []struct{ name, proxies, count string }{{"nodex", cc.listen, "1"}, {"nodey", cc.listen + "," + b.listen, "2"}} {
 		tok := c.token()
 		c.start(n.name, "--roles=node", "--node-name="+n.name, "--data-dir="+filepath.Join(c.dir, n.name),
-			"--proxy="+n.proxies, "--token="+tok.Token, "--ca-pin="+tok.CAPin)
+			"--proxy="+n.proxies, "--connection-count="+n.count, "--token="+tok.Token, "--ca-pin="+tok.CAPin)
 	}
 	c.waitOnline("nodex", "nodey")
 	alice := c.login("alice", "alice-password")
@@ -210,21 +211,34 @@ func TestMesh(t *testing.T) {
 		c.procs["pc"].Wait()
 		waitFor(t, "pc marked dead by the mesh", 30*time.Second, func() bool { return seenAs(c.proxies(), "pc", "dead") })
 		t.Logf("pc seen dead after %v", time.Since(start).Round(100*time.Millisecond))
-		waitFor(t, "nodey reachable through pb", 30*time.Second, func() bool {
+		waitFor(t, "nodey reachable without pc", 30*time.Second, func() bool {
 			out, code := c.run("", alice, "jg", "--debug", "ssh", "nodey", "--", "echo", "y-alive")
-			return code == 0 && strings.Contains(out, "y-alive") && strings.Contains(out, "path peer pb")
+			return code == 0 && strings.Contains(out, "y-alive") && !strings.Contains(out, "peer pc")
 		})
-		out, code := c.run("", alice, "jg", "ssh", "nodex", "--", "true")
-		if code == 0 || !strings.Contains(out, "offline") {
-			t.Errorf("nodex with its only proxy dead: exit %d: %s", code, out)
+		t.Logf("nodey reachable after %v", time.Since(start).Round(100*time.Millisecond))
+		// nodex had a tunnel to pc only: its agent re-homes to another proxy.
+		var out string
+		waitFor(t, "nodex re-homed and reachable", 60*time.Second, func() bool {
+			var code int
+			out, code = c.run("", alice, "jg", "--debug", "ssh", "nodex", "--", "echo", "x-rehomed")
+			return code == 0 && strings.Contains(out, "x-rehomed")
+		})
+		t.Logf("nodex reachable again after %v: %s", time.Since(start).Round(100*time.Millisecond), strings.TrimSpace(out))
+		if strings.Contains(out, "peer pc") {
+			t.Errorf("nodex dialed through the dead proxy: %s", out)
 		}
 	})
 	t.Run("the proxy comes back", func(t *testing.T) {
 		c.start("pc", cc.args...)
 		waitFor(t, "pc alive again", 60*time.Second, func() bool { return seenAs(c.proxies(), "pc", "alive") })
-		waitFor(t, "nodex reachable again via pc", 60*time.Second, func() bool {
-			out, code := c.run("", alice, "jg", "--debug", "ssh", "nodex", "--", "echo", "x-back")
-			return code == 0 && strings.Contains(out, "x-back") && strings.Contains(out, "path peer pc")
+		// A user who logs in at the restarted proxy reaches nodes held elsewhere.
+		home := []string{"JUMPGATE_HOME=" + filepath.Join(c.dir, "home-alice-pc")}
+		if out, code := c.run("alice-password\n", home, "jg", "login", "--proxy="+cc.listen, "--user=alice", "--password-stdin", "--ca-pin="+c.pin()); code != 0 {
+			t.Fatalf("jg login at pc: %s", out)
+		}
+		waitFor(t, "nodex reachable from pc", 30*time.Second, func() bool {
+			out, code := c.run("", home, "jg", "--debug", "ssh", "nodex", "--", "echo", "x-from-pc")
+			return code == 0 && strings.Contains(out, "x-from-pc")
 		})
 	})
 }
