@@ -28,7 +28,7 @@ import (
 //	  user_cert_ttl: 12h
 //	proxy:
 //	  id: proxy-eu-1
-//	  listen: 0.0.0.0:3080              # TLS on TCP and tunnels (QUIC) on UDP, same port
+//	  listen: 0.0.0.0:3080              # TLS on TCP (clients, and tunnels of UDP-blocked nodes) and tunnels (QUIC) on UDP, same port
 //	  public_addrs: [proxy.example.com, 203.0.113.7]
 //	  auth_addr: auth.example.com:3025  # when auth runs elsewhere
 //	  token: <proxy join token>
@@ -47,6 +47,7 @@ import (
 //	  token: <node join token>
 //	  ca_pin: sha256:...
 //	  connection_count: 2               # tunnels to this many distinct proxies, nearest first
+//	  tunnel_transport: auto            # auto (QUIC, TLS over TCP where UDP is blocked), quic or tcp
 //	  bench_ssh_listen: 127.0.0.1:3022  # benchmarks only: SSH server also on this loopback address
 type Config struct {
 	DataDir    string    `yaml:"data_dir"`
@@ -118,7 +119,12 @@ type NodeConfig struct {
 	// ConnectionCount is how many distinct proxies the node keeps tunnels
 	// to, chosen nearest first from the mesh's proxies (the configured ones
 	// are only where it starts). Default 2.
-	ConnectionCount int    `yaml:"connection_count"`
+	ConnectionCount int `yaml:"connection_count"`
+	// TunnelTransport says how tunnels are carried: "auto" (default: QUIC,
+	// falling back to TLS over TCP, per proxy, where UDP is blocked, and
+	// back to QUIC when it works again), "quic" or "tcp" (for networks known
+	// to block UDP; TCP also costs the proxy and node less CPU per byte).
+	TunnelTransport string `yaml:"tunnel_transport"`
 	Token           string `yaml:"token"`
 	CAPin           string `yaml:"ca_pin"`
 	// BenchSSHListen also serves the node's SSH server directly on this
@@ -264,6 +270,13 @@ func (c *Config) CheckAndSetDefaults() error {
 		c.Node.Proxy = c.Node.Proxies[0]
 		if c.Node.ConnectionCount < 0 || c.Node.ConnectionCount > 16 {
 			return fmt.Errorf("node: connection_count %d: want 1 to 16 (default 2)", c.Node.ConnectionCount)
+		}
+		switch c.Node.TunnelTransport {
+		case "":
+			c.Node.TunnelTransport = "auto"
+		case "auto", "quic", "tcp":
+		default:
+			return fmt.Errorf("node: tunnel_transport %q: want auto, quic or tcp (--tunnel-transport)", c.Node.TunnelTransport)
 		}
 		if c.Node.BenchSSHListen != "" {
 			h, _, err := net.SplitHostPort(c.Node.BenchSSHListen)

@@ -27,6 +27,7 @@ func TestParseConfig(t *testing.T) {
 		"roles: [auth]\ndata_dir: /x\nauth: {cluster_name: c, listen: nope}\n",
 		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: '0.0.0.0:22'}\n", // bench listener off loopback
 		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: 'localhost'}\n",
+		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, tunnel_transport: udp}\n",
 	}
 	ok, err := ParseConfig([]byte("roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: '127.0.0.1:0'}\n"))
 	if err == nil {
@@ -34,6 +35,16 @@ func TestParseConfig(t *testing.T) {
 	}
 	if err != nil {
 		t.Fatalf("loopback bench listener refused: %v", err)
+	}
+	if ok.Node.TunnelTransport != "auto" {
+		t.Fatalf("tunnel_transport default = %q, want auto", ok.Node.TunnelTransport)
+	}
+	tcp, err := ParseConfig([]byte("roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, tunnel_transport: tcp}\n"))
+	if err == nil {
+		err = tcp.CheckAndSetDefaults()
+	}
+	if err != nil || tcp.Node.TunnelTransport != "tcp" {
+		t.Fatalf("tunnel_transport tcp: %q, %v", tcp.Node.TunnelTransport, err)
 	}
 	for _, b := range bad {
 		c, err := ParseConfig([]byte(b))

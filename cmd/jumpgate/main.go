@@ -82,6 +82,7 @@ func startCmd() *cobra.Command {
 			if fl.Changed("connection-count") {
 				cfg.Node.ConnectionCount = f.Node.ConnectionCount
 			}
+			set("tunnel-transport", &cfg.Node.TunnelTransport, f.Node.TunnelTransport)
 			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
 			set("region", &cfg.Proxy.Region, f.Proxy.Region)
 			set("gossip-listen", &cfg.Proxy.Mesh.GossipListen, f.Proxy.Mesh.GossipListen)
@@ -134,7 +135,7 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Auth.ClusterName, "cluster-name", "", "cluster name (auth, first start)")
 	fl.StringVar(&f.Auth.Listen, "auth-listen", "127.0.0.1:3025", "auth API address")
 	fl.StringVar(&f.Proxy.ID, "proxy-id", "", "this proxy's id")
-	fl.StringVar(&f.Proxy.Listen, "proxy-listen", "127.0.0.1:3080", "proxy address: TLS on TCP, tunnels on UDP")
+	fl.StringVar(&f.Proxy.Listen, "proxy-listen", "127.0.0.1:3080", "proxy address: TLS on TCP, tunnels on UDP (and over TCP)")
 	fl.StringSliceVar(&f.Proxy.PublicAddrs, "public-addr", nil, "names and IPs clients use to reach this proxy (go into its certificate)")
 	fl.StringVar(&f.Proxy.Region, "region", "", "this proxy's region (default \"default\")")
 	fl.StringVar(&location, "location", "", "this proxy's location as LAT,LON in degrees")
@@ -147,6 +148,7 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&labels, "labels", "", "node labels, k=v,k2=v2")
 	fl.StringVar(&f.Node.Proxy, "proxy", "", "proxy address the node dials (host:port)")
 	fl.IntVar(&f.Node.ConnectionCount, "connection-count", 0, "tunnels to this many distinct proxies, nearest first (default 2)")
+	fl.StringVar(&f.Node.TunnelTransport, "tunnel-transport", "auto", "how tunnels are carried: auto (QUIC, TLS over TCP where UDP is blocked), quic or tcp")
 	fl.StringVar(&f.Node.Token, "token", "", "join token (first start only)")
 	fl.StringVar(&f.Node.CAPin, "ca-pin", "", "cluster CA pin, sha256:... (first start only)")
 	fl.StringVar(&f.Node.BenchSSHListen, "bench-ssh-listen", "", "benchmarks only: also serve the node's SSH server on this loopback address")

@@ -35,6 +35,7 @@ import (
 	"jumpgate.dev/jumpgate/mesh/ingress"
 	"jumpgate.dev/jumpgate/node/sshd"
 	"jumpgate.dev/jumpgate/tunnel/agent"
+	"jumpgate.dev/jumpgate/tunnel/proto"
 	tserver "jumpgate.dev/jumpgate/tunnel/server"
 )
 
@@ -429,7 +430,10 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
 		Proxies: m.proxies, PublicAddr: publicAddr,
 		Dialer: ingress.NodeDialerFunc(m.dial),
-		Audit:  p.audit, Logger: p.log.With("component", "ingress"), Metrics: p.reg,
+		// Tunnels over TCP, from agents whose network blocks UDP, arrive
+		// on the TLS port; the tunnel server takes them over.
+		Protocols: map[string]func(*tls.Conn){proto.ALPN: tsrv.HandleTLS},
+		Audit:     p.audit, Logger: p.log.With("component", "ingress"), Metrics: p.reg,
 	})
 	if err != nil {
 		return err
@@ -615,6 +619,7 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 				GetClientCertificate: id.GetClientCertificate})
 		}),
 		ConnectionCount: cfg.Node.ConnectionCount,
+		Transport:       cfg.Node.TunnelTransport,
 		Logger:          p.log.With("component", "agent"), Metrics: p.reg,
 	})
 	if err != nil {
@@ -658,7 +663,7 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		}
 		return errors.New("node: no tunnel connected")
 	})
-	p.log.Info("node started", "node", id.Meta.Name, "proxies", cfg.Node.Proxies, "labels", labels)
+	p.log.Info("node started", "node", id.Meta.Name, "proxies", cfg.Node.Proxies, "labels", labels, "tunnel_transport", cfg.Node.TunnelTransport)
 	return nil
 }
 

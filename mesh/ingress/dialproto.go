@@ -7,6 +7,9 @@
 //   - ALPN "http/1.1" (or none): the HTTPS API: login and join (forwarded to
 //     the auth server), node listing for users, and the watch stream that
 //     feeds nodes' caches, served from this proxy's own cache.
+//   - Any ALPN in Config.Protocols: handed to its handler after the TLS
+//     handshake. cmd/ routes the tunnel protocol ("jumpgate-tunnel/1") to
+//     the tunnel server this way, for agents whose network blocks UDP.
 //
 // # Dial protocol (ALPN jumpgate-dial/1)
 //

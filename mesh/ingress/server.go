@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -84,6 +86,14 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// DialTimeout bounds reaching the node (15s).
 	DialTimeout time.Duration
+	// Protocols routes more ALPN protocols to handlers that take over the
+	// connection once its TLS handshake is done (a client certificate, if
+	// the client gave one, verified against the cluster's CA pool). cmd/
+	// routes tunnel/proto.ALPN to the tunnel server, so that node agents
+	// whose network blocks UDP reach it over TCP; ingress knows nothing of
+	// tunnels. A handler owns the connection from then on and must return
+	// at once: Shutdown and Close neither wait for it nor close it.
+	Protocols map[string]func(*tls.Conn)
 }
 
 func (c *Config) checkAndSetDefaults() error {
@@ -98,6 +108,14 @@ func (c *Config) checkAndSetDefaults() error {
 		return errors.New("ingress: Upstream is required")
 	case c.Dialer == nil:
 		return errors.New("ingress: Dialer is required")
+	}
+	for p, h := range c.Protocols {
+		switch {
+		case p == "" || p == ALPNDial || p == ALPNHTTP:
+			return fmt.Errorf("ingress: Protocols: %q is not an extra ALPN protocol", p)
+		case h == nil:
+			return fmt.Errorf("ingress: Protocols: no handler for %q", p)
+		}
 	}
 	if c.Online == nil {
 		c.Online = func(string) bool { return false }
@@ -166,7 +184,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, metrics: newMetrics(cfg.Metrics), listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	base := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: cfg.GetCertificate, NextProtos: []string{ALPNDial, ALPNHTTP}}
+	protos := []string{ALPNDial, ALPNHTTP}
+	for _, p := range slices.Sorted(maps.Keys(cfg.Protocols)) {
+		protos = append(protos, p)
+	}
+	base := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: cfg.GetCertificate, NextProtos: protos}
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		c := base.Clone()
 		c.GetConfigForClient = nil
@@ -257,10 +279,18 @@ func (s *Server) handle(raw net.Conn) {
 		s.track(raw, false)
 		return
 	}
-	if tc.ConnectionState().NegotiatedProtocol == ALPNDial {
+	alpn := tc.ConnectionState().NegotiatedProtocol
+	if alpn == ALPNDial {
 		defer s.track(raw, false)
 		defer tc.Close()
 		s.handleDial(tc)
+		return
+	}
+	if h, ok := s.cfg.Protocols[alpn]; ok {
+		// The handler owns the connection from here, deadlines included.
+		_ = raw.SetDeadline(time.Time{})
+		s.track(raw, false)
+		h(tc)
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})

@@ -19,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 	"jumpgate.dev/jumpgate/tunnel/proto"
 )
 
@@ -37,9 +38,13 @@ const (
 type TunnelStatus struct {
 	ProxyAddr string
 	State     State
-	// Transport is how the tunnel is carried: "quic" (a TCP fallback will
-	// add "tcp").
+	// Transport is how the tunnel is carried, or is being set up: "quic",
+	// or "tcp" (TLS over TCP).
 	Transport string
+	// UDPBlocked says that QUIC to this proxy got no answer and the tunnel
+	// fell back to TCP (Config.Transport auto only); QUIC is tried again
+	// every QUICRetryInterval.
+	UDPBlocked bool
 	// Draining says that the proxy is draining and this tunnel is being
 	// replaced: it closes once its replacement is up and no connection
 	// dialed through it is open (Config.Discover only).
@@ -55,9 +60,6 @@ type TunnelStatus struct {
 	// NextAttempt is when the next attempt starts (StateBackoff only).
 	NextAttempt time.Time
 }
-
-// transportQUIC is TunnelStatus.Transport for QUIC tunnels.
-const transportQUIC = "quic"
 
 // slot is one tunnel the agent keeps: a proxy address and the goroutine
 // (keepTunnel) that keeps a tunnel to it up. Without Config.Discover the
@@ -79,21 +81,50 @@ type slot struct {
 	downSince time.Time
 	// live is the tunnel up now, nil when none.
 	live *liveTunnel
+	// old is a tunnel that a move from TCP to QUIC replaced, until it
+	// closes (once no dial taken from it is open); nil when none.
+	old *liveTunnel
 	// retire is the re-homing reason while the slot waits to close (its
 	// replacement is not up yet, or connections are open on it); "" for a
 	// slot the agent means to keep.
 	retire string
+
+	// The following fields belong to the slot's keepTunnel goroutine
+	// (Config.Transport auto only).
+	//
+	// udpBlocked: QUIC to the proxy got no answer, so the slot uses TCP.
+	udpBlocked bool
+	// quicRetryAt is when to try QUIC again while udpBlocked (real clock).
+	quicRetryAt time.Time
+}
+
+// openLocked counts the dials taken from the slot's tunnels whose Conn is
+// not closed yet. a.mu is held.
+func (s *slot) openLocked() int {
+	n := 0
+	if s.live != nil {
+		n += s.live.open
+	}
+	if s.old != nil && s.old != s.live {
+		n += s.old.open
+	}
+	return n
 }
 
 // liveTunnel is one established tunnel of a slot.
 type liveTunnel struct {
+	// The following fields are guarded by Agent.mu.
+	//
 	// open counts the dials taken from this tunnel whose Conn is not closed
-	// yet, including those still waiting for Accept. Guarded by Agent.mu.
+	// yet, including those still waiting for Accept.
 	open int
+	// idle, if set, is closed when open drops to zero: the tunnel was
+	// replaced and closes then.
+	idle chan struct{}
 }
 
 // rehomeCause is the cancel cause of a slot closed by re-homing; the proxy
-// hears the reason in the QUIC close.
+// hears the reason in the tunnel's close.
 type rehomeCause struct{ reason string }
 
 func (c *rehomeCause) Error() string { return "re-homing: " + c.reason }
@@ -123,6 +154,7 @@ type Agent struct {
 	metrics    *metrics
 	instanceID string
 	quicConf   *quic.Config
+	muxConf    transport.MuxConfig
 
 	// closeCtx ends on Close: Run returns, Accept returns net.ErrClosed.
 	closeCtx    context.Context
@@ -163,6 +195,7 @@ func New(cfg Config) (*Agent, error) {
 		metrics:    m,
 		instanceID: hex.EncodeToString(id[:]),
 		quicConf:   cfg.quicConfig(),
+		muxConf:    cfg.muxConfig(cfg.Logger.With("node", cfg.NodeID, "transport", transport.TCP)),
 		handoff:    make(chan *Conn),
 		backlog:    make(chan struct{}, cfg.AcceptBacklog),
 		wake:       make(chan struct{}, 1),
@@ -188,13 +221,17 @@ func (a *Agent) seedSlots() []*slot {
 }
 
 func (a *Agent) newSlot(addr, wantID string, now time.Time) *slot {
-	return &slot{addr: addr, wantID: wantID, status: TunnelStatus{ProxyAddr: addr, State: StateIdle, Transport: transportQUIC, Since: now}}
+	tr := transport.QUIC
+	if a.cfg.Transport == TransportTCP {
+		tr = transport.TCP
+	}
+	return &slot{addr: addr, wantID: wantID, status: TunnelStatus{ProxyAddr: addr, State: StateIdle, Transport: tr, Since: now}}
 }
 
 // runState is what starting a slot needs from Run.
 type runState struct {
 	ctx context.Context
-	tr  *quic.Transport
+	tr  *quic.Transport // nil with Config.Transport tcp
 	wg  *sync.WaitGroup // Run waits for every slot's goroutine
 }
 
@@ -203,7 +240,7 @@ func (a *Agent) startLocked(rs runState, s *slot, delay time.Duration) {
 	ctx, cancel := context.WithCancelCause(rs.ctx)
 	s.cancel = cancel
 	s.downSince = time.Now().Add(delay)
-	rs.wg.Go(func() { a.keepTunnel(ctx, rs.tr, s, delay) })
+	rs.wg.Go(func() { a.keepTunnel(ctx, rs, s, delay) })
 }
 
 // kick wakes the re-homing loop, if any. It never blocks, so it may be
@@ -246,13 +283,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stop()
 
 	// One UDP socket for all tunnels: one NAT mapping, one port to allow.
-	udp, err := net.ListenUDP("udp", nil)
-	if err != nil {
-		return fmt.Errorf("tunnel agent: open UDP socket: %w", err)
+	// A node told to use TCP opens none.
+	var tr *quic.Transport
+	if a.cfg.Transport != TransportTCP {
+		udp, err := net.ListenUDP("udp", nil)
+		if err != nil {
+			return fmt.Errorf("tunnel agent: open UDP socket: %w", err)
+		}
+		defer udp.Close()
+		tr = &quic.Transport{Conn: udp}
+		defer tr.Close()
 	}
-	defer udp.Close()
-	tr := &quic.Transport{Conn: udp}
-	defer tr.Close()
 
 	var wg sync.WaitGroup
 	rs := runState{ctx: ctx, tr: tr, wg: &wg}
@@ -287,7 +328,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // keepTunnel keeps the tunnel of slot sl up until ctx ends. It waits delay
 // before the first attempt.
-func (a *Agent) keepTunnel(ctx context.Context, tr *quic.Transport, sl *slot, delay time.Duration) {
+func (a *Agent) keepTunnel(ctx context.Context, rs runState, sl *slot, delay time.Duration) {
 	log := a.log.With("proxy_addr", sl.addr)
 	b := backoff{min: a.cfg.MinBackoff, max: a.cfg.MaxBackoff}
 	var lastLogged string // the failure last logged at Warn level
@@ -296,7 +337,7 @@ func (a *Agent) keepTunnel(ctx context.Context, tr *quic.Transport, sl *slot, de
 	}
 	for {
 		a.setStatus(sl, func(s *TunnelStatus) { s.State = StateConnecting })
-		up, err := a.runTunnel(ctx, tr, sl, log)
+		up, err := a.runTunnel(ctx, rs, sl, log)
 		if ctx.Err() != nil {
 			a.setStatus(sl, func(s *TunnelStatus) { s.State = StateIdle })
 			return
@@ -415,71 +456,262 @@ func (a *Agent) Status() []TunnelStatus {
 	return out
 }
 
-// runTunnel sets up a tunnel and serves it until it ends. It returns when
-// the tunnel came up (zero if it never did) and why it ended.
-func (a *Agent) runTunnel(ctx context.Context, tr *quic.Transport, sl *slot, log *slog.Logger) (time.Time, error) {
-	qc, ack, err := a.connect(ctx, tr, sl.addr)
+// runTunnel sets up a tunnel to slot sl's proxy and serves it until it
+// ends; in auto mode a tunnel over TCP moves to QUIC when UDP works again,
+// and serving goes on. It returns when the tunnel came up (zero if it never
+// did) and why it ended.
+func (a *Agent) runTunnel(ctx context.Context, rs runState, sl *slot, log *slog.Logger) (time.Time, error) {
+	tun, ack, err := a.connect(ctx, rs.tr, sl, log)
 	if err != nil {
-		a.metrics.connects.WithLabelValues(connectOutcome(err)).Inc()
 		return time.Time{}, err
 	}
-	a.metrics.connects.WithLabelValues(connectOK).Inc()
 	a.metrics.connectedProxies.Inc()
 	defer a.metrics.connectedProxies.Dec()
 	up := time.Now()
+	for tun != nil {
+		tun, ack, err = a.holdTunnel(ctx, rs, sl, tun, ack, log)
+	}
+	return up, err
+}
+
+// holdTunnel makes tun slot sl's live tunnel and serves it until it ends.
+// In auto mode a tunnel over TCP tries QUIC every QUICRetryInterval; once
+// QUIC works, holdTunnel returns the QUIC tunnel, and tun serves the dials
+// it has until they close (retire).
+func (a *Agent) holdTunnel(ctx context.Context, rs runState, sl *slot, tun transport.Conn, ack proto.HelloAck, log *slog.Logger) (transport.Conn, proto.HelloAck, error) {
 	lt := &liveTunnel{}
 	a.mu.Lock()
 	a.setStatusLocked(sl, func(s *TunnelStatus) {
 		s.State = StateConnected
 		s.ProxyID = ack.ProxyID
 		s.Failures = 0
+		s.Transport = tun.Transport()
+		s.UDPBlocked = sl.udpBlocked
 	})
 	sl.live = lt
 	a.sawUp = true
 	a.kick()
 	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		sl.live = nil
-		a.mu.Unlock()
-	}()
-	log.Info("tunnel up", "proxy", ack.ProxyID, "protocol", ack.Version)
-	return up, a.serve(ctx, qc, ack.Version, sl.addr, lt)
+	a.metrics.tunnels.WithLabelValues(tun.Transport()).Inc()
+	log.Info("tunnel up", "proxy", ack.ProxyID, "protocol", ack.Version, "transport", tun.Transport())
+
+	// served has one reader: this function, or retire's goroutine.
+	served := make(chan error, 1)
+	go func() { served <- a.serve(ctx, tun, ack.Version, sl.addr, lt) }()
+	var retry *time.Timer // nil: no move to QUIC to try
+	if a.cfg.Transport == TransportAuto && tun.Transport() == transport.TCP {
+		retry = time.NewTimer(time.Until(sl.quicRetryAt))
+		defer retry.Stop()
+	}
+	for {
+		select {
+		case err := <-served:
+			a.metrics.tunnels.WithLabelValues(tun.Transport()).Dec()
+			a.mu.Lock()
+			sl.live = nil
+			a.mu.Unlock()
+			return nil, proto.HelloAck{}, err
+		case <-timerC(retry):
+		}
+		next, nextAck, err := a.connectQUIC(ctx, rs.tr, sl, a.cfg.QUICFallbackAfter)
+		if err != nil {
+			log.Debug("QUIC to the proxy still fails; keeping the tunnel over TCP", "err", err)
+			sl.quicRetryAt = time.Now().Add(jitter(a.cfg.QUICRetryInterval, refreshJitter))
+			retry.Reset(time.Until(sl.quicRetryAt))
+			continue
+		}
+		sl.udpBlocked = false
+		a.metrics.restores.Inc()
+		log.Info("UDP to the proxy works again: moved the tunnel to QUIC; the TCP tunnel closes once no connection uses it", "proxy", nextAck.ProxyID)
+		a.retire(rs, sl, tun, lt, served, log)
+		return next, nextAck, nil
+	}
 }
 
-// connect dials addr and exchanges Hello and HelloAck.
-func (a *Agent) connect(ctx context.Context, tr *quic.Transport, addr string) (*quic.Conn, proto.HelloAck, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+// timerC is t's channel, or nil (never ready) for a nil t.
+func timerC(t *time.Timer) <-chan time.Time {
+	if t == nil {
+		return nil
+	}
+	return t.C
+}
+
+// retire closes tun, a tunnel of slot sl that a QUIC tunnel replaced, once
+// no dial taken from it (lt) is open; until then it serves them. served
+// yields its serve's result. The goroutine that waits is Run's.
+func (a *Agent) retire(rs runState, sl *slot, tun transport.Conn, lt *liveTunnel, served <-chan error, log *slog.Logger) {
+	idle := make(chan struct{})
+	a.mu.Lock()
+	sl.old = lt
+	if lt.open == 0 {
+		close(idle)
+	} else {
+		lt.idle = idle
+	}
+	a.mu.Unlock()
+	rs.wg.Go(func() {
+		var err error
+		select {
+		case <-idle:
+			tun.Close(proto.CloseNormal, fmt.Sprintf("node %s moved this tunnel to QUIC", a.cfg.NodeID))
+			err = <-served
+		case err = <-served: // it ended first, or Run is stopping
+		}
+		a.metrics.tunnels.WithLabelValues(tun.Transport()).Dec()
+		a.mu.Lock()
+		if sl.old == lt {
+			sl.old = nil
+		}
+		a.mu.Unlock()
+		log.Info("the tunnel that QUIC replaced has closed", "transport", tun.Transport(), "err", err)
+	})
+}
+
+// connect sets up a tunnel to slot sl's proxy over Config.Transport. In
+// auto mode it tries QUIC and, when the QUIC handshake gets no answer at all
+// (UDP blocked on the way), falls back to TCP at once; a slot that fell back
+// stays on TCP, and tries QUIC again when sl.quicRetryAt has passed.
+func (a *Agent) connect(ctx context.Context, tr *quic.Transport, sl *slot, log *slog.Logger) (transport.Conn, proto.HelloAck, error) {
+	switch {
+	case a.cfg.Transport == TransportQUIC:
+		return a.connectQUIC(ctx, tr, sl, a.cfg.HandshakeTimeout)
+	case a.cfg.Transport == TransportTCP:
+		return a.connectTCP(ctx, sl)
+	case sl.udpBlocked && time.Now().Before(sl.quicRetryAt):
+		a.setStatus(sl, func(s *TunnelStatus) { s.Transport = transport.TCP })
+		return a.connectTCP(ctx, sl)
+	}
+	a.setStatus(sl, func(s *TunnelStatus) { s.Transport = transport.QUIC })
+	tun, ack, err := a.connectQUIC(ctx, tr, sl, a.cfg.QUICFallbackAfter)
+	var te *timeoutError
+	switch {
+	case err == nil:
+		if sl.udpBlocked {
+			sl.udpBlocked = false
+			a.metrics.restores.Inc()
+			log.Info("UDP to the proxy works again: tunnel over QUIC", "proxy", ack.ProxyID)
+		}
+		return tun, ack, nil
+	case !errors.As(err, &te) || !te.noAnswer || ctx.Err() != nil:
+		// QUIC got an answer (a refusal, a TLS error): UDP works.
+		return nil, ack, err
+	}
+	a.setStatus(sl, func(s *TunnelStatus) { s.Transport = transport.TCP })
+	tun, ack, terr := a.connectTCP(ctx, sl)
+	if terr != nil {
+		return nil, ack, fmt.Errorf("%w; over TCP: %w", err, terr)
+	}
+	sl.quicRetryAt = time.Now().Add(jitter(a.cfg.QUICRetryInterval, refreshJitter))
+	if !sl.udpBlocked {
+		sl.udpBlocked = true
+		a.metrics.fallbacks.Inc()
+		log.Warn(fmt.Sprintf("UDP to proxy %s (%s) looks blocked (no answer in %v); using TLS over TCP", ack.ProxyID, sl.addr, a.cfg.QUICFallbackAfter),
+			"proxy", ack.ProxyID, "quic_retry_every", a.cfg.QUICRetryInterval.String())
+	}
+	return tun, ack, nil
+}
+
+// connectQUIC sets up a tunnel to slot sl's proxy over QUIC. The QUIC
+// handshake may take dialTimeout, all of it HandshakeTimeout.
+func (a *Agent) connectQUIC(ctx context.Context, tr *quic.Transport, sl *slot, dialTimeout time.Duration) (transport.Conn, proto.HelloAck, error) {
+	tun, ack, err := a.dialQUIC(ctx, tr, sl.addr, dialTimeout)
+	a.countConnect(transport.QUIC, err)
+	return tun, ack, err
+}
+
+func (a *Agent) dialQUIC(parent context.Context, tr *quic.Transport, addr string, dialTimeout time.Duration) (transport.Conn, proto.HelloAck, error) {
+	ctx, cancel := context.WithTimeout(parent, a.cfg.HandshakeTimeout)
 	defer cancel()
 	host, udpAddr, err := resolve(ctx, addr)
 	if err != nil {
 		return nil, proto.HelloAck{}, err
 	}
-	qc, err := tr.Dial(ctx, udpAddr, a.tlsConfig(host), a.quicConf)
+	dialTimeout = min(dialTimeout, a.cfg.HandshakeTimeout)
+	dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
+	qc, err := tr.Dial(dctx, udpAddr, a.tlsConfig(host), a.quicConf)
+	dcancel()
 	if err != nil {
-		return nil, proto.HelloAck{}, a.handshakeError(ctx, addr, "dial", err)
+		err = a.handshakeError(transport.QUIC, addr, "dial", dialTimeout, err)
+		if te := (*timeoutError)(nil); errors.As(err, &te) && parent.Err() == nil {
+			// The QUIC handshake itself got no answer: UDP may be blocked
+			// (quic-go does not say whether any packet arrived, but a
+			// proxy that answers finishes or refuses the handshake in a
+			// few round trips).
+			te.noAnswer = true
+		}
+		return nil, proto.HelloAck{}, err
 	}
-	ack, err := a.hello(ctx, qc, addr)
+	tun := transport.NewQUIC(qc)
+	ack, err := a.hello(ctx, tun, addr)
 	if err != nil {
-		qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseNormal), "")
+		tun.Close(proto.CloseNormal, "")
 		return nil, ack, err
 	}
-	return qc, ack, nil
+	return tun, ack, nil
+}
+
+// connectTCP sets up a tunnel to slot sl's proxy over TLS over TCP, to the
+// same host:port as QUIC.
+func (a *Agent) connectTCP(ctx context.Context, sl *slot) (transport.Conn, proto.HelloAck, error) {
+	tun, ack, err := a.dialTCP(ctx, sl.addr)
+	a.countConnect(transport.TCP, err)
+	return tun, ack, err
+}
+
+func (a *Agent) dialTCP(ctx context.Context, addr string) (transport.Conn, proto.HelloAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	defer cancel()
+	host, _, err := splitHostPort(addr)
+	if err != nil {
+		return nil, proto.HelloAck{}, err
+	}
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, proto.HelloAck{}, a.handshakeError(transport.TCP, addr, "dial", a.cfg.HandshakeTimeout, err)
+	}
+	tc := tls.Client(raw, a.tlsConfig(host))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		if _, alert := tlsAlert(err); !alert && !isTimeout(err) {
+			// This side refused the proxy (verifyProxy).
+			return nil, proto.HelloAck{}, &tlsError{fmt.Errorf("TLS handshake with %s: %w", addr, err)}
+		}
+		return nil, proto.HelloAck{}, a.handshakeError(transport.TCP, addr, "TLS handshake with", a.cfg.HandshakeTimeout, err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != proto.ALPN {
+		raw.Close()
+		return nil, proto.HelloAck{}, &RefusedError{ProxyAddr: addr, Reason: fmt.Sprintf("its TCP port does not speak %s (ALPN %q): is the proxy older than the TCP tunnel transport? Use the quic transport for it", proto.ALPN, p)}
+	}
+	tun, err := transport.NewMuxClient(tc, a.muxConf)
+	if err != nil {
+		return nil, proto.HelloAck{}, a.handshakeError(transport.TCP, addr, "start the tunnel to", a.cfg.HandshakeTimeout, err)
+	}
+	ack, err := a.hello(ctx, tun, addr)
+	if err != nil {
+		tun.Close(proto.CloseNormal, "")
+		<-tun.Done()
+		return nil, ack, err
+	}
+	return tun, ack, nil
 }
 
 // hello opens the first stream, sends Hello and reads the HelloAck. With
-// mutual TLS over QUIC, a client whose certificate the proxy rejects still
-// completes its side of the handshake, so a rejection shows up here, as the
-// connection's close error, not in Dial.
-func (a *Agent) hello(ctx context.Context, qc *quic.Conn, addr string) (proto.HelloAck, error) {
-	st, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		return proto.HelloAck{}, a.handshakeError(ctx, addr, "open stream", err)
+// mutual TLS 1.3, a client whose certificate the proxy rejects completes its
+// side of the handshake all the same, so a rejection shows up here, as the
+// connection's close error, not in the dial.
+func (a *Agent) hello(ctx context.Context, tun transport.Conn, addr string) (proto.HelloAck, error) {
+	fail := func(op string, err error) error {
+		if ctx.Err() != nil {
+			err = ctx.Err() // the stream was aborted for it
+		}
+		return a.handshakeError(tun.Transport(), addr, op, a.cfg.HandshakeTimeout, err)
 	}
-	stop := context.AfterFunc(ctx, func() {
-		st.CancelRead(quic.StreamErrorCode(proto.StreamCanceled))
-		st.CancelWrite(quic.StreamErrorCode(proto.StreamCanceled))
-	})
+	st, err := tun.OpenStream(ctx)
+	if err != nil {
+		return proto.HelloAck{}, fail("open stream", err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Abort(proto.StreamCanceled) })
 	defer stop()
 	var labels map[string]string
 	if a.cfg.Labels != nil {
@@ -491,37 +723,44 @@ func (a *Agent) hello(ctx context.Context, qc *quic.Conn, addr string) (proto.He
 		Labels:       labels,
 		AgentVersion: a.cfg.Version,
 		InstanceID:   a.instanceID,
-		Slot:         addr,
+		Slot:         slotName(addr, tun.Transport()),
 	})
 	var ack proto.HelloAck
 	if err == nil {
 		ack, err = proto.Expect[proto.HelloAck](st)
 	}
 	if err != nil {
-		return ack, a.handshakeError(ctx, addr, "hello", err)
+		return ack, fail("hello", err)
 	}
 	if !ack.Accepted {
 		return ack, &RefusedError{ProxyAddr: addr, ProxyID: ack.ProxyID, Reason: ack.Err().Error()}
 	}
-	st.CancelRead(quic.StreamErrorCode(proto.StreamClosed))
 	st.Close()
 	return ack, nil
 }
 
-// handshakeError turns what went wrong while setting up a tunnel into an
-// error an operator can act on.
-func (a *Agent) handshakeError(ctx context.Context, addr, op string, err error) error {
-	var ae *quic.ApplicationError
-	if errors.As(err, &ae) && ae.Remote {
-		reason := ae.ErrorMessage
+// slotName is Hello.Slot for a tunnel to addr over tr. A tunnel over TCP
+// names another slot than one over QUIC to the same address, so that the
+// proxy keeps the TCP tunnel next to the QUIC one that replaces it until the
+// agent closes it, instead of dropping the sessions on it at once.
+func slotName(addr, tr string) string {
+	if tr == transport.TCP {
+		return "tcp:" + addr
+	}
+	return addr
+}
+
+// handshakeError turns what went wrong while setting up a tunnel over tr
+// into an error an operator can act on.
+func (a *Agent) handshakeError(tr, addr, op string, timeout time.Duration, err error) error {
+	if ce, ok := transport.AsClose(err); ok && ce.Remote {
+		reason := ce.Reason
 		if reason == "" {
-			reason = fmt.Sprintf("closed with code %d", ae.ErrorCode)
+			reason = fmt.Sprintf("closed with code %d", ce.Code)
 		}
 		return &RefusedError{ProxyAddr: addr, Reason: reason}
 	}
-	var te *quic.TransportError
-	if errors.As(err, &te) && te.Remote && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200 {
-		alert := tls.AlertError(te.ErrorCode - 0x100)
+	if alert, ok := tlsAlert(err); ok {
 		switch alert {
 		case 42, 43, 44, 45, 46, 48, 116: // bad, unsupported, revoked, expired, unknown certificate; unknown CA; certificate required
 			return &RefusedError{ProxyAddr: addr, Reason: fmt.Sprintf("TLS alert %q: the proxy did not accept this node's certificate; it must be a current client certificate from the cluster's TLS CA (the proxy's log says why)", alert.Error())}
@@ -530,26 +769,86 @@ func (a *Agent) handshakeError(ctx context.Context, addr, op string, err error) 
 		}
 		return &RefusedError{ProxyAddr: addr, Reason: fmt.Sprintf("TLS alert %q", alert.Error())}
 	}
-	var idle *quic.IdleTimeoutError
-	var hs *quic.HandshakeTimeoutError
-	if errors.As(err, &idle) || errors.As(err, &hs) || errors.Is(err, context.DeadlineExceeded) {
+	if isTimeout(err) {
 		// quic-go's handshake timers and our context race to report the
 		// same silence; say it one way, so it is logged once.
-		return fmt.Errorf("%s %s: no answer within %v: is the proxy up, and UDP open on the way?", op, addr, a.cfg.HandshakeTimeout)
+		open := "UDP open on the way"
+		if tr == transport.TCP {
+			open = "its TCP port reachable"
+		}
+		return &timeoutError{msg: fmt.Sprintf("%s %s: no answer within %v: is the proxy up, and %s?", op, addr, timeout, open)}
 	}
 	return fmt.Errorf("%s %s: %w", op, addr, err)
+}
+
+// isTimeout reports whether err says that nothing answered in time.
+func isTimeout(err error) bool {
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	var ne net.Error
+	return errors.As(err, &idle) || errors.As(err, &hs) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
+}
+
+// tlsAlert finds a TLS alert the proxy sent in err: a QUIC CRYPTO_ERROR, or
+// crypto/tls's "remote error" over TCP (whose alert type is unexported, so
+// it is matched by its text).
+func tlsAlert(err error) (tls.AlertError, bool) {
+	var te *quic.TransportError
+	if errors.As(err, &te) && te.Remote && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200 {
+		return tls.AlertError(te.ErrorCode - 0x100), true
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "remote error" && oe.Err != nil {
+		text := oe.Err.Error()
+		for code := range 256 {
+			if tls.AlertError(code).Error() == text {
+				return tls.AlertError(code), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// timeoutError: nothing answered in time. noAnswer marks a QUIC handshake
+// that got no answer at all, the signature of blocked UDP.
+type timeoutError struct {
+	msg      string
+	noAnswer bool
+}
+
+func (e *timeoutError) Error() string { return e.msg }
+func (e *timeoutError) Timeout() bool { return true }
+
+// Temporary implements net.Error.
+func (e *timeoutError) Temporary() bool { return false }
+
+// tlsError: the agent refused the proxy in the TLS handshake over TCP (over
+// QUIC that is a local *quic.TransportError).
+type tlsError struct{ err error }
+
+func (e *tlsError) Error() string { return e.err.Error() }
+func (e *tlsError) Unwrap() error { return e.err }
+
+// countConnect counts a connect attempt over tr.
+func (a *Agent) countConnect(tr string, err error) {
+	outcome := connectOK
+	if err != nil {
+		outcome = connectOutcome(err)
+	}
+	a.metrics.connects.WithLabelValues(outcome, tr).Inc()
 }
 
 func connectOutcome(err error) string {
 	var re *RefusedError
 	var te *quic.TransportError
-	var ne net.Error
+	var le *tlsError
 	switch {
 	case errors.As(err, &re):
 		return connectRefused
-	case errors.As(err, &te) && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200:
+	case errors.As(err, &le), errors.As(err, &te) && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200:
 		return connectTLS
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+	case isTimeout(err):
 		return connectTimeout
 	}
 	return connectError
@@ -609,7 +908,7 @@ func (a *Agent) verifyProxy(cs tls.ConnectionState) error {
 	return nil
 }
 
-// serve accepts the proxy's dials on qc until the tunnel ends or ctx does,
+// serve accepts the proxy's dials on tun until the tunnel ends or ctx does,
 // and returns why the tunnel ended.
 //
 // There is no reader/writer loop pair per tunnel, as the style guide
@@ -617,7 +916,7 @@ func (a *Agent) verifyProxy(cs tls.ConnectionState) error {
 // the Hello, each dial is a stream with its own goroutine, and closing the
 // connection (on ctx) ends the accept loop. An errgroup would add a second
 // goroutine per tunnel that only waits.
-func (a *Agent) serve(ctx context.Context, qc *quic.Conn, version int, addr string, lt *liveTunnel) error {
+func (a *Agent) serve(ctx context.Context, tun transport.Conn, version int, addr string, lt *liveTunnel) error {
 	var handlers sync.WaitGroup
 	defer handlers.Wait()
 	closed := make(chan struct{})
@@ -625,10 +924,10 @@ func (a *Agent) serve(ctx context.Context, qc *quic.Conn, version int, addr stri
 		defer close(closed)
 		var rc *rehomeCause
 		if errors.As(context.Cause(ctx), &rc) {
-			qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseNormal), fmt.Sprintf("node %s moved this tunnel to another proxy (%s)", a.cfg.NodeID, rc.reason))
+			tun.Close(proto.CloseNormal, fmt.Sprintf("node %s moved this tunnel to another proxy (%s)", a.cfg.NodeID, rc.reason))
 			return
 		}
-		qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseShutdown), fmt.Sprintf("node %s agent is stopping", a.cfg.NodeID))
+		tun.Close(proto.CloseShutdown, fmt.Sprintf("node %s agent is stopping", a.cfg.NodeID))
 	})
 	defer func() {
 		if !stop() {
@@ -636,32 +935,31 @@ func (a *Agent) serve(ctx context.Context, qc *quic.Conn, version int, addr stri
 		}
 	}()
 	for {
-		st, err := qc.AcceptStream(context.Background())
+		st, err := tun.AcceptStream(context.Background())
 		if err != nil {
-			qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseNormal), "")
+			tun.Close(proto.CloseNormal, "")
+			<-tun.Done()
 			return downError(addr, err)
 		}
 		a.mu.Lock()
 		lt.open++
 		a.mu.Unlock()
-		handlers.Go(func() { a.handleStream(qc, st, version, a.releaser(lt)) })
+		handlers.Go(func() { a.handleStream(tun, st, version, a.releaser(lt)) })
 	}
 }
 
 // downError says why an established tunnel ended.
 func downError(addr string, err error) error {
-	var ae *quic.ApplicationError
-	if errors.As(err, &ae) && ae.Remote {
-		switch uint64(ae.ErrorCode) {
+	if ce, ok := transport.AsClose(err); ok && ce.Remote {
+		switch ce.Code {
 		case proto.CloseReplaced:
-			return fmt.Errorf("tunnel to %s: the proxy %s", addr, ae.ErrorMessage)
+			return fmt.Errorf("tunnel to %s: the proxy %s", addr, ce.Reason)
 		case proto.CloseShutdown:
-			return fmt.Errorf("tunnel to %s: %s", addr, ae.ErrorMessage)
+			return fmt.Errorf("tunnel to %s: %s", addr, ce.Reason)
 		}
 	}
-	var idle *quic.IdleTimeoutError
-	if errors.As(err, &idle) {
-		return fmt.Errorf("tunnel to %s: no packets from the proxy within the idle timeout: %w", addr, err)
+	if transport.IsIdleTimeout(err) {
+		return fmt.Errorf("tunnel to %s: the proxy stopped answering within the idle timeout: %w", addr, err)
 	}
 	return fmt.Errorf("tunnel to %s: %w", addr, err)
 }
@@ -674,6 +972,10 @@ func (a *Agent) releaser(lt *liveTunnel) func() {
 		lt.open--
 		if lt.open == 0 {
 			a.kick() // a tunnel being replaced may close now
+			if lt.idle != nil {
+				close(lt.idle)
+				lt.idle = nil
+			}
 		}
 		a.mu.Unlock()
 	}
@@ -681,7 +983,7 @@ func (a *Agent) releaser(lt *liveTunnel) func() {
 
 // handleStream reads a DialRequest and offers the stream to Accept. Every
 // path ends with the Conn closed, refused or aborted, which calls release.
-func (a *Agent) handleStream(qc *quic.Conn, st *quic.Stream, version int, release func()) {
+func (a *Agent) handleStream(tun transport.Conn, st transport.Stream, version int, release func()) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.AcceptTimeout))
 	req, err := proto.Expect[proto.DialRequest](st)
 	if err != nil {
@@ -689,19 +991,19 @@ func (a *Agent) handleStream(qc *quic.Conn, st *quic.Stream, version int, releas
 		switch {
 		case errors.Is(err, proto.ErrUnsupportedVersion), errors.Is(err, proto.ErrMalformed), errors.Is(err, proto.ErrUnknownType), errors.Is(err, proto.ErrFrameTooLarge):
 			a.metrics.dials.WithLabelValues(dialBadRequest).Inc()
-			a.log.Warn("refusing a bad dial request", "remote", qc.RemoteAddr().String(), "err", err)
+			a.log.Warn("refusing a bad dial request", "remote", tun.RemoteAddr().String(), "err", err)
 			c.refuse(fmt.Sprintf("node %s: bad dial request: %v", a.cfg.NodeID, err))
 		default:
 			// The tunnel closed, the proxy gave up, or it sent nothing
 			// in time: nobody is waiting for an answer.
 			a.metrics.dials.WithLabelValues(dialAborted).Inc()
-			a.log.Debug("dial request not received", "remote", qc.RemoteAddr().String(), "err", err)
+			a.log.Debug("dial request not received", "remote", tun.RemoteAddr().String(), "err", err)
 			c.abort()
 		}
 		return
 	}
 	st.SetReadDeadline(time.Time{})
-	c := &Conn{st: st, req: req, version: version, local: a.Addr(), remote: qc.RemoteAddr(), release: release}
+	c := &Conn{st: st, req: req, version: version, local: a.Addr(), remote: tun.RemoteAddr(), release: release}
 	if ap, err := netip.ParseAddrPort(req.ClientAddr); err == nil {
 		c.remote = net.TCPAddrFromAddrPort(ap)
 	}
@@ -720,22 +1022,23 @@ func (a *Agent) handleStream(qc *quic.Conn, st *quic.Stream, version int, releas
 		c.refuse(fmt.Sprintf("node %s has %d connections waiting for its SSH server already: try again shortly", a.cfg.NodeID, a.cfg.AcceptBacklog))
 		return
 	}
+	gone, stop := watchGone(st)
+	c.stopWatch = stop
 	t := time.NewTimer(a.cfg.AcceptTimeout)
 	defer t.Stop()
 	select {
-	case a.handoff <- c:
+	case a.handoff <- c: // Accept stops the watch
 	case <-t.C:
+		stop()
 		a.metrics.dials.WithLabelValues(dialTimeout).Inc()
 		log.Warn("refusing dial: the SSH server did not accept it in time", "timeout", a.cfg.AcceptTimeout)
 		c.refuse(fmt.Sprintf("node %s did not accept the connection within %v: its SSH server is not running or is overloaded", a.cfg.NodeID, a.cfg.AcceptTimeout))
 	case <-a.closeCtx.Done():
+		stop()
 		a.metrics.dials.WithLabelValues(dialClosing).Inc()
 		c.refuse(fmt.Sprintf("node %s agent is shutting down", a.cfg.NodeID))
-	case <-qc.Context().Done():
-		a.metrics.dials.WithLabelValues(dialAborted).Inc()
-		c.abort()
-	case <-st.Context().Done():
-		// The proxy gave up on the dial (its context ended).
+	case <-gone:
+		// The proxy gave up on the dial, or the tunnel ended.
 		a.metrics.dials.WithLabelValues(dialAborted).Inc()
 		c.abort()
 	}
@@ -748,6 +1051,12 @@ func (a *Agent) Accept() (net.Conn, error) {
 	for {
 		select {
 		case c := <-a.handoff:
+			if !c.stopWatch() {
+				// The proxy gave up on the dial while it waited.
+				a.metrics.dials.WithLabelValues(dialAborted).Inc()
+				c.abort()
+				continue
+			}
 			if err := c.answer(); err != nil {
 				a.metrics.dials.WithLabelValues(dialAborted).Inc()
 				a.log.Debug("dial ended before it was accepted", "err", err)

@@ -7,18 +7,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
 	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 )
 
 // Config configures an Agent. Zero durations, sizes and windows take the
 // defaults documented on each field.
 type Config struct {
-	// ProxyAddrs are the proxies' tunnel listeners, "host:port" (UDP).
+	// ProxyAddrs are the proxies' tunnel listeners, "host:port": UDP for
+	// QUIC, and the same port over TCP for the TCP transport (a proxy serves
+	// both on one port).
 	// Without Discover the agent keeps one tunnel to each, forever; with
 	// Discover they are only the seeds it starts from. Required.
 	ProxyAddrs []string
@@ -42,6 +46,26 @@ type Config struct {
 	// logs. Optional.
 	Version string
 
+	// Transport says how tunnels are carried: TransportAuto (the default),
+	// TransportQUIC or TransportTCP. Auto tries QUIC and falls back to TLS
+	// over TCP, per proxy, when the QUIC handshake gets no answer at all
+	// (UDP blocked on the way, as on many corporate networks); it tries QUIC
+	// again every QUICRetryInterval and moves back when it works. TCP suits
+	// networks known to block UDP; QUIC never falls back.
+	Transport string
+	// QUICFallbackAfter is how long a QUIC handshake may go unanswered, in
+	// auto mode, before the agent takes UDP to be blocked and uses TCP.
+	// Default 3s: a proxy that answers at all answers within a few round
+	// trips, and a node on a UDP-blocked network should not wait the full
+	// HandshakeTimeout on every connect.
+	QUICFallbackAfter time.Duration
+	// QUICRetryInterval is how often, in auto mode, a tunnel that fell back
+	// to TCP tries QUIC again (±20%). When QUIC works, the agent opens the
+	// QUIC tunnel, then closes the TCP one once no connection uses it.
+	// Default 5m: often enough to leave TCP soon after a network change,
+	// rare enough that a blocked network costs one lost handshake a while.
+	QUICRetryInterval time.Duration
+
 	// MinBackoff and MaxBackoff bound the reconnect delay: the n-th retry
 	// in a row waits a random time in [0, min(MaxBackoff, MinBackoff*2^n)].
 	// Defaults 200ms and 15s: quick when a proxy blips, and at most 15s
@@ -59,18 +83,20 @@ type Config struct {
 	// fanning out) must not be refused while the SSH server's accept loop
 	// catches up; like a TCP listen backlog, it only bounds memory.
 	AcceptBacklog int
-	// KeepAlivePeriod is how often the agent pings an idle tunnel; it keeps
-	// NAT mappings open. Default 5s (NATs drop idle UDP mappings after as
-	// little as 30s).
+	// KeepAlivePeriod is how often the agent pings an idle tunnel (QUIC
+	// PING, yamux ping over TCP); it keeps NAT mappings open. Default 5s
+	// (NATs drop idle UDP mappings after as little as 30s).
 	KeepAlivePeriod time.Duration
 	// MaxIdleTimeout closes a tunnel after this long without a packet from
-	// the proxy. Default 15s: a dead proxy is noticed within three missed
-	// keepalives, instead of QUIC's default 30s.
+	// the proxy (over TCP: without an answer to a ping for MaxIdleTimeout
+	// minus KeepAlivePeriod). Default 15s: a dead proxy is noticed within
+	// three missed keepalives, instead of QUIC's default 30s.
 	MaxIdleTimeout time.Duration
 	// StreamReceiveWindow and ConnectionReceiveWindow cap QUIC flow control
 	// for data from the proxy (the upload direction of a session). Defaults
 	// 16 MiB and 32 MiB, as measured for tunnel/server's defaults (see
-	// server.DefaultStreamReceiveWindow).
+	// server.DefaultStreamReceiveWindow). Over TCP, StreamReceiveWindow is
+	// yamux's stream window, and there is no connection window.
 	StreamReceiveWindow     uint64
 	ConnectionReceiveWindow uint64
 
@@ -115,8 +141,17 @@ type Config struct {
 	Now func() time.Time
 }
 
+// Transports; see Config.Transport.
+const (
+	TransportAuto = "auto"
+	TransportQUIC = transport.QUIC
+	TransportTCP  = transport.TCP
+)
+
 // Defaults; see the Config fields.
 const (
+	DefaultQUICFallbackAfter       = 3 * time.Second
+	DefaultQUICRetryInterval       = 5 * time.Minute
 	DefaultMinBackoff              = 200 * time.Millisecond
 	DefaultMaxBackoff              = 15 * time.Second
 	DefaultHandshakeTimeout        = 10 * time.Second
@@ -136,6 +171,11 @@ const (
 	maxIncomingStreams = 10000
 	// stableAfter: a tunnel that stayed up this long resets the backoff.
 	stableAfter = 30 * time.Second
+	// muxAcceptBacklog is yamux's AcceptBacklog over TCP: how many of the
+	// proxy's dials may wait for the tunnel's accept loop (which hands
+	// each to a goroutine at once) before yamux refuses them. It is not
+	// AcceptBacklog, which counts dials waiting for the SSH server.
+	muxAcceptBacklog = 1024
 )
 
 func (c *Config) checkAndSetDefaults() error {
@@ -163,6 +203,19 @@ func (c *Config) checkAndSetDefaults() error {
 			return fmt.Errorf("tunnel agent config: ProxyAddrs lists %s twice", a)
 		}
 		seen[a] = true
+	}
+	switch c.Transport {
+	case "":
+		c.Transport = TransportAuto
+	case TransportAuto, TransportQUIC, TransportTCP:
+	default:
+		return fmt.Errorf("tunnel agent config: Transport %q: want %s, %s or %s", c.Transport, TransportAuto, TransportQUIC, TransportTCP)
+	}
+	if c.QUICFallbackAfter <= 0 {
+		c.QUICFallbackAfter = DefaultQUICFallbackAfter
+	}
+	if c.QUICRetryInterval <= 0 {
+		c.QUICRetryInterval = DefaultQUICRetryInterval
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -219,6 +272,16 @@ func (c *Config) checkAndSetDefaults() error {
 		c.Probe = tcpProbe
 	}
 	return nil
+}
+
+func (c *Config) muxConfig(log *slog.Logger) transport.MuxConfig {
+	return transport.MuxConfig{
+		StreamWindow:    uint32(min(c.StreamReceiveWindow, math.MaxUint32)),
+		KeepAlivePeriod: c.KeepAlivePeriod,
+		IdleTimeout:     c.MaxIdleTimeout,
+		AcceptBacklog:   muxAcceptBacklog,
+		Logger:          log,
+	}
 }
 
 func (c *Config) quicConfig() *quic.Config {

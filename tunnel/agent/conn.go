@@ -1,12 +1,12 @@
 package agent
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
+	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 	"jumpgate.dev/jumpgate/tunnel/proto"
 )
 
@@ -22,14 +22,14 @@ func (Addr) Network() string { return "jumpgate-tunnel" }
 // String returns the node ID.
 func (a Addr) String() string { return a.NodeID }
 
-// Conn is a connection accepted from a proxy's dial: one QUIC stream of a
-// tunnel. Besides net.Conn it has CloseWrite (half-close) and the proxy's
+// Conn is a connection accepted from a proxy's dial: one stream of a tunnel.
+// Besides net.Conn it has CloseWrite (half-close) and the proxy's
 // DialRequest.
 //
 // tunnel/server has the same small type for its side of the stream; see the
 // note there.
 type Conn struct {
-	st            *quic.Stream
+	st            transport.Stream
 	req           proto.DialRequest
 	version       int
 	local, remote net.Addr
@@ -39,6 +39,10 @@ type Conn struct {
 	// being replaced closes only when nothing uses it.
 	release     func()
 	releaseOnce sync.Once
+	// stopWatch ends the read that watches, while the dial waits for
+	// Accept, whether the proxy gives up; it reports whether the stream is
+	// still good (see watchGone).
+	stopWatch func() bool
 }
 
 var _ interface {
@@ -56,20 +60,18 @@ func (c *Conn) Write(p []byte) (int, error) { return c.st.Write(p) }
 
 // CloseWrite half-closes the connection: the user's side reads EOF and this
 // side can still read.
-func (c *Conn) CloseWrite() error { return c.st.Close() }
+func (c *Conn) CloseWrite() error { return c.st.CloseWrite() }
 
-// CloseRead tells the proxy to stop sending.
+// CloseRead tells the proxy to stop sending (over TCP, what it still sends
+// is discarded).
 func (c *Conn) CloseRead() error {
-	c.st.CancelRead(quic.StreamErrorCode(proto.StreamClosed))
+	c.st.CloseRead()
 	return nil
 }
 
 // Close ends both directions. Data already written is still delivered.
 func (c *Conn) Close() error {
-	c.closeOnce.Do(func() {
-		c.st.CancelRead(quic.StreamErrorCode(proto.StreamClosed))
-		c.st.Close()
-	})
+	c.closeOnce.Do(func() { c.st.Close() })
 	c.done()
 	return nil
 }
@@ -87,7 +89,7 @@ func (c *Conn) done() {
 func (c *Conn) LocalAddr() net.Addr { return c.local }
 
 // RemoteAddr is the user's address from the DialRequest (a *net.TCPAddr)
-// when it parses, else the proxy's UDP address.
+// when it parses, else the proxy's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 
 func (c *Conn) SetDeadline(t time.Time) error      { return c.st.SetDeadline(t) }
@@ -111,14 +113,47 @@ func (c *Conn) answer() error {
 func (c *Conn) refuse(reason string) {
 	c.st.SetWriteDeadline(time.Now().Add(answerTimeout))
 	proto.WriteMessage(c.st, proto.DialResponse{Version: c.version, Error: reason})
-	c.st.CancelRead(quic.StreamErrorCode(proto.StreamRefused))
 	c.st.Close()
 	c.done()
 }
 
 // abort drops the stream without an answer.
 func (c *Conn) abort() {
-	c.st.CancelRead(quic.StreamErrorCode(proto.StreamCanceled))
-	c.st.CancelWrite(quic.StreamErrorCode(proto.StreamCanceled))
+	c.st.Abort(proto.StreamCanceled)
 	c.done()
+}
+
+// longAgo is a deadline in the past, to end a blocked Read.
+var longAgo = time.Unix(1, 0)
+
+// watchGone watches st while its dial waits for Accept. The proxy sends
+// nothing between its DialRequest and the agent's DialResponse, so a Read
+// that returns means the proxy gave up (QUIC: it reset the stream; TCP: it
+// closed it) or the tunnel ended: gone is closed then. stop ends the watch
+// and reports whether the stream is still good; it must be called (once)
+// unless gone was closed, and before anything else reads st.
+func watchGone(st transport.Stream) (gone <-chan struct{}, stop func() bool) {
+	done := make(chan struct{})
+	var (
+		n   int
+		err error
+	)
+	go func() {
+		defer close(done)
+		var b [1]byte
+		n, err = st.Read(b[:])
+	}()
+	return done, func() bool {
+		select {
+		case <-done:
+		default:
+			st.SetReadDeadline(longAgo)
+			<-done
+			st.SetReadDeadline(time.Time{})
+		}
+		// Good only if our deadline ended the read: anything else (bytes
+		// before the answer, EOF, a reset) means the proxy is gone.
+		var ne net.Error
+		return n == 0 && errors.As(err, &ne) && ne.Timeout()
+	}
 }

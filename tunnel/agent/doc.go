@@ -1,14 +1,37 @@
 // Package agent is the node side of Jumpgate's reverse tunnels.
 //
-// A node behind NAT cannot be dialed, so its Agent dials OUT: one QUIC
-// connection to each configured proxy address (mutual TLS with the node's
-// certificate), kept up by Run with jittered exponential backoff; or, with
-// Config.Discover, QUIC connections to ConnectionCount proxies of the mesh,
-// chosen nearest first (see Re-homing). All tunnels share one UDP socket. Each dial
-// the proxy makes arrives as a QUIC stream; the Agent hands it out as a
-// net.Conn from Accept, so an *Agent is the net.Listener the node's SSH
-// server serves on. SSH runs end to end; the wire protocol is in
-// tunnel/proto.
+// A node behind NAT cannot be dialed, so its Agent dials OUT: one tunnel to
+// each configured proxy address (mutual TLS with the node's certificate),
+// kept up by Run with jittered exponential backoff; or, with
+// Config.Discover, tunnels to ConnectionCount proxies of the mesh, chosen
+// nearest first (see Re-homing). A tunnel is a QUIC connection (all share
+// one UDP socket) or, where UDP is blocked, TLS over TCP with yamux (see
+// Transports). Each dial the proxy makes arrives as a stream; the Agent
+// hands it out as a net.Conn from Accept, so an *Agent is the net.Listener
+// the node's SSH server serves on. SSH runs end to end; the wire protocol
+// is in tunnel/proto.
+//
+// # Transports
+//
+// Config.Transport "quic" uses QUIC only, "tcp" TLS over TCP only (to the
+// same host:port; no UDP socket is opened). "auto", the default, exists
+// because many corporate networks drop UDP: each slot tries QUIC, and when
+// the QUIC handshake gets no answer at all within QUICFallbackAfter (3s) it
+// connects over TCP at once. Silence is the signature of blocked UDP: a
+// proxy that is reached answers, even if only to refuse, and a refusal or a
+// TLS error never falls back. If TCP fails too the proxy is down, not
+// blocked, and the slot backs off as usual with both errors in its status.
+// The first fallback for a proxy is logged once at Warn ("UDP to proxy X
+// looks blocked ..."), counted in
+// jumpgate_tunnel_agent_transport_fallbacks_total, and shown in
+// TunnelStatus (Transport "tcp", UDPBlocked). The slot then stays on TCP,
+// reconnects included, and tries QUIC again every QUICRetryInterval (5m,
+// ±20%), in the background while the TCP tunnel is up. When QUIC works it
+// moves back as re-homing does: the QUIC tunnel comes up and serves new
+// dials at once, and the TCP tunnel closes once no connection dialed
+// through it is open (jumpgate_tunnel_agent_transport_restores_total). TCP
+// also costs less CPU per byte than quic-go (benchmarks/README.md), so
+// "tcp" is a fair choice where UDP is not needed.
 //
 // # Trust
 //

@@ -74,6 +74,7 @@ func TestConfigNamesMissingField(t *testing.T) {
 		{func(c *Config) { c.ProxyAddrs = []string{"a:1", "a:1"} }, "lists a:1 twice"},
 		{func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Second, time.Millisecond }, "MaxBackoff 1ms is below MinBackoff 1s"},
 		{func(c *Config) { c.ConnectionCount = -1 }, "ConnectionCount -1 is negative"},
+		{func(c *Config) { c.Transport = "udp" }, `Transport "udp": want auto, quic or tcp`},
 	}
 	for _, tt := range tests {
 		c := full()
@@ -94,6 +95,12 @@ func TestConfigNamesMissingField(t *testing.T) {
 	}
 	if c.ConnectionCount != 2 || c.RefreshInterval != 30*time.Second || c.FailoverAfter != 5*time.Second || c.Probe == nil {
 		t.Fatalf("re-homing defaults = %+v", c)
+	}
+	if c.Transport != TransportAuto || c.QUICFallbackAfter != 3*time.Second || c.QUICRetryInterval != 5*time.Minute {
+		t.Fatalf("transport defaults = %q, %v, %v", c.Transport, c.QUICFallbackAfter, c.QUICRetryInterval)
+	}
+	if m := a.muxConf; m.StreamWindow != 16<<20 || m.KeepAlivePeriod != 5*time.Second || m.IdleTimeout != 15*time.Second || m.AcceptBacklog != 1024 {
+		t.Fatalf("yamux config = %+v", m)
 	}
 	q := a.quicConf
 	if q.MaxIncomingStreams != 10000 || q.MaxIncomingUniStreams != -1 || q.KeepAlivePeriod != 5*time.Second || q.MaxIdleTimeout != 15*time.Second {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 )
 
 // Connect outcomes (label values of jumpgate_tunnel_agent_connects_total).
@@ -35,6 +37,9 @@ const (
 
 type metrics struct {
 	connectedProxies prometheus.Gauge
+	tunnels          *prometheus.GaugeVec
+	fallbacks        prometheus.Counter
+	restores         prometheus.Counter
 	desiredProxies   prometheus.Gauge
 	pendingDials     prometheus.Gauge
 	connects         *prometheus.CounterVec
@@ -48,6 +53,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "jumpgate_tunnel_agent_connected_proxies",
 			Help: "Proxies this node holds a reverse tunnel to.",
 		}),
+		tunnels: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "jumpgate_tunnel_agent_tunnels",
+			Help: "Reverse tunnels this node holds, by transport (quic, tcp). A tunnel moving from TCP to QUIC counts on both until the TCP one closes.",
+		}, []string{"transport"}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jumpgate_tunnel_agent_transport_fallbacks_total",
+			Help: "Tunnels that fell back from QUIC to TLS over TCP because the QUIC handshake got no answer (UDP blocked on the way to the proxy).",
+		}),
+		restores: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jumpgate_tunnel_agent_transport_restores_total",
+			Help: "Tunnels that moved back from TLS over TCP to QUIC once UDP to the proxy worked again.",
+		}),
 		desiredProxies: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "jumpgate_tunnel_agent_desired_proxies",
 			Help: "Proxies this node means to hold a reverse tunnel to (ConnectionCount with discovery, else the configured addresses); compare with jumpgate_tunnel_agent_connected_proxies.",
@@ -58,8 +75,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "jumpgate_tunnel_agent_connects_total",
-			Help: "Attempts to set up a reverse tunnel, by outcome (ok, refused, tls_error, timeout, error).",
-		}, []string{"outcome"}),
+			Help: "Attempts to set up a reverse tunnel, by outcome (ok, refused, tls_error, timeout, error) and transport (quic, tcp).",
+		}, []string{"outcome", "transport"}),
 		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "jumpgate_tunnel_agent_dials_total",
 			Help: "Dials received through reverse tunnels, by outcome (accepted, refused_timeout, refused_backlog, refused_closing, bad_request, aborted).",
@@ -69,8 +86,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Tunnels given up to move to another proxy (or closed as extra), by reason (dead, failing, draining, surplus).",
 		}, []string{"reason"}),
 	}
-	for _, o := range []string{connectOK, connectRefused, connectTLS, connectTimeout, connectError} {
-		m.connects.WithLabelValues(o)
+	for _, tr := range []string{transport.QUIC, transport.TCP} {
+		m.tunnels.WithLabelValues(tr)
+		for _, o := range []string{connectOK, connectRefused, connectTLS, connectTimeout, connectError} {
+			m.connects.WithLabelValues(o, tr)
+		}
 	}
 	for _, o := range []string{dialAccepted, dialTimeout, dialBacklog, dialClosing, dialBadRequest, dialAborted} {
 		m.dials.WithLabelValues(o)
@@ -79,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.rehomes.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connectedProxies, m.desiredProxies, m.pendingDials, m.connects, m.dials, m.rehomes} {
+		for _, c := range []prometheus.Collector{m.connectedProxies, m.tunnels, m.fallbacks, m.restores, m.desiredProxies, m.pendingDials, m.connects, m.dials, m.rehomes} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register tunnel agent metrics: %w", err)
 			}

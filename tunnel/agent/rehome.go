@@ -451,7 +451,7 @@ func (r *rehomer) reconcile() time.Time {
 		}
 	}
 	for _, s := range slices.Clone(a.slots) {
-		if s.retire == "" || s.live == nil || s.live.open > 0 {
+		if s.retire == "" || s.live == nil || s.openLocked() > 0 {
 			continue
 		}
 		if up >= n || upIDs[r.idOf(s)] {

@@ -1,15 +1,43 @@
 // Package proto defines the wire protocol of Jumpgate's reverse tunnels:
-// the framing, the four control messages and the rules for versions. It is
-// pure: no network, no clocks, no logging. tunnel/server (the proxy side) and
-// tunnel/agent (the node side) both speak it over QUIC.
+// the framing, the control messages and the rules for versions. It is pure:
+// no network, no clocks, no logging. tunnel/server (the proxy side) and
+// tunnel/agent (the node side) both speak it, over QUIC or over TLS over TCP.
 //
-// # Transport
+// # Transports
 //
-// A node sits behind NAT, so its agent dials OUT to a proxy: one QUIC
-// connection per proxy, ALPN [ALPN] ("jumpgate-tunnel/1"), mutual TLS with
-// certificates from the cluster's TLS CA. The proxy accepts only certificates
-// of kind node from its own cluster; the agent accepts only kind proxy.
-// Everything after the handshake happens on bidirectional QUIC streams.
+// A node sits behind NAT, so its agent dials OUT to a proxy: one connection
+// per proxy, mutual TLS 1.3 with certificates from the cluster's TLS CA, ALPN
+// [ALPN] ("jumpgate-tunnel/1"). The proxy accepts only certificates of kind
+// node from its own cluster; the agent accepts only kind proxy. Everything
+// after the handshake happens on bidirectional streams, and the protocol on
+// the streams (Flow, below) is the same whichever transport carries them:
+//
+//   - QUIC, on the proxy's UDP port. A stream is a QUIC stream; a FIN
+//     (stream Close) is a half-close; STOP_SENDING and RESET_STREAM abort
+//     a stream; the connection closes with CONNECTION_CLOSE carrying one of
+//     the Close* codes and a reason.
+//   - TLS over TCP, for networks that block UDP, on the proxy's TCP port
+//     (the same host:port, where the proxy's TLS listener routes the ALPN
+//     to the tunnel server). Inside the TLS connection runs a yamux session
+//     (github.com/hashicorp/yamux, protocol version 0); the agent is
+//     yamux's client, the proxy its server. A stream is a yamux stream and
+//     a FIN (yamux's stream close) is a half-close, as over QUIC. yamux
+//     cannot reset one stream, so an abort is a FIN after which the
+//     aborting side discards what still arrives: the peer reads EOF where
+//     QUIC would give it an error, which ends every exchange below that an
+//     abort ends. yamux cannot carry a reason when it closes, either, so
+//     the first stream the agent opens is a control stream, on which
+//     neither side writes anything until it closes the connection: then it
+//     writes one [Close] frame {version, code (a Close* code), reason} and,
+//     once the peer has closed the TCP connection (or a second has
+//     passed), closes it too. A peer reads the Close and closes at once.
+//     The Hello stream is the agent's second stream.
+//
+// An agent in auto mode tries QUIC and falls back to TCP when its QUIC
+// handshake gets no answer; see tunnel/agent. The TCP transport came after
+// version 1 but needs no version of its own: the streams carry the same
+// messages, and an agent learns that a proxy lacks it from the TLS
+// handshake (no_application_protocol on the TCP port).
 //
 // # Frames
 //
@@ -26,11 +54,11 @@
 //
 // # Flow
 //
-// Tunnel setup, once per QUIC connection, on the first stream, which the
-// agent opens:
+// Tunnel setup, once per connection, on the first stream the agent opens
+// (over TCP, the first after the control stream):
 //
 //	agent                                              proxy
-//	  |-- QUIC + TLS 1.3 (client cert: kind node) ------->|  chain checked in the handshake
+//	  |-- QUIC, or TCP + yamux, with TLS 1.3 ------------>|  client cert: kind node
 //	  |-- opens stream; Hello -------------------------->|  {version: highest the agent speaks,
 //	  |                                                   |   node_id, labels, agent_version,
 //	  |                                                   |   instance_id, slot}
@@ -40,12 +68,16 @@
 //
 // The proxy checks that the certificate is a node certificate of its
 // cluster whose name equals Hello.NodeID. If anything is wrong it answers
-// HelloAck{accepted: false, error: reason} and closes the QUIC connection
-// with [CloseRefused] and the same reason, so the agent learns why even if the
-// HelloAck is lost in the close. A certificate that does not chain to the
-// cluster's TLS CA (or no certificate at all) fails the TLS handshake
-// itself; the agent then sees a CRYPTO_ERROR at its first stream read, not
-// at dial time.
+// HelloAck{accepted: false, error: reason} and closes the connection with
+// [CloseRefused] and the same reason, so the agent learns why even if the
+// HelloAck is lost in the close. Over QUIC, a certificate that does not
+// chain to the cluster's TLS CA (or no certificate at all) fails the TLS
+// handshake itself; the agent then sees a CRYPTO_ERROR at its first stream
+// read, not at dial time. Over TCP the proxy's TLS listener, which also
+// serves clients without certificates, rejects an untrusted certificate in
+// the handshake (a TLS alert at the agent's first read) and lets a missing
+// one through; the tunnel server checks the chain again and refuses a
+// missing or untrusted certificate with a HelloAck.
 //
 // After an accepted HelloAck the agent opens no more streams. For each user
 // dial the proxy opens a new stream:
@@ -57,14 +89,18 @@
 //	  |<=============== raw bytes, both ways ===========>|  (SSH, end to end)
 //
 // After DialResponse{ok: true} the stream carries the bytes of the node's
-// SSH connection unchanged. A FIN (QUIC stream Close) is a half-close, like
-// TCP's shutdown(SHUT_WR); STOP_SENDING / RESET_STREAM abort the stream
-// ([StreamCanceled], [StreamRefused]). On DialResponse{ok: false} the proxy
-// reports the error text to the user and both sides drop the stream.
+// SSH connection unchanged. A FIN is a half-close, like TCP's
+// shutdown(SHUT_WR); an abort ([StreamCanceled], [StreamRefused]) drops the
+// stream (see Transports). The proxy sends nothing between its DialRequest
+// and the DialResponse, so an agent waiting for its SSH server to take a
+// dial learns that the proxy gave up when a read returns. On
+// DialResponse{ok: false} the proxy reports the error text to the user and
+// both sides drop the stream.
 //
 // The proxy closes a tunnel with [CloseReplaced] when a newer tunnel from the
 // same node takes over, and with [CloseShutdown] when it shuts down; the agent
-// closes it with [CloseShutdown] when it stops.
+// closes it with [CloseShutdown] when it stops, and with [CloseNormal] when
+// it moves the tunnel elsewhere (another proxy, or from TCP back to QUIC).
 //
 // # Versions
 //
@@ -74,7 +110,10 @@
 // HelloAck.Version. Every later message on the connection carries the chosen
 // version. A message with a version this side does not speak, or of a type it
 // does not know, is an error that names both; unknown JSON fields are
-// ignored, so a newer peer may add fields without a version bump.
+// ignored, so a newer peer may add fields without a version bump. [Close] is
+// the exception: a transport frame that may be sent before a version was
+// chosen, it carries the sender's highest version and is read whatever that
+// is.
 //
 // Version 1 is the only version so far.
 package proto

@@ -34,6 +34,7 @@ const (
 	TypeHelloAck     Type = 2 // proxy → agent, answer to Hello
 	TypeDialRequest  Type = 3 // proxy → agent, first frame of every later stream
 	TypeDialResponse Type = 4 // agent → proxy, answer to DialRequest
+	TypeClose        Type = 5 // either side, TCP transport only: why it closes the connection
 )
 
 func (t Type) String() string {
@@ -46,12 +47,15 @@ func (t Type) String() string {
 		return "DialRequest"
 	case TypeDialResponse:
 		return "DialResponse"
+	case TypeClose:
+		return "Close"
 	}
 	return fmt.Sprintf("type %d", byte(t))
 }
 
-// QUIC application error codes used to close tunnel connections
-// (CONNECTION_CLOSE), with a human-readable reason next to them.
+// Application error codes used to close tunnel connections, with a
+// human-readable reason next to them: QUIC's CONNECTION_CLOSE, or a Close
+// message on the TCP transport's control stream.
 const (
 	CloseNormal   uint64 = 0 // orderly close
 	CloseRefused  uint64 = 1 // the proxy refused the tunnel; the reason says why
@@ -60,7 +64,9 @@ const (
 	CloseProtocol uint64 = 4 // the peer broke the protocol
 )
 
-// QUIC stream error codes (STOP_SENDING, RESET_STREAM).
+// Stream error codes: QUIC's STOP_SENDING and RESET_STREAM. The TCP
+// transport cannot reset a single stream (see "Transports" in the package
+// comment); there an abort is a FIN whose data the aborting side discards.
 const (
 	StreamClosed   uint64 = 0 // the conn was closed while data was still flowing
 	StreamCanceled uint64 = 1 // the dial was canceled or timed out
@@ -75,7 +81,7 @@ var (
 	ErrMalformed          = errors.New("malformed message")
 )
 
-// Message is one of Hello, HelloAck, DialRequest and DialResponse.
+// Message is one of Hello, HelloAck, DialRequest, DialResponse and Close.
 type Message interface {
 	Type() Type
 	validate() error
@@ -92,7 +98,9 @@ type Hello struct {
 	// AgentVersion is the agent's software version, for logs.
 	AgentVersion string `json:"agent_version,omitempty"`
 	// InstanceID is random per agent process. Slot names which of the
-	// agent's tunnels this is (the proxy address it dialed). A proxy
+	// agent's tunnels this is: the proxy address it dialed, prefixed with
+	// "tcp:" over the TCP transport, so that a tunnel moving between
+	// transports is not mistaken for a reconnect of the old one. A proxy
 	// replaces an older tunnel of the same node when it comes from another
 	// instance (the agent restarted) or from the same instance and slot (the
 	// agent reconnected); it keeps both when one agent reaches the same
@@ -131,6 +139,19 @@ type DialResponse struct {
 	Error   string `json:"error,omitempty"`
 }
 
+// Close says why a side closes a tunnel connection on the TCP transport,
+// which has nothing like QUIC's CONNECTION_CLOSE: the closing side sends it
+// on the connection's control stream (see "Transports" in the package
+// comment), then closes. Code is one of the Close* codes.
+type Close struct {
+	// Version is the sender's highest version: a Close may be sent before
+	// a version was chosen (a refused Hello), so any version from
+	// MinVersion up is accepted and the fields never change meaning.
+	Version int    `json:"version"`
+	Code    uint64 `json:"code"`
+	Reason  string `json:"reason,omitempty"`
+}
+
 // Type implements Message.
 func (Hello) Type() Type { return TypeHello }
 
@@ -142,6 +163,9 @@ func (DialRequest) Type() Type { return TypeDialRequest }
 
 // Type implements Message.
 func (DialResponse) Type() Type { return TypeDialResponse }
+
+// Type implements Message.
+func (Close) Type() Type { return TypeClose }
 
 func (m Hello) validate() error {
 	// The agent may speak a newer version than we do: Negotiate decides.
@@ -159,6 +183,13 @@ func (m HelloAck) validate() error { return checkVersion(TypeHelloAck, m.Version
 func (m DialRequest) validate() error { return checkVersion(TypeDialRequest, m.Version) }
 
 func (m DialResponse) validate() error { return checkVersion(TypeDialResponse, m.Version) }
+
+func (m Close) validate() error {
+	if m.Version < MinVersion {
+		return versionError(TypeClose, m.Version)
+	}
+	return nil
+}
 
 // Err returns nil when the tunnel was accepted, else an error with the
 // proxy's reason.
@@ -266,8 +297,8 @@ func Encode(m Message) ([]byte, error) {
 }
 
 // Decode parses the body of a frame of type t and checks its version and
-// required fields. The concrete type is Hello, HelloAck, DialRequest or
-// DialResponse (values, not pointers).
+// required fields. The concrete type is Hello, HelloAck, DialRequest,
+// DialResponse or Close (values, not pointers).
 func Decode(t Type, body []byte) (Message, error) {
 	var (
 		m   Message
@@ -282,6 +313,8 @@ func Decode(t Type, body []byte) (Message, error) {
 		m, err = unmarshal[DialRequest](body)
 	case TypeDialResponse:
 		m, err = unmarshal[DialResponse](body)
+	case TypeClose:
+		m, err = unmarshal[Close](body)
 	default:
 		return nil, fmt.Errorf("%w %d: this side speaks tunnel protocol %d through %d (is the peer newer?)", ErrUnknownType, byte(t), MinVersion, Version)
 	}

@@ -20,6 +20,8 @@ func validMessages() []Message {
 		DialRequest{Version: 1, ClientAddr: "203.0.113.7:51234", User: "alice", SessionID: "s-1", RequestID: "r-1"},
 		DialResponse{Version: 1, OK: true},
 		DialResponse{Version: 1, Error: "node is not accepting connections"},
+		Close{Version: 1, Code: CloseReplaced, Reason: "replaced by a newer tunnel from node web-1 (10.0.0.9:4711)"},
+		Close{Version: 3, Code: CloseNormal},
 	}
 }
 
@@ -85,6 +87,7 @@ func TestErrors(t *testing.T) {
 		{"newer version", frame(3, `{"version":2}`), ErrUnsupportedVersion, "DialRequest has version 2, this side speaks 1 through 1"},
 		{"no version", frame(4, `{"ok":true}`), ErrMalformed, "DialResponse without a version"},
 		{"hello without node", frame(1, `{"version":1}`), ErrMalformed, "Hello without node_id"},
+		{"close without version", frame(5, `{"code":1,"reason":"r"}`), ErrMalformed, "Close without a version"},
 		{"not json", frame(2, `{"version":1`), ErrMalformed, "HelloAck"},
 		{"trailing garbage", frame(2, `{"version":1} x`), ErrMalformed, "HelloAck"},
 		{"wrong json type", frame(1, `{"version":"1","node_id":"n"}`), ErrMalformed, "Hello"},

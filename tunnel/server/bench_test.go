@@ -21,8 +21,9 @@ const benchChunk = 1 << 20
 // BenchmarkTunnelThroughput moves bytes over one connection on loopback:
 // raw TCP and TLS-over-TCP as baselines, then server.Dial → agent.Accept
 // with several receive-window settings, in both directions ("up" is proxy
-// → node, like an upload; "down" is node → proxy). The defaults in
-// config.go quote its results.
+// → node, like an upload; "down" is node → proxy): "tunnel" over QUIC,
+// "tcp-tunnel" over yamux over TLS over TCP (the TCP transport; its window
+// is yamux's stream window). The defaults in config.go quote its results.
 //
 //	go test -run XXX -bench TunnelThroughput -benchtime 256x ./tunnel/server
 func BenchmarkTunnelThroughput(b *testing.B) {
@@ -37,16 +38,38 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 		{"win=16M/32M", 16 << 20, 32 << 20},
 		{"win=32M/64M", 32 << 20, 64 << 20},
 	}
+	muxWindows := []struct {
+		name   string
+		stream uint64
+	}{
+		{"win=256K(yamux)", 256 << 10},
+		{"win=1M", 1 << 20},
+		{"win=4M", 4 << 20},
+		{"win=16M", 16 << 20},
+		{"win=32M", 32 << 20},
+	}
+	run := func(name string, dir string, pair func(b *testing.B) (net.Conn, net.Conn)) {
+		b.Run(name+"/"+dir, func(b *testing.B) {
+			proxySide, nodeSide := pair(b)
+			if dir == "up" {
+				benchStream(b, [2]net.Conn{proxySide, nodeSide})
+			} else {
+				benchStream(b, [2]net.Conn{nodeSide, proxySide})
+			}
+		})
+	}
 	for _, rtt := range []time.Duration{0, 20 * time.Millisecond} {
 		for _, w := range windows {
 			for _, dir := range []string{"up", "down"} {
-				b.Run(fmt.Sprintf("tunnel/rtt=%v/%s/%s", rtt, w.name, dir), func(b *testing.B) {
-					proxySide, nodeSide := tunnelPair(b, w.stream, w.conn, rtt)
-					if dir == "up" {
-						benchStream(b, [2]net.Conn{proxySide, nodeSide})
-					} else {
-						benchStream(b, [2]net.Conn{nodeSide, proxySide})
-					}
+				run(fmt.Sprintf("tunnel/rtt=%v/%s", rtt, w.name), dir, func(b *testing.B) (net.Conn, net.Conn) {
+					return tunnelPair(b, w.stream, w.conn, rtt)
+				})
+			}
+		}
+		for _, w := range muxWindows {
+			for _, dir := range []string{"up", "down"} {
+				run(fmt.Sprintf("tcp-tunnel/rtt=%v/%s", rtt, w.name), dir, func(b *testing.B) (net.Conn, net.Conn) {
+					return tcpTunnelPair(b, w.stream, rtt)
 				})
 			}
 		}
@@ -199,4 +222,109 @@ func tunnelPair(b *testing.B, stream, conn uint64, rtt time.Duration) (proxySide
 		b.Fatal(err)
 	}
 	return c, <-accepted
+}
+
+// tcpTunnelPair returns both ends of one dialed tunnel stream over the TCP
+// transport. With rtt, the agent reaches the proxy through delayProxy.
+func tcpTunnelPair(b *testing.B, window uint64, rtt time.Duration) (proxySide, nodeSide net.Conn) {
+	e := newEnv(b, func(c *server.Config) { c.StreamReceiveWindow = window })
+	addr := e.proxy.addr
+	if rtt > 0 {
+		addr = delayProxy(b, addr, rtt)
+	}
+	cfg := e.agentConfig("bench", e.nodeCert("bench"))
+	cfg.ProxyAddrs = []string{addr}
+	cfg.Transport = agent.TransportTCP
+	cfg.StreamReceiveWindow = window
+	a := runAgent(b, cfg)
+	servertest.WaitFor(b, waitFor, "the node to connect", func() bool { return e.proxy.hasNode("bench") })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := a.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	c, err := e.proxy.srv.Dial(context.Background(), "bench", dialReq())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c, <-accepted
+}
+
+// delayProxy forwards TCP connections to target and delays every byte the
+// target (the proxy) sends by d: a WAN round trip on loopback, as delayConn
+// emulates for QUIC. It returns its address; it stops at the end of the
+// benchmark.
+func delayProxy(b *testing.B, target string, d time.Duration) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, t)
+			mu.Unlock()
+			wg.Go(func() {
+				io.Copy(t, c)
+				t.(*net.TCPConn).CloseWrite()
+			})
+			wg.Go(func() {
+				type chunk struct {
+					b   []byte
+					due time.Time
+				}
+				q := make(chan chunk, 1<<14)
+				wg.Go(func() {
+					defer c.(*net.TCPConn).CloseWrite()
+					for ch := range q {
+						time.Sleep(time.Until(ch.due)) // the emulated network's clock
+						if _, err := c.Write(ch.b); err != nil {
+							for range q {
+							}
+							return
+						}
+					}
+				})
+				defer close(q)
+				for {
+					buf := make([]byte, 64<<10)
+					n, err := t.Read(buf)
+					if n > 0 {
+						q <- chunk{buf[:n], time.Now().Add(d)}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	b.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
 }

@@ -5,18 +5,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
-	"jumpgate.dev/jumpgate/tunnel/proto"
+	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 )
 
 // conn is a dialed tunnel stream as a net.Conn.
 //
-// tunnel/agent has the same small type for its side of the stream: the two
-// packages share no code but proto, by the import rules, and this is too
-// small to deserve a package of its own.
+// tunnel/agent has the same small type for its side of the stream: the
+// transport (tunnel/internal/transport) is shared, but each side's net.Conn
+// carries what only that side knows, and is too small to share.
 type conn struct {
-	st            *quic.Stream
+	st            transport.Stream
 	local, remote net.Addr
 	closeOnce     sync.Once
 	onClose       func()
@@ -33,11 +31,12 @@ func (c *conn) Write(p []byte) (int, error) { return c.st.Write(p) }
 
 // CloseWrite half-closes the connection: the node reads EOF, and this side
 // can still read what the node sends (ssh and scp rely on it).
-func (c *conn) CloseWrite() error { return c.st.Close() }
+func (c *conn) CloseWrite() error { return c.st.CloseWrite() }
 
-// CloseRead tells the node to stop sending.
+// CloseRead tells the node to stop sending (over TCP, what it still sends
+// is discarded).
 func (c *conn) CloseRead() error {
-	c.st.CancelRead(quic.StreamErrorCode(proto.StreamClosed))
+	c.st.CloseRead()
 	return nil
 }
 
@@ -45,7 +44,6 @@ func (c *conn) CloseRead() error {
 // still arriving is discarded.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
-		c.st.CancelRead(quic.StreamErrorCode(proto.StreamClosed))
 		c.st.Close()
 		if c.onClose != nil {
 			c.onClose()
@@ -54,10 +52,11 @@ func (c *conn) Close() error {
 	return nil
 }
 
-// LocalAddr is the proxy's UDP address the tunnel arrived on.
+// LocalAddr is the proxy's address the tunnel arrived on (UDP for QUIC, TCP
+// for the TCP transport).
 func (c *conn) LocalAddr() net.Addr { return c.local }
 
-// RemoteAddr is the agent's UDP address, as the proxy sees it (after NAT).
+// RemoteAddr is the agent's address, as the proxy sees it (after NAT).
 func (c *conn) RemoteAddr() net.Addr { return c.remote }
 
 func (c *conn) SetDeadline(t time.Time) error      { return c.st.SetDeadline(t) }

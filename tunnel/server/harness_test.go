@@ -81,15 +81,18 @@ type env struct {
 	proxy *proxy
 }
 
-// proxy is a running tunnel server.
+// proxy is a running tunnel server, with tunnels over QUIC on a UDP socket
+// and over TCP (through a TLS listener like mesh/ingress's) on the same
+// port.
 type proxy struct {
-	srv    *server.Server
-	pc     net.PacketConn
-	addr   string
-	reg    *prometheus.Registry
-	log    *logBuf
-	served chan error
-	once   sync.Once
+	srv     *server.Server
+	pc      net.PacketConn
+	stopTLS func()
+	addr    string
+	reg     *prometheus.Registry
+	log     *logBuf
+	served  chan error
+	once    sync.Once
 
 	mu     sync.Mutex
 	events []server.TunnelEvent
@@ -116,9 +119,20 @@ func (e *env) startProxy(addr string, mutate ...func(*server.Config)) *proxy {
 func (e *env) startProxyWith(addr string, wrap func(net.PacketConn) net.PacketConn, mutate ...func(*server.Config)) *proxy {
 	t := e.t
 	t.Helper()
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		t.Fatal(err)
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	if addr == "127.0.0.1:0" {
+		pc, ln = servertest.ListenBoth(t, "127.0.0.1")
+	} else {
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if wrap != nil {
 		pc = wrap(pc)
@@ -148,6 +162,7 @@ func (e *env) startProxyWith(addr string, wrap func(net.PacketConn) net.PacketCo
 		t.Fatal(err)
 	}
 	go func() { p.served <- p.srv.Serve(pc) }()
+	p.stopTLS = servertest.ServeTLS(t, ln, cert, e.ca.Pool, p.srv.HandleTLS)
 	t.Cleanup(func() { p.stop(t) })
 	return p
 }
@@ -155,6 +170,7 @@ func (e *env) startProxyWith(addr string, wrap func(net.PacketConn) net.PacketCo
 // stop closes the proxy and its socket; it may be called more than once.
 func (p *proxy) stop(t testing.TB) {
 	p.once.Do(func() {
+		p.stopTLS()
 		p.srv.Close()
 		if err := <-p.served; !errors.Is(err, server.ErrServerClosed) {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 )
 
 // Dial outcomes (label values of jumpgate_tunnel_dials_total).
@@ -31,10 +33,12 @@ const (
 	reasonHelloTimeout = "hello_timeout"
 	reasonVersion      = "version"
 	reasonShutdown     = "shutting_down"
+	reasonBadTransport = "bad_transport" // TCP only: not TLS 1.3 with our ALPN, or no yamux inside
 )
 
 type metrics struct {
 	connectedNodes    prometheus.Gauge
+	tunnels           *prometheus.GaugeVec
 	dials             *prometheus.CounterVec
 	dialDuration      prometheus.Histogram
 	handshakeFailures *prometheus.CounterVec
@@ -46,6 +50,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "jumpgate_tunnel_connected_nodes",
 			Help: "Nodes holding at least one reverse tunnel to this proxy.",
 		}),
+		tunnels: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "jumpgate_tunnel_tunnels",
+			Help: "Reverse tunnels registered at this proxy, by transport (quic, tcp). A node holds two for a moment while it reconnects or moves between transports.",
+		}, []string{"transport"}),
 		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "jumpgate_tunnel_dials_total",
 			Help: "Dials down reverse tunnels, by outcome (ok, offline, refused, canceled, timeout, tunnel_error, shutdown).",
@@ -57,18 +65,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "jumpgate_tunnel_handshake_failures_total",
-			Help: "Tunnel connections refused, by reason (no_client_cert, untrusted_cert, bad_identity, wrong_kind, wrong_cluster, node_id_mismatch, bad_hello, hello_timeout, version, shutting_down).",
-		}, []string{"reason"}),
+			Help: "Tunnel connections refused, by reason (no_client_cert, untrusted_cert, bad_identity, wrong_kind, wrong_cluster, node_id_mismatch, bad_hello, hello_timeout, version, shutting_down, bad_transport) and transport (quic, tcp).",
+		}, []string{"reason", "transport"}),
 	}
 	// Every series exists from the start, so rate() and alerts see zeros.
 	for _, o := range []string{outcomeOK, outcomeOffline, outcomeRefused, outcomeCanceled, outcomeTimeout, outcomeTunnelError, outcomeShutdown} {
 		m.dials.WithLabelValues(o)
 	}
-	for _, r := range []string{reasonNoCert, reasonUntrusted, reasonBadIdentity, reasonWrongKind, reasonWrongCluster, reasonNodeMismatch, reasonBadHello, reasonHelloTimeout, reasonVersion, reasonShutdown} {
-		m.handshakeFailures.WithLabelValues(r)
+	for _, tr := range []string{transport.QUIC, transport.TCP} {
+		m.tunnels.WithLabelValues(tr)
+		for _, r := range []string{reasonNoCert, reasonUntrusted, reasonBadIdentity, reasonWrongKind, reasonWrongCluster, reasonNodeMismatch, reasonBadHello, reasonHelloTimeout, reasonVersion, reasonShutdown, reasonBadTransport} {
+			if r == reasonBadTransport && tr == transport.QUIC {
+				continue // quic-go drops what is not QUIC
+			}
+			m.handshakeFailures.WithLabelValues(r, tr)
+		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connectedNodes, m.dials, m.dialDuration, m.handshakeFailures} {
+		for _, c := range []prometheus.Collector{m.connectedNodes, m.tunnels, m.dials, m.dialDuration, m.handshakeFailures} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register tunnel server metrics: %w", err)
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 	"jumpgate.dev/jumpgate/tunnel/proto"
 )
 
@@ -55,8 +56,12 @@ type TunnelEvent struct {
 type NodeInfo struct {
 	ID     string
 	Labels map[string]string
-	// RemoteAddr is the agent's address as the proxy sees it (after NAT).
+	// RemoteAddr is the agent's address as the proxy sees it (after NAT):
+	// UDP for QUIC, TCP for the TCP transport.
 	RemoteAddr net.Addr
+	// Transport carries the tunnel serving dials: "quic", or "tcp" (TLS
+	// over TCP, for agents whose network blocks UDP).
+	Transport string
 	// ConnectedSince is when the tunnel serving dials registered.
 	ConnectedSince  time.Time
 	AgentVersion    string
@@ -74,6 +79,7 @@ type Server struct {
 	metrics  *metrics
 	tlsConf  *tls.Config
 	quicConf *quic.Config
+	muxConf  transport.MuxConfig
 
 	// runCtx ends when the server stops accepting tunnels and dials
 	// (Shutdown or Close). serveCtx ends when live tunnels are torn down
@@ -98,9 +104,9 @@ type Server struct {
 	drainWake  chan struct{} // closed when a stream or tunnel ends during Shutdown
 }
 
-// tunnel is one QUIC connection from an agent that passed the handshake.
+// tunnel is one connection from an agent that passed the handshake.
 type tunnel struct {
-	conn     *quic.Conn
+	conn     transport.Conn
 	info     NodeInfo // Tunnels is filled in by Nodes
 	instance string
 	slot     string
@@ -127,6 +133,7 @@ func New(cfg Config) (*Server, error) {
 		quicConf: cfg.quicConfig(),
 		nodes:    make(map[string][]*tunnel),
 	}
+	s.muxConf = cfg.muxConfig(s.log)
 	s.tlsConf = cfg.tlsConfig()
 	s.tlsConf.GetConfigForClient = s.configForClient
 	s.runCtx, s.runCancel = context.WithCancel(context.Background())
@@ -175,8 +182,71 @@ func (s *Server) Serve(pc net.PacketConn) error {
 		}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.handleConn(qc)
+		go func() {
+			defer s.wg.Done()
+			s.handleConn(transport.NewQUIC(qc))
+		}()
 	}
+}
+
+// HandleTLS serves tc, a TLS connection whose handshake negotiated ALPN
+// proto.ALPN, as a tunnel over TCP (yamux; see "Transports" in
+// tunnel/proto). mesh/ingress, which owns the proxy's TCP port, hands such
+// connections here. It returns at once: the server owns tc from then on,
+// closes it when the tunnel ends, and Shutdown and Close treat the tunnel
+// like one over QUIC.
+//
+// The listener may have verified a client certificate or not (ingress
+// accepts connections without one, for its HTTPS API): the server checks
+// the chain against ClientCAs itself and refuses, with a HelloAck saying
+// why, anything but a node certificate of this cluster.
+func (s *Server) HandleTLS(tc *tls.Conn) {
+	s.mu.Lock()
+	if s.runCtx.Err() != nil {
+		s.mu.Unlock()
+		tc.NetConn().Close()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		s.handleTLS(tc)
+	}()
+}
+
+// handleTLS sets up the yamux session of a tunnel over TCP, then serves it
+// as handleConn does.
+func (s *Server) handleTLS(tc *tls.Conn) {
+	remote := tc.RemoteAddr()
+	log := s.log.With("remote", remote.String(), "transport", transport.TCP)
+	cs := tc.ConnectionState()
+	if !cs.HandshakeComplete || cs.Version < tls.VersionTLS13 || cs.NegotiatedProtocol != proto.ALPN {
+		s.metrics.handshakeFailures.WithLabelValues(reasonBadTransport, transport.TCP).Inc()
+		log.Warn("refused tunnel: the listener handed over a connection that did not negotiate TLS 1.3 and "+proto.ALPN, "alpn", cs.NegotiatedProtocol)
+		tc.NetConn().Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.serveCtx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	mc := s.muxConf
+	mc.Logger = log
+	tun, err := transport.NewMuxServer(ctx, tc, mc)
+	if err != nil {
+		switch {
+		case s.serveCtx.Err() != nil:
+			log.Debug("tunnel closed during setup: the proxy is shutting down", "err", err)
+		case errors.Is(err, context.DeadlineExceeded):
+			s.metrics.handshakeFailures.WithLabelValues(reasonHelloTimeout, transport.TCP).Inc()
+			log.Warn("refused tunnel", "reason", fmt.Sprintf("no yamux session within %v", s.cfg.HandshakeTimeout))
+		default:
+			s.metrics.handshakeFailures.WithLabelValues(reasonBadTransport, transport.TCP).Inc()
+			log.Warn("refused tunnel: not a tunnel over TCP", "reason", err)
+		}
+		return
+	}
+	cancel()
+	s.handleConn(tun)
 }
 
 func (s *Server) shutdownReason() string {
@@ -201,14 +271,26 @@ func (s *Server) configForClient(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 // pool. Who the certificate names is checked after the handshake (see
 // checkIdentity), where the refusal can carry a reason.
 func (s *Server) verifyClient(cs tls.ConnectionState, remote net.Addr) error {
+	if reason, msg := s.checkChain(cs); reason != "" {
+		s.metrics.handshakeFailures.WithLabelValues(reason, transport.QUIC).Inc()
+		s.log.Warn("refused tunnel handshake", "remote", addrString(remote), "reason", msg)
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// checkChain requires a client certificate chaining to the current CA pool
+// for client authentication. It returns a metric reason and a message for
+// the agent's operator, or "" and "".
+func (s *Server) checkChain(cs tls.ConnectionState) (string, string) {
 	if len(cs.PeerCertificates) == 0 {
-		return s.tlsRefusal(remote, reasonNoCert, "no client certificate: a node must present its certificate from the cluster's TLS CA")
+		return reasonNoCert, "no client certificate: a node must present its certificate from the cluster's TLS CA"
 	}
 	leaf := cs.PeerCertificates[0]
 	roots := s.cfg.ClientCAs()
 	if roots == nil {
 		// x509 would fall back to the system roots: never for tunnels.
-		return s.tlsRefusal(remote, reasonUntrusted, "this proxy has no trusted TLS CA configured")
+		return reasonUntrusted, "this proxy has no trusted TLS CA configured"
 	}
 	inter := x509.NewCertPool()
 	for _, c := range cs.PeerCertificates[1:] {
@@ -221,15 +303,9 @@ func (s *Server) verifyClient(cs tls.ConnectionState, remote net.Addr) error {
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return s.tlsRefusal(remote, reasonUntrusted, fmt.Sprintf("client certificate %q is not trusted: %v", leaf.Subject.CommonName, err))
+		return reasonUntrusted, fmt.Sprintf("client certificate %q is not trusted: %v", leaf.Subject.CommonName, err)
 	}
-	return nil
-}
-
-func (s *Server) tlsRefusal(remote net.Addr, reason, msg string) error {
-	s.metrics.handshakeFailures.WithLabelValues(reason).Inc()
-	s.log.Warn("refused tunnel handshake", "remote", addrString(remote), "reason", msg)
-	return errors.New(msg)
+	return "", ""
 }
 
 func addrString(a net.Addr) string {
@@ -239,13 +315,20 @@ func addrString(a net.Addr) string {
 	return a.String()
 }
 
-// checkIdentity reads the verified certificate's identity and requires a
-// node of this cluster. It returns a metric reason and a message for the
-// agent's operator.
-func (s *Server) checkIdentity(cs tls.ConnectionState) (identity.Identity, string, string) {
+// checkIdentity reads the certificate's identity and requires a node of
+// this cluster. It returns a metric reason and a message for the agent's
+// operator. Over QUIC the chain was verified in the TLS handshake; over TCP
+// it is verified here, since the TCP listener belongs to mesh/ingress.
+func (s *Server) checkIdentity(tun transport.Conn) (identity.Identity, string, string) {
+	cs := tun.TLS()
 	if len(cs.PeerCertificates) == 0 {
-		// verifyClient refused this handshake already; be safe anyway.
-		return identity.Identity{}, reasonNoCert, "no client certificate"
+		// verifyClient refused such a QUIC handshake already.
+		return identity.Identity{}, reasonNoCert, "no client certificate: a node must present its certificate from the cluster's TLS CA"
+	}
+	if tun.Transport() != transport.QUIC {
+		if reason, msg := s.checkChain(cs); reason != "" {
+			return identity.Identity{}, reason, msg
+		}
 	}
 	id, err := identity.FromX509(cs.PeerCertificates[0])
 	switch {
@@ -260,21 +343,22 @@ func (s *Server) checkIdentity(cs tls.ConnectionState) (identity.Identity, strin
 }
 
 // handleConn runs one agent connection: handshake, then serving until the
-// connection ends.
-func (s *Server) handleConn(qc *quic.Conn) {
-	defer s.wg.Done()
+// connection ends. It returns once the connection is gone.
+func (s *Server) handleConn(tun transport.Conn) {
+	defer func() { <-tun.Done() }()
 	closed := make(chan struct{})
 	stop := context.AfterFunc(s.serveCtx, func() {
 		defer close(closed)
-		qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseShutdown), s.shutdownReason())
+		tun.Close(proto.CloseShutdown, s.shutdownReason())
 	})
 	defer func() {
 		if !stop() {
 			<-closed
 		}
 	}()
-	t, err := s.handshake(qc)
+	t, err := s.handshake(tun)
 	if err != nil {
+		tun.Close(proto.CloseProtocol, "handshake failed") // if nothing closed it yet
 		return
 	}
 	s.unregister(t, s.serveTunnel(t))
@@ -283,21 +367,20 @@ func (s *Server) handleConn(qc *quic.Conn) {
 // handshake reads the agent's Hello, checks it against the certificate and
 // registers the tunnel. A refusal is logged, counted, sent to the agent and
 // closes the connection.
-func (s *Server) handshake(qc *quic.Conn) (*tunnel, error) {
-	remote := qc.RemoteAddr()
-	cs := qc.ConnectionState().TLS
-	id, idReason, idMsg := s.checkIdentity(cs)
-	log := s.log.With("remote", remote.String())
+func (s *Server) handshake(tun transport.Conn) (*tunnel, error) {
+	remote := tun.RemoteAddr()
+	id, idReason, idMsg := s.checkIdentity(tun)
+	log := s.log.With("remote", remote.String(), "transport", tun.Transport())
 	if id.Name != "" {
 		log = log.With("cert", id.String())
 	}
 
 	ctx, cancel := context.WithTimeout(s.serveCtx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	st, err := qc.AcceptStream(ctx)
+	st, err := tun.AcceptStream(ctx)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			s.refuse(log, qc, nil, reasonHelloTimeout, fmt.Sprintf("no Hello within %v", s.cfg.HandshakeTimeout))
+			s.refuse(log, tun, nil, reasonHelloTimeout, fmt.Sprintf("no Hello within %v", s.cfg.HandshakeTimeout))
 			return nil, err
 		}
 		log.Debug("tunnel closed before its Hello", "err", err)
@@ -314,30 +397,31 @@ func (s *Server) handshake(qc *quic.Conn) (*tunnel, error) {
 		if errors.As(err, &ne) && ne.Timeout() {
 			reason = reasonHelloTimeout
 		}
-		s.refuse(log, qc, st, reason, fmt.Sprintf("bad Hello: %v", err))
+		s.refuse(log, tun, st, reason, fmt.Sprintf("bad Hello: %v", err))
 		return nil, err
 	}
 	log = log.With("node", hello.NodeID)
 	if idReason != "" {
-		s.refuse(log, qc, st, idReason, idMsg)
+		s.refuse(log, tun, st, idReason, idMsg)
 		return nil, errors.New(idMsg)
 	}
 	if hello.NodeID != id.Name {
 		msg := fmt.Sprintf("Hello names node %q but the certificate is for node %q", hello.NodeID, id.Name)
-		s.refuse(log, qc, st, reasonNodeMismatch, msg)
+		s.refuse(log, tun, st, reasonNodeMismatch, msg)
 		return nil, errors.New(msg)
 	}
 	version, err := proto.Negotiate(hello.Version)
 	if err != nil {
-		s.refuse(log, qc, st, reasonVersion, err.Error())
+		s.refuse(log, tun, st, reasonVersion, err.Error())
 		return nil, err
 	}
 	t := &tunnel{
-		conn: qc,
+		conn: tun,
 		info: NodeInfo{
 			ID:              hello.NodeID,
 			Labels:          hello.Labels,
 			RemoteAddr:      remote,
+			Transport:       tun.Transport(),
 			ConnectedSince:  s.cfg.Now(),
 			AgentVersion:    hello.AgentVersion,
 			ProtocolVersion: version,
@@ -347,17 +431,16 @@ func (s *Server) handshake(qc *quic.Conn) (*tunnel, error) {
 		version:  version,
 	}
 	if !s.register(t) {
-		s.refuse(log, qc, st, reasonShutdown, s.shutdownReason())
+		s.refuse(log, tun, st, reasonShutdown, s.shutdownReason())
 		return nil, ErrShuttingDown
 	}
 	ack := proto.HelloAck{Version: version, ProxyID: s.cfg.ProxyID, Accepted: true}
 	if err := proto.WriteMessage(st, ack); err != nil {
 		log.Info("tunnel lost during its handshake", "err", err)
-		qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseProtocol), "handshake failed")
+		tun.Close(proto.CloseProtocol, "handshake failed")
 		s.unregister(t, err)
 		return nil, err
 	}
-	st.CancelRead(quic.StreamErrorCode(proto.StreamClosed))
 	st.Close()
 	log.Info("tunnel up", "agent_version", hello.AgentVersion, "protocol", version, "labels", len(hello.Labels))
 	return t, nil
@@ -365,15 +448,16 @@ func (s *Server) handshake(qc *quic.Conn) (*tunnel, error) {
 
 // refuse turns a tunnel away: log line, metric, HelloAck with the reason if
 // there is a stream to send it on, and a CONNECTION_CLOSE with the same
-// reason (which arrives even if the close overtakes the HelloAck).
-func (s *Server) refuse(log *slog.Logger, qc *quic.Conn, st *quic.Stream, reason, msg string) {
-	s.metrics.handshakeFailures.WithLabelValues(reason).Inc()
+// reason (which arrives even if the close overtakes the HelloAck; over TCP
+// it is a Close message on the control stream).
+func (s *Server) refuse(log *slog.Logger, tun transport.Conn, st transport.Stream, reason, msg string) {
+	s.metrics.handshakeFailures.WithLabelValues(reason, tun.Transport()).Inc()
 	log.Warn("refused tunnel", "reason", msg)
 	if st != nil {
 		proto.WriteMessage(st, proto.HelloAck{Version: proto.Version, ProxyID: s.cfg.ProxyID, Error: msg})
-		st.Close()
+		st.CloseWrite()
 	}
-	qc.CloseWithError(quic.ApplicationErrorCode(proto.CloseRefused), msg)
+	tun.Close(proto.CloseRefused, msg)
 }
 
 // serveTunnel refuses any stream the agent opens (the protocol has it open
@@ -385,8 +469,7 @@ func (s *Server) serveTunnel(t *tunnel) error {
 			return err
 		}
 		s.log.Warn("agent opened an unexpected stream; refusing it", "node", t.info.ID, "remote", t.info.RemoteAddr.String())
-		st.CancelRead(quic.StreamErrorCode(proto.StreamRefused))
-		st.CancelWrite(quic.StreamErrorCode(proto.StreamRefused))
+		st.Abort(proto.StreamRefused)
 	}
 }
 
@@ -414,6 +497,10 @@ func (s *Server) register(t *tunnel) bool {
 	t.live = true
 	s.nodes[t.info.ID] = append(keep, t)
 	s.metrics.connectedNodes.Set(float64(len(s.nodes)))
+	s.metrics.tunnels.WithLabelValues(t.info.Transport).Inc()
+	for _, old := range replaced {
+		s.metrics.tunnels.WithLabelValues(old.info.Transport).Dec()
+	}
 	s.notifyDrainLocked()
 	s.mu.Unlock()
 	s.emit(TunnelEvent{Type: TunnelUp, Node: t.info, Time: s.cfg.Now()}, len(keep)+1)
@@ -421,7 +508,7 @@ func (s *Server) register(t *tunnel) bool {
 
 	for _, old := range replaced {
 		s.log.Info("tunnel replaced by a newer one from the same node", "node", old.info.ID, "remote", old.info.RemoteAddr.String(), "new_remote", t.info.RemoteAddr.String())
-		old.conn.CloseWithError(quic.ApplicationErrorCode(proto.CloseReplaced), fmt.Sprintf("replaced by a newer tunnel from node %s (%s)", t.info.ID, t.info.RemoteAddr))
+		old.conn.Close(proto.CloseReplaced, fmt.Sprintf("replaced by a newer tunnel from node %s (%s)", t.info.ID, t.info.RemoteAddr))
 	}
 	return true
 }
@@ -446,6 +533,7 @@ func (s *Server) unregister(t *tunnel, cause error) {
 		s.nodes[t.info.ID] = list
 	}
 	s.metrics.connectedNodes.Set(float64(len(s.nodes)))
+	s.metrics.tunnels.WithLabelValues(t.info.Transport).Dec()
 	s.notifyDrainLocked()
 	s.mu.Unlock()
 	s.log.Info("tunnel down", "node", t.info.ID, "remote", t.info.RemoteAddr.String(), "err", cause)
@@ -544,12 +632,12 @@ func (s *Server) dial(ctx context.Context, nodeID string, req proto.DialRequest)
 				Err: fmt.Errorf("no answer within %v through its tunnel from %s: the node may be overloaded or its network lossy", s.cfg.DialTimeout, t.info.RemoteAddr)}
 		case errors.Is(err, ErrDialRefused):
 			return nil, outcomeRefused, &DialError{Node: nodeID, Err: err}
-		case t.conn.Context().Err() != nil && failed == nil:
+		case transport.Ended(t.conn) && failed == nil:
 			// The tunnel died under us; a newer one may have replaced it.
 			failed, failedErr = t, err
 			continue
 		default:
-			return nil, outcomeTunnelError, &DialError{Node: nodeID, Retryable: t.conn.Context().Err() != nil,
+			return nil, outcomeTunnelError, &DialError{Node: nodeID, Retryable: transport.Ended(t.conn),
 				Err: fmt.Errorf("tunnel from %s: %w", t.info.RemoteAddr, err)}
 		}
 	}
@@ -557,14 +645,11 @@ func (s *Server) dial(ctx context.Context, nodeID string, req proto.DialRequest)
 
 // dialTunnel opens a stream on t and exchanges DialRequest/DialResponse.
 func (s *Server) dialTunnel(ctx context.Context, t *tunnel, req proto.DialRequest) (net.Conn, error) {
-	st, err := t.conn.OpenStreamSync(ctx)
+	st, err := t.conn.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
-	abort := func(code uint64) {
-		st.CancelWrite(quic.StreamErrorCode(code))
-		st.CancelRead(quic.StreamErrorCode(code))
-	}
+	abort := st.Abort
 	stop := context.AfterFunc(ctx, func() { abort(proto.StreamCanceled) })
 	req.Version = t.version
 	err = proto.WriteMessage(st, req)

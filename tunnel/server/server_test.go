@@ -84,9 +84,13 @@ func TestDialRoundTrip(t *testing.T) {
 	}
 }
 
-func TestHalfCloseFromNode(t *testing.T) {
+func TestHalfCloseFromNode(t *testing.T) { testHalfCloseFromNode(t) }
+
+// testHalfCloseFromNode runs TestHalfCloseFromNode with an agent changed by
+// mutate (the TCP transport).
+func testHalfCloseFromNode(t *testing.T, mutate ...func(*agent.Config)) {
 	e := newEnv(t)
-	a := e.startAgent("web-1")
+	a := e.startAgent("web-1", mutate...)
 	// The node sends a banner and half-closes at once, like a server
 	// that has nothing more to say; the user's bytes must still reach it.
 	got := make(chan string, 1)
@@ -118,9 +122,13 @@ func TestHalfCloseFromNode(t *testing.T) {
 	}
 }
 
-func TestManyConcurrentDials(t *testing.T) {
+func TestManyConcurrentDials(t *testing.T) { testManyConcurrentDials(t) }
+
+// testManyConcurrentDials runs TestManyConcurrentDials with an agent changed
+// by mutate (the TCP transport).
+func testManyConcurrentDials(t *testing.T, mutate ...func(*agent.Config)) {
 	e := newEnv(t)
-	a := e.startAgent("web-1")
+	a := e.startAgent("web-1", mutate...)
 	serveEcho(t, a, nil)
 	// More than quic-go's default of 100 concurrent streams.
 	const n = 300

@@ -303,6 +303,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("reused token: exit %d: %s", code, out)
 		}
 	})
+	t.Run("node over the TCP tunnel transport", func(t *testing.T) { testTCPTransport(t, c, alice) })
 	t.Run("garbage on the proxy port", func(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			conn, err := net.Dial("tcp", c.proxy)
