@@ -191,7 +191,7 @@ PrintMotd no
 		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, out)
 	}
 	if err := e.start("jumpgate-node2", filepath.Join(bin, "jumpgate"), "start", "--roles=node", "--node-name=node2", "--labels=env=bench",
-		"--data-dir="+filepath.Join(dir, "jg-node2"), "--proxy="+e.proxyB, "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn"); err != nil {
+		"--data-dir="+filepath.Join(dir, "jg-node2"), "--proxy="+e.proxyB, "--connection-count=1", "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn"); err != nil {
 		return e, err
 	}
 	if out, err = e.cmd(admin, "", "jgctl", "tokens", "add", "--type=node", "--json"); err != nil {
@@ -200,7 +200,19 @@ PrintMotd no
 	if err := json.Unmarshal([]byte(out), &tok); err != nil {
 		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, out)
 	}
-	if err := e.start("jumpgate-node", filepath.Join(bin, "jumpgate"), "start", "--roles=node", "--node-name=node1", "--labels=env=bench",
+	// node3: like node1, but its tunnel is TLS over TCP (yamux) instead of QUIC.
+	if err := e.start("jumpgate-node3", filepath.Join(bin, "jumpgate"), "start", "--roles=node", "--node-name=node3", "--labels=env=bench",
+		"--data-dir="+filepath.Join(dir, "jg-node3"), "--proxy="+e.proxy, "--connection-count=1", "--tunnel-transport=tcp",
+		"--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn"); err != nil {
+		return e, err
+	}
+	if out, err = e.cmd(admin, "", "jgctl", "tokens", "add", "--type=node", "--json"); err != nil {
+		return e, err
+	}
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, out)
+	}
+	if err := e.start("jumpgate-node", filepath.Join(bin, "jumpgate"), "start", "--roles=node", "--node-name=node1", "--labels=env=bench", "--connection-count=1",
 		"--data-dir="+filepath.Join(dir, "jg-node"), "--proxy="+e.proxy, "--token="+tok.Token, "--ca-pin="+tok.CAPin,
 		"--bench-ssh-listen="+e.jgd, "--log-level=warn", "--diag-listen="+e.diagNode, "--diag-pprof"); err != nil {
 		return e, err
@@ -247,6 +259,9 @@ Host proxyjump
     ProxyJump bastion
 Host jumpgate
     HostName node1
+    ProxyCommand %[4]s/jg proxy ssh %%r@%%h:%%p
+%[5]sHost jumpgatetcp
+    HostName node3
     ProxyCommand %[4]s/jg proxy ssh %%r@%%h:%%p
 %[5]sHost jumpgate2
     HostName node2

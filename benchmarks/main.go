@@ -79,7 +79,7 @@ func main() {
 		log.Fatalf("setup: %v", err)
 	}
 	if *hold {
-		fmt.Printf("Every path is up. Try, for example:\n  JUMPGATE_HOME=%s ssh -F %s jumpgate\nHosts: direct, directpipe, proxyjump, jgnode, jumpgate, jumpgate2.\nProfiles: http://%s/debug/pprof/ (auth+proxy), http://%s/debug/pprof/ (node). Ctrl-C stops.\n", env.jgHome, env.sshConfig, env.diagProxy, env.diagNode)
+		fmt.Printf("Every path is up. Try, for example:\n  JUMPGATE_HOME=%s ssh -F %s jumpgate\nHosts: direct, directpipe, proxyjump, jgnode, jumpgate, jumpgatetcp, jumpgate2.\nProfiles: http://%s/debug/pprof/ (auth+proxy), http://%s/debug/pprof/ (node). Ctrl-C stops.\n", env.jgHome, env.sshConfig, env.diagProxy, env.diagNode)
 		<-ctx.Done()
 		return
 	}
@@ -118,13 +118,14 @@ var paths = []path{
 	{"proxyjump", "ssh -J (ProxyJump)", "OpenSSH client → sshd bastion → OpenSSH sshd"},
 	{"jgnode", "Jumpgate node, direct", "OpenSSH client → Jumpgate node SSH server (benchmark-only listener, no tunnel)"},
 	{"jumpgate", "via one Jumpgate proxy", "OpenSSH client + `jg proxy ssh` → proxy (TLS) → QUIC reverse tunnel → node SSH server"},
+	{"jumpgatetcp", "via one Jumpgate proxy, TCP tunnel", "as above, but the reverse tunnel is TLS over TCP with yamux (the fallback when UDP is blocked, or --tunnel-transport=tcp)"},
 	{"jumpgate2", "via two peered Jumpgate proxies", "OpenSSH client + `jg proxy ssh` → proxy A (TLS) → QUIC peer link → proxy B → QUIC reverse tunnel → node SSH server"},
 }
 
 // run measures every path, interleaving repetitions so drift on a shared
 // machine spreads over all paths alike.
 func run(ctx context.Context, env *env, p params) (*results, error) {
-	r := &results{Throughput: map[string][]float64{}, Upload: map[string][]float64{}, Connect: map[string][]float64{}, NodeCPU: map[string][]float64{}}
+	r := &results{Throughput: map[string][]float64{}, Upload: map[string][]float64{}, Connect: map[string][]float64{}, NodeCPU: map[string][]float64{}, ProxyCPU: map[string][]float64{}}
 	log.Printf("raw loopback TCP, %d × %s", p.Reps, human(p.Bytes))
 	for i := 0; i < p.Reps; i++ {
 		mbps, err := tcpThroughput(p.Bytes)
@@ -138,17 +139,20 @@ func run(ctx context.Context, env *env, p params) (*results, error) {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			p0, n0 := env.cpuSeconds("jumpgate-auth-proxy"), env.cpuSeconds("jumpgate-node")
+			p0, n0, n3 := env.cpuSeconds("jumpgate-auth-proxy"), env.cpuSeconds("jumpgate-node"), env.cpuSeconds("jumpgate-node3")
 			mbps, err := env.download(ctx, pa.Host, p.Bytes)
 			if err != nil {
 				return nil, fmt.Errorf("%s download: %w", pa.Title, err)
 			}
 			gib := float64(p.Bytes) / (1 << 30)
-			if pa.Host == "jumpgate" {
-				r.ProxyCPU = append(r.ProxyCPU, (env.cpuSeconds("jumpgate-auth-proxy")-p0)/gib)
-			}
-			if pa.Host == "jumpgate" || pa.Host == "jgnode" {
+			switch pa.Host {
+			case "jumpgate", "jgnode":
 				r.NodeCPU[pa.Host] = append(r.NodeCPU[pa.Host], (env.cpuSeconds("jumpgate-node")-n0)/gib)
+			case "jumpgatetcp":
+				r.NodeCPU[pa.Host] = append(r.NodeCPU[pa.Host], (env.cpuSeconds("jumpgate-node3")-n3)/gib)
+			}
+			if pa.Host == "jumpgate" || pa.Host == "jumpgatetcp" {
+				r.ProxyCPU[pa.Host] = append(r.ProxyCPU[pa.Host], (env.cpuSeconds("jumpgate-auth-proxy")-p0)/gib)
 			}
 			r.Throughput[pa.Host] = append(r.Throughput[pa.Host], mbps)
 			log.Printf("rep %d %-10s download %7.1f MB/s", i+1, pa.Host, mbps)

@@ -16,7 +16,7 @@ type results struct {
 	Throughput, Upload, Connect map[string][]float64
 	// CPU seconds per GiB downloaded: the proxy process on the Jumpgate
 	// path, the node process on the Jumpgate and node-direct paths.
-	ProxyCPU []float64
+	ProxyCPU map[string][]float64
 	NodeCPU  map[string][]float64
 }
 
@@ -34,7 +34,10 @@ var targets = []target{
 	{"throughput via one proxy ≥ 0.6× direct ssh", "jumpgate", "direct", "download", 0.6, true},
 	{"connect time via one proxy ≤ 0.8× ProxyJump", "jumpgate", "proxyjump", "connect", 0.8, false},
 	{"connect time via one proxy ≤ 1.3× direct ssh", "jumpgate", "direct", "connect", 1.3, false},
+	{"throughput via one proxy, TCP tunnel ≥ 1.2× ProxyJump", "jumpgatetcp", "proxyjump", "download", 1.2, true},
+	{"throughput via one proxy, TCP tunnel ≥ 0.6× direct ssh", "jumpgatetcp", "direct", "download", 0.6, true},
 	{"throughput via two peered proxies ≥ 1.0× ProxyJump", "jumpgate2", "proxyjump", "download", 1.0, true},
+	{"connect time via two peered proxies ≤ 0.8× ProxyJump", "jumpgate2", "proxyjump", "connect", 0.8, false},
 }
 
 func spread(xs []float64, format string) string {
@@ -87,9 +90,9 @@ func (r *results) markdown() string {
 	}
 
 	fmt.Fprintf(&b, "\n### Where the CPU goes (download, CPU seconds per GiB)\n\n")
-	fmt.Fprintf(&b, "| Process | via one Jumpgate proxy | Jumpgate node, direct |\n|---|---:|---:|\n")
-	fmt.Fprintf(&b, "| proxy (TLS from `jg`, QUIC to the node) | %s | |\n", spread(r.ProxyCPU, "%.2f"))
-	fmt.Fprintf(&b, "| node (SSH server, QUIC tunnel agent) | %s | %s |\n", spread(r.NodeCPU["jumpgate"], "%.2f"), spread(r.NodeCPU["jgnode"], "%.2f"))
+	fmt.Fprintf(&b, "| Process | via one proxy, QUIC tunnel | via one proxy, TCP tunnel | Jumpgate node, direct |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| proxy (TLS from `jg`, tunnel to the node) | %s | %s | |\n", spread(r.ProxyCPU["jumpgate"], "%.2f"), spread(r.ProxyCPU["jumpgatetcp"], "%.2f"))
+	fmt.Fprintf(&b, "| node (SSH server, tunnel agent) | %s | %s | %s |\n", spread(r.NodeCPU["jumpgate"], "%.2f"), spread(r.NodeCPU["jumpgatetcp"], "%.2f"), spread(r.NodeCPU["jgnode"], "%.2f"))
 	fmt.Fprintf(&b, "\nThe difference between the node's two columns is the cost of the node's end of the tunnel.\n")
 
 	fmt.Fprintf(&b, "\n## Connect time, `ssh HOST true` (ms, lower is better)\n\n")
