@@ -164,12 +164,12 @@ func New(cfg Config) (*Cluster, error) {
 	// with a 1-byte user-message tag, and encryption adds up to 45 bytes
 	// (29 with the default encryption version).
 	c.maxDelta = mc.UDPBufferSize - 2 - 45 - 2 - 1
-	if cfg.wrapTransport != nil {
+	if cfg.WrapTransport != nil {
 		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
 		if err != nil {
 			return nil, err
 		}
-		mc.Transport = cfg.wrapTransport(nt)
+		mc.Transport = cfg.WrapTransport(nt)
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	ml, err := memberlist.Create(mc)

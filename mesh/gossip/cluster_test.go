@@ -252,7 +252,7 @@ func TestDefaultTimingWAN(t *testing.T) {
 	for _, id := range []string{"a", "b", "c", "d"} {
 		cfg := e.config(id)
 		cfg.Timing = DefaultTiming()
-		cfg.wrapTransport = func(nt *memberlist.NetTransport) memberlist.NodeAwareTransport {
+		cfg.WrapTransport = func(nt *memberlist.NetTransport) memberlist.NodeAwareTransport {
 			return &wanTransport{NetTransport: nt, oneWay: 100 * time.Millisecond}
 		}
 		if len(ps) > 0 {

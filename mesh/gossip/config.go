@@ -55,9 +55,13 @@ type Config struct {
 	// Shutdown (Shutdown waits for it).
 	OnChange func()
 
-	// wrapTransport, set by tests only, wraps memberlist's network
-	// transport (to add WAN latency on loopback).
-	wrapTransport func(*memberlist.NetTransport) memberlist.NodeAwareTransport
+	// WrapTransport, if set, wraps the memberlist transport this Cluster
+	// binds on BindAddr (UDP and TCP): every probe, gossip packet and
+	// push/pull stream goes through what it returns, whose Shutdown
+	// memberlist calls at Shutdown. It is for tests and emulators
+	// (mesh/meshtest adds WAN latency on loopback with it); leave it nil
+	// in production. Default: memberlist's NetTransport, unwrapped.
+	WrapTransport func(*memberlist.NetTransport) memberlist.NodeAwareTransport
 }
 
 // Timing holds memberlist's probe and gossip timings (memberlist.Config
