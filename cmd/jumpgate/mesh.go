@@ -276,22 +276,17 @@ func (pm *proxyMesh) dial(ctx context.Context, node string, user identity.Identi
 	if !errors.Is(localErr, tserver.ErrNodeOffline) {
 		failures = append(failures, fmt.Sprintf("local tunnel: %v", localErr))
 	}
-	tried := 0
-	for _, hop := range plan {
-		if hop.Local {
-			continue
-		}
-		tried++
-		c, err := pm.peers.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: user.Name, ClientAddr: clientAddr, Hops: []string{pm.id}})
-		if err == nil {
-			return pathConn{Conn: c, path: "peer " + hop.ID}, nil
-		}
-		pm.log.Warn("dial via peer failed; trying the next holder", "node", node, "peer", hop.ID, "err", err)
-		failures = append(failures, fmt.Sprintf("via %s: %v", hop.ID, err))
-		if ctx.Err() != nil {
-			break
-		}
+	c, via, failed := route.TryPlan(ctx, plan, route.DefaultHopTimeout, func(ctx context.Context, hop route.Hop) (net.Conn, error) {
+		return pm.peers.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: user.Name, ClientAddr: clientAddr, Hops: []string{pm.id}})
+	})
+	for _, f := range failed {
+		pm.log.Warn("dial via peer failed; trying the next holder", "node", node, "peer", f.Hop.ID, "err", f.Err)
+		failures = append(failures, fmt.Sprintf("via %s: %v", f.Hop.ID, f.Err))
 	}
+	if c != nil {
+		return pathConn{Conn: c, path: "peer " + via.ID}, nil
+	}
+	tried := len(failed)
 	if tried == 0 && len(failures) == 0 {
 		return nil, &dialError{code: ingress.CodeOffline, err: fmt.Errorf("node %s is offline: it has no tunnel to any proxy of the mesh (is its agent running?)", node)}
 	}

@@ -776,23 +776,18 @@ func (p *Proxy) Dial(ctx context.Context, node string) (net.Conn, Path, error) {
 			path.Plan = append(path.Plan, hop.ID)
 		}
 	}
-	tried := 0
-	for _, hop := range plan {
-		if hop.Local {
-			continue
-		}
-		tried++
-		c, err := pm.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: "meshtest", Hops: []string{p.id}})
-		if err == nil {
-			path.Via = hop.ID
-			return c, path, nil
-		}
-		path.Failed = append(path.Failed, hop.ID)
-		failures = append(failures, fmt.Sprintf("via %s: %v", hop.ID, err))
-		if ctx.Err() != nil {
-			break
-		}
+	c, via, failed := route.TryPlan(ctx, plan, route.DefaultHopTimeout, func(ctx context.Context, hop route.Hop) (net.Conn, error) {
+		return pm.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: "meshtest", Hops: []string{p.id}})
+	})
+	for _, f := range failed {
+		path.Failed = append(path.Failed, f.Hop.ID)
+		failures = append(failures, fmt.Sprintf("via %s: %v", f.Hop.ID, f.Err))
 	}
+	if c != nil {
+		path.Via = via.ID
+		return c, path, nil
+	}
+	tried := len(failed)
 	if tried == 0 && len(failures) == 0 {
 		return nil, path, fmt.Errorf("dial node %s from proxy %s: %w: it has no tunnel to any proxy of the mesh", node, p.id, ErrOffline)
 	}

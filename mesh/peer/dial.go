@@ -98,11 +98,27 @@ func (m *Mesh) dial(ctx context.Context, peerID, addr string, req DialRequest) (
 			}
 			if retryable(c, err) && attempt < maxDialAttempts && dctx.Err() == nil {
 				m.log.Debug("peer connection went away during a dial; trying again", "peer", peerID, "node", req.Node, "err", err)
+				// quic-go may not have closed c yet (a stateless reset is
+				// still being processed): stop offering it, or the retry
+				// would pick the same dying connection.
+				m.forgetStale(c)
 				continue
 			}
 		}
 		e, outcome := m.classify(ctx, dctx, peerID, err)
 		return nil, outcome, e
+	}
+}
+
+// forgetStale stops connFor from handing out c, which a dial found dead.
+// The connection's own goroutine still cleans it up when it ends.
+func (m *Mesh) forgetStale(c *peerConn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.peers[c.id] == c {
+		delete(m.peers, c.id)
+		c.live = false
+		m.metrics.connectedPeers.Set(float64(len(m.peers)))
 	}
 }
 

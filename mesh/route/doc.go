@@ -16,8 +16,9 @@
 //     the measured ones,
 //  4. then by id, so that the order is stable.
 //
-// The caller tries the next hop when one fails, so a holder that died but is
-// not yet known dead costs one failed dial, not a failed session.
+// TryPlan tries the hops in order, the next when one fails, giving each but
+// the last at most DefaultHopTimeout: a holder that died but is not yet
+// known dead costs a few seconds of one dial, not a failed session.
 //
 // # Distance
 //

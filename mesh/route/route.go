@@ -2,7 +2,9 @@ package route
 
 import (
 	"cmp"
+	"context"
 	"math"
+	"net"
 	"slices"
 	"time"
 )
@@ -98,4 +100,48 @@ func Distance(lat1, lon1, lat2, lon2 float64) float64 {
 	dLon := (lon2 - lon1) * rad
 	a := math.Sin(dLat/2)*math.Sin(dLat/2) + math.Cos(lat1*rad)*math.Cos(lat2*rad)*math.Sin(dLon/2)*math.Sin(dLon/2)
 	return 2 * EarthRadiusKm * math.Asin(math.Min(1, math.Sqrt(a)))
+}
+
+// Failure is a hop that TryPlan could not dial through, and why.
+type Failure struct {
+	Hop Hop
+	Err error
+}
+
+// DefaultHopTimeout bounds each attempt of TryPlan but the last: a cold
+// peer dial takes two round trips (under half a second between continents),
+// so a holder that has not answered in 3 s is most likely dead but not yet
+// known dead, and the next holder deserves the time left.
+const DefaultHopTimeout = 3 * time.Second
+
+// TryPlan dials the peer hops of plan in order (local hops are the
+// caller's business and are skipped) until one succeeds. Each attempt but
+// the last gets at most hopTimeout of ctx's time; the last gets whatever is
+// left. It returns the connection and the hop it went through (nil and the
+// zero Hop when every hop failed or there was none), and the hops that
+// failed before, in order.
+func TryPlan(ctx context.Context, plan []Hop, hopTimeout time.Duration, dial func(ctx context.Context, h Hop) (net.Conn, error)) (net.Conn, Hop, []Failure) {
+	var peers []Hop
+	for _, h := range plan {
+		if !h.Local {
+			peers = append(peers, h)
+		}
+	}
+	var failures []Failure
+	for i, h := range peers {
+		hctx, cancel := ctx, context.CancelFunc(func() {})
+		if i < len(peers)-1 && hopTimeout > 0 {
+			hctx, cancel = context.WithTimeout(ctx, hopTimeout)
+		}
+		c, err := dial(hctx, h)
+		cancel()
+		if err == nil {
+			return c, h, failures
+		}
+		failures = append(failures, Failure{Hop: h, Err: err})
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, Hop{}, failures
 }

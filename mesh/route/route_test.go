@@ -1,7 +1,11 @@
 package route
 
 import (
+	"context"
+	"errors"
 	"math"
+	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,5 +75,50 @@ func TestDistance(t *testing.T) {
 		if got := Distance(c.lat1, c.lon1, c.lat2, c.lon2); math.Abs(got-c.want) > c.tol {
 			t.Errorf("%s: %.0f km, want %.0f±%.0f", c.name, got, c.want, c.tol)
 		}
+	}
+}
+
+func TestTryPlan(t *testing.T) {
+	plan := []Hop{{Proxy: Proxy{ID: "me"}, Local: true}, {Proxy: Proxy{ID: "dead"}}, {Proxy: Proxy{ID: "refuses"}}, {Proxy: Proxy{ID: "good"}}}
+	var tried []string
+	var deadline time.Duration
+	c, via, failures := TryPlan(context.Background(), plan, 50*time.Millisecond, func(ctx context.Context, h Hop) (net.Conn, error) {
+		tried = append(tried, h.ID)
+		switch h.ID {
+		case "dead": // hangs until its hop timeout
+			d, _ := ctx.Deadline()
+			deadline = time.Until(d)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		case "refuses":
+			return nil, errors.New("node offline here")
+		}
+		a, _ := net.Pipe()
+		return a, nil
+	})
+	if c == nil || via.ID != "good" || len(failures) != 2 || failures[0].Hop.ID != "dead" || failures[1].Hop.ID != "refuses" {
+		t.Fatalf("via %q, failures %+v", via.ID, failures)
+	}
+	c.Close()
+	if strings.Join(tried, ",") != "dead,refuses,good" {
+		t.Fatalf("tried %v: the local hop is the caller's", tried)
+	}
+	if deadline <= 0 || deadline > 50*time.Millisecond {
+		t.Fatalf("a hung hop got %v, want at most the hop timeout", deadline)
+	}
+	// The last hop gets the caller's whole deadline, and an empty plan fails with no failures.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	_, _, failures = TryPlan(ctx, plan[3:], time.Millisecond, func(ctx context.Context, h Hop) (net.Conn, error) {
+		if d, _ := ctx.Deadline(); time.Until(d) < time.Minute {
+			t.Errorf("last hop limited to %v", time.Until(d))
+		}
+		return nil, errors.New("no")
+	})
+	if len(failures) != 1 {
+		t.Fatalf("failures %+v", failures)
+	}
+	if _, _, f := TryPlan(ctx, nil, time.Second, nil); len(f) != 0 {
+		t.Fatalf("empty plan: %+v", f)
 	}
 }
