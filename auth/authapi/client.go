@@ -210,6 +210,22 @@ func decodeError(resp *http.Response) error {
 	return &APIError{Code: resp.StatusCode, Message: e.Error}
 }
 
+// UnreachableError says a server could not be connected to at all; a retry
+// may help once it is up.
+type UnreachableError struct {
+	Host string
+	Err  *net.OpError // the dial error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("cannot reach %s: %v: is the address right and the server running?", e.Host, e.Err.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// Retryable reports that retrying may help.
+func (e *UnreachableError) Retryable() bool { return true }
+
 // describeTransportError turns a connection failure into a sentence.
 func describeTransportError(base string, err error) error {
 	var ue *url.Error
@@ -220,7 +236,7 @@ func describeTransportError(base string, err error) error {
 	var oe *net.OpError
 	switch {
 	case errors.As(err, &oe) && oe.Op == "dial":
-		return fmt.Errorf("cannot reach %s: %v: is the address right and the server running?", host, oe.Err)
+		return &UnreachableError{Host: host, Err: oe}
 	case strings.Contains(err.Error(), "certificate"):
 		return fmt.Errorf("TLS with %s failed: %v", host, err)
 	}

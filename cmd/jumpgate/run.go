@@ -337,7 +337,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 			authAddr = cfg.Auth.Listen
 		}
 	} else {
-		id, err := loadOrJoin(ctx, filepath.Join(cfg.DataDir, "proxy"), authAddr, cfg.Proxy.Token, cfg.Proxy.CAPin, identity.KindAuth, authapi.JoinRequest{Kind: identity.KindProxy, Name: cfg.Proxy.ID, DNSNames: dnsOnly(hosts), IPs: ipsOnly(hosts)})
+		id, err := loadOrJoin(ctx, p.log, filepath.Join(cfg.DataDir, "proxy"), authAddr, cfg.Proxy.Token, cfg.Proxy.CAPin, identity.KindAuth, authapi.JoinRequest{Kind: identity.KindProxy, Name: cfg.Proxy.ID, DNSNames: dnsOnly(hosts), IPs: ipsOnly(hosts)})
 		if err != nil {
 			return err
 		}
@@ -506,7 +506,7 @@ func ipsOnly(hosts []string) (out []string) {
 
 // loadOrJoin loads the identity in dir, or redeems token at addr (trusting
 // the server by pin) and saves the result.
-func loadOrJoin(ctx context.Context, dir, addr, token, pin string, serverKind identity.Kind, req authapi.JoinRequest) (*creds.Identity, error) {
+func loadOrJoin(ctx context.Context, log *slog.Logger, dir, addr, token, pin string, serverKind identity.Kind, req authapi.JoinRequest) (*creds.Identity, error) {
 	id, err := creds.Load(dir)
 	if err == nil {
 		if id.Meta.Name != req.Name {
@@ -539,9 +539,29 @@ func loadOrJoin(ctx context.Context, dir, addr, token, pin string, serverKind id
 	if req.Kind == identity.KindNode {
 		req.SSHPublic = k.SSHPublic()
 	}
-	c, err := cl.Join(ctx, req)
-	if err != nil {
-		return nil, fmt.Errorf("join cluster via %s: %w", addr, err)
+	// A node or proxy often starts before the proxy or auth server it joins
+	// through is up (a whole region booting): wait for it, rather than exit
+	// and leave that to the service manager. Refusals are final.
+	var c *authapi.Credentials
+	wait, lastMsg := time.Second, ""
+	for {
+		c, err = cl.Join(ctx, req)
+		if err == nil {
+			break
+		}
+		if !joinRetryable(err) || ctx.Err() != nil {
+			return nil, fmt.Errorf("join cluster via %s: %w", addr, err)
+		}
+		if msg := err.Error(); msg != lastMsg {
+			log.Warn("cannot reach the cluster to join; retrying", "addr", addr, "err", err)
+			lastMsg = msg
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("join cluster via %s: %w", addr, err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 15*time.Second)
 	}
 	if err := creds.Save(dir, k, c, creds.Meta{Kind: string(req.Kind), Proxy: addr, CAPin: pin}); err != nil {
 		return nil, err
@@ -549,10 +569,22 @@ func loadOrJoin(ctx context.Context, dir, addr, token, pin string, serverKind id
 	return creds.Load(dir)
 }
 
+// joinRetryable reports whether a failed join may succeed later: the server
+// could not be reached, or said it is not ready. A refused token, a CA pin
+// that does not match or a malformed request are final.
+func joinRetryable(err error) bool {
+	var api *authapi.APIError
+	if errors.As(err, &api) {
+		return api.Retryable()
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
 // --- node ------------------------------------------------------------------
 
 func startNode(ctx context.Context, p *process, cfg Config) error {
-	id, err := loadOrJoin(ctx, filepath.Join(cfg.DataDir, "node"), cfg.Node.Proxy, cfg.Node.Token, cfg.Node.CAPin, identity.KindProxy,
+	id, err := loadOrJoin(ctx, p.log, filepath.Join(cfg.DataDir, "node"), cfg.Node.Proxy, cfg.Node.Token, cfg.Node.CAPin, identity.KindProxy,
 		authapi.JoinRequest{Kind: identity.KindNode, Name: cfg.Node.Name, Labels: cfg.Node.Labels})
 	if err != nil {
 		return err
