@@ -121,6 +121,6 @@ func (r *results) markdown() string {
 	}
 
 	fmt.Fprintf(&b, "\n## Not measured yet\n\n")
-	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: with and without the resumable layer (rolling upgrades), 100 and 1,000 concurrent sessions with memory per session, 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and the control plane (certificate issuance per second with software keys and SoftHSM2, login p99, raft writes per second, gossip convergence, lock propagation, GeoIP ranking). The QUIC tunnel's own throughput against raw TCP is the Go micro-benchmark `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`).\n")
+	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: with and without the resumable layer (rolling upgrades), 100 and 1,000 concurrent sessions with memory per session, 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and the control plane (certificate issuance per second with software keys and SoftHSM2, login p99, raft writes per second, lock propagation, GeoIP ranking). Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
 	return b.String()
 }
