@@ -49,9 +49,11 @@ fuzz:
 bench: deps build
 	$(GO) run ./benchmarks -bin $(BIN) -mode $(BENCH) -out benchmarks/RESULTS.md
 
-# bench-go runs the Go micro-benchmarks of the hot paths.
+# bench-go runs the Go micro-benchmarks: the data path many times, the mesh scenarios
+# (gossip convergence and failure detection for 10-100 proxies, directory bandwidth) once each.
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchtime 200x ./tunnel/... ./mesh/...
+	$(GO) test -run '^$$' -bench . -benchtime 200x ./tunnel/... ./mesh/peer/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./mesh/meshtest/...
 
 vet:
 	$(GO) vet ./...
