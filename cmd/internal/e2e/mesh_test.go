@@ -89,8 +89,9 @@ func seenAs(ps []proxyInfo, id, health string) bool {
 // 127.0.0.1, 127.0.0.2 and 127.0.0.3: node X holds a tunnel to region C only,
 // node Y to C and B. A user logged in at A reaches both through the peers
 // that hold them, with jg and with OpenSSH; when C is killed, Y is reached
-// through B and X is reported offline; when C comes back, it rejoins and X
-// is reachable again.
+// through B and X re-homes to another proxy; when C comes back, it rejoins
+// and serves users again. A second proxy per region then joins, each through a
+// seed in another region, and a user at region A's second proxy reaches X.
 func TestMesh(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test in -short mode")
@@ -148,6 +149,7 @@ func TestMesh(t *testing.T) {
 	}
 	c.waitOnline("nodex", "nodey")
 	alice := c.login("alice", "alice-password")
+	var a2 *meshProxy // the second proxy of region a, once started
 
 	t.Run("proxies ls", func(t *testing.T) {
 		out := c.jgctl("proxies", "ls")
@@ -203,6 +205,48 @@ func TestMesh(t *testing.T) {
 		out, code := c.run("", alice, "jg", "ssh", "nodey", "--", "echo", "still-meshed")
 		if code != 0 || !strings.Contains(out, "still-meshed") {
 			t.Fatalf("after garbage: exit %d: %s", code, out)
+		}
+	})
+	t.Run("two proxies per region", func(t *testing.T) {
+		// A second proxy in each region joins through a different seed.
+		seeds := map[string]string{"a": b.gossip, "b": cc.gossip, "c": a.gossip}
+		for _, r := range []*meshProxy{a, b, cc} {
+			p2 := &meshProxy{id: r.id + "2", region: r.region, ip: r.ip}
+			p2.listen, p2.gossip, p2.peer = freeAddrOn(t, p2.ip), freeAddrOn(t, p2.ip), freeAddrOn(t, p2.ip)
+			out := c.jgctl("tokens", "add", "--type=proxy", "--json")
+			var tok struct {
+				Token string `json:"token"`
+				CAPin string `json:"ca_pin"`
+			}
+			if err := json.Unmarshal([]byte(out), &tok); err != nil {
+				t.Fatalf("proxy token: %v: %s", err, out)
+			}
+			c.start(p2.id, "--roles=proxy", "--proxy-id="+p2.id, "--region="+p2.region, "--data-dir="+filepath.Join(c.dir, p2.id),
+				"--auth="+c.auth, "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--proxy-listen="+p2.listen,
+				"--gossip-listen="+p2.gossip, "--peer-listen="+p2.peer, "--seeds="+seeds[strings.TrimPrefix(r.region, "region-")])
+			if r == a {
+				a2 = p2
+			}
+		}
+		waitFor(t, "six proxies that see each other alive", 60*time.Second, func() bool {
+			ps := c.proxies()
+			if len(ps) != 6 {
+				return false
+			}
+			for _, p := range ps {
+				if !seenAs(ps, p.ID, "alive") {
+					return false
+				}
+			}
+			return true
+		})
+		home := []string{"JUMPGATE_HOME=" + filepath.Join(c.dir, "home-alice-pa2")}
+		if out, code := c.run("alice-password\n", home, "jg", "login", "--proxy="+a2.listen, "--user=alice", "--password-stdin", "--ca-pin="+c.pin()); code != 0 {
+			t.Fatalf("jg login at pa2: %s", out)
+		}
+		out, code := c.run("", home, "jg", "--debug", "ssh", "nodex", "--", "echo", "x-from-pa2")
+		if code != 0 || !strings.Contains(out, "x-from-pa2") || !strings.Contains(out, "path peer pc") {
+			t.Fatalf("nodex from pa2: exit %d: %s", code, out)
 		}
 	})
 	t.Run("kill -9 a proxy", func(t *testing.T) {
