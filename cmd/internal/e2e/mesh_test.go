@@ -88,10 +88,10 @@ func seenAs(ps []proxyInfo, id, health string) bool {
 // TestMesh runs three regions with one proxy each as separate processes on
 // 127.0.0.1, 127.0.0.2 and 127.0.0.3: node X holds a tunnel to region C only,
 // node Y to C and B. A user logged in at A reaches both through the peers
-// that hold them, with jg and with OpenSSH; when C is killed, Y is reached
-// through B and X re-homes to another proxy; when C comes back, it rejoins
-// and serves users again. A second proxy per region then joins, each through a
-// seed in another region, and a user at region A's second proxy reaches X.
+// that hold them, with jg and with OpenSSH. A second proxy per region joins,
+// each through a seed in another region, and a user at region A's second
+// proxy reaches X. When C is killed, Y is reached without it and X re-homes
+// to another proxy; when C comes back, it rejoins and serves users again.
 func TestMesh(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test in -short mode")
