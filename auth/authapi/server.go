@@ -619,20 +619,30 @@ func MeshKeyID(k []byte) string {
 	return hex.EncodeToString(h[:6])
 }
 
-func keyring(keys [][]byte) *MeshKeyring {
+func keyring(keys [][]byte, primary int) *MeshKeyring {
 	r := &MeshKeyring{KeyIDs: []string{}}
-	for _, k := range keys {
-		r.KeyIDs = append(r.KeyIDs, MeshKeyID(k))
+	if len(keys) == 0 {
+		return r
 	}
+	r.KeyIDs = append(r.KeyIDs, MeshKeyID(keys[primary]))
+	for i, k := range keys {
+		if i != primary {
+			r.KeyIDs = append(r.KeyIDs, MeshKeyID(k))
+		}
+	}
+	r.Newest = MeshKeyID(keys[len(keys)-1])
 	return r
 }
 
+// meshKeyOp applies one step of a gossip key rotation. Keys stay in
+// creation order; promote only moves the primary, so a rotation that
+// stopped half-way can always tell the new key (the newest) from the old.
 func (s *Server) meshKeyOp(w http.ResponseWriter, r *http.Request, caller identity.Identity) {
 	var op MeshKeyOp
 	if !readJSON(w, r, &op) {
 		return
 	}
-	keys := s.cfg.Store.MeshKeys()
+	keys, primary := s.cfg.Store.MeshKeyring()
 	find := func() int {
 		for i, k := range keys {
 			if MeshKeyID(k) == op.KeyID {
@@ -643,7 +653,7 @@ func (s *Server) meshKeyOp(w http.ResponseWriter, r *http.Request, caller identi
 	}
 	switch op.Op {
 	case "list":
-		WriteJSON(w, http.StatusOK, keyring(keys))
+		WriteJSON(w, http.StatusOK, keyring(keys, primary))
 		return
 	case "add":
 		if len(keys) >= state.MaxMeshKeys {
@@ -662,29 +672,32 @@ func (s *Server) meshKeyOp(w http.ResponseWriter, r *http.Request, caller identi
 			WriteError(w, http.StatusNotFound, fmt.Sprintf("no mesh key %q in the keyring", op.KeyID))
 			return
 		}
-		keys[0], keys[i] = keys[i], keys[0]
+		primary = i
 	case "remove":
 		i := find()
 		switch {
 		case i < 0:
 			WriteError(w, http.StatusNotFound, fmt.Sprintf("no mesh key %q in the keyring", op.KeyID))
 			return
-		case i == 0:
+		case i == primary:
 			WriteError(w, http.StatusConflict, "that key is the primary: promote another key first")
 			return
 		}
 		keys = append(keys[:i], keys[i+1:]...)
+		if i < primary {
+			primary--
+		}
 	default:
 		WriteError(w, http.StatusBadRequest, fmt.Sprintf("unknown mesh key operation %q: want list, add, promote or remove", op.Op))
 		return
 	}
-	if _, err := s.apply(state.TypeSetMeshKeys, state.SetMeshKeys{Keys: keys}); err != nil {
+	if _, err := s.apply(state.TypeSetMeshKeys, state.SetMeshKeys{Keys: keys, Primary: primary}); err != nil {
 		s.applyErr(w, err)
 		return
 	}
-	s.cfg.Audit.Emit(audit.Event{Type: audit.MeshKeyChanged, User: caller.Name, Subject: MeshKeyID(keys[0]), Command: op.Op})
-	s.cfg.Logger.Info("mesh keyring changed", "op", op.Op, "by", caller.Name, "primary", MeshKeyID(keys[0]), "keys", len(keys))
-	WriteJSON(w, http.StatusOK, keyring(keys))
+	s.cfg.Audit.Emit(audit.Event{Type: audit.MeshKeyChanged, User: caller.Name, Subject: MeshKeyID(keys[primary]), Command: op.Op})
+	s.cfg.Logger.Info("mesh keyring changed", "op", op.Op, "by", caller.Name, "primary", MeshKeyID(keys[primary]), "keys", len(keys))
+	WriteJSON(w, http.StatusOK, keyring(keys, primary))
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request, _ identity.Identity) {

@@ -154,7 +154,8 @@ type MeshKeyOp struct {
 
 // MeshKeyring describes the keyring without the keys.
 type MeshKeyring struct {
-	KeyIDs []string `json:"key_ids"` // primary first
+	KeyIDs []string `json:"key_ids"` // primary first, then in creation order
+	Newest string   `json:"newest"`  // the most recently added key
 }
 
 // MeshKeys is the proxies' gossip keyring, primary first.

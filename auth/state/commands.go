@@ -40,11 +40,15 @@ const MeshKeyBytes = 32
 // rotated in or out.
 const MaxMeshKeys = 4
 
-// SetMeshKeys replaces the proxies' gossip keyring. Keys[0] is the primary
-// (used to encrypt); the others are still accepted, which is how a key is
-// rotated without splitting the mesh.
+// SetMeshKeys replaces the proxies' gossip keyring. Keys are in the order
+// they were created (the newest last) and Primary indexes the one used to
+// encrypt; the others are still accepted, which is how a key is rotated
+// without splitting the mesh. Keeping creation order apart from the choice
+// of primary lets a rotation that stopped half-way tell the new key from
+// the old one.
 type SetMeshKeys struct {
-	Keys [][]byte `json:"keys"`
+	Keys    [][]byte `json:"keys"`
+	Primary int      `json:"primary"`
 }
 
 // Bootstrap names the cluster and sets its first CA keys. It applies once.
@@ -245,7 +249,10 @@ func applySetMeshKeys(d *Data, c SetMeshKeys) (any, []Event, error) {
 		}
 		seen[string(k)] = true
 	}
-	d.MeshKeys = cloneKeys(c.Keys)
+	if c.Primary < 0 || c.Primary >= len(c.Keys) {
+		return nil, nil, fmt.Errorf("mesh primary key %d is not in the keyring of %d", c.Primary, len(c.Keys))
+	}
+	d.MeshKeys, d.MeshPrimary = cloneKeys(c.Keys), c.Primary
 	// Not watched: the keys go to proxies only, over their own endpoint.
 	return nil, nil, nil
 }

@@ -88,9 +88,11 @@ type Data struct {
 	Roles   map[string]identity.Role `json:"roles"`
 	Tokens  map[string]Token         `json:"tokens"` // by hash
 	Nodes   map[string]Node          `json:"nodes"`
-	// MeshKeys is the proxies' gossip keyring, primary first. Secret: it
-	// never appears in watch events.
-	MeshKeys [][]byte `json:"mesh_keys,omitempty"`
+	// MeshKeys is the proxies' gossip keyring in creation order, and
+	// MeshPrimary the index of the key used to encrypt. Secret: it never
+	// appears in watch events.
+	MeshKeys    [][]byte `json:"mesh_keys,omitempty"`
+	MeshPrimary int      `json:"mesh_primary,omitempty"`
 }
 
 func newData() Data {
@@ -154,11 +156,28 @@ func (s *Store) CAs() CAs {
 	return CAs{UserSSH: append([]string(nil), c.UserSSH...), HostSSH: append([]string(nil), c.HostSSH...), TLS: append([][]byte(nil), c.TLS...)}
 }
 
-// MeshKeys returns a copy of the proxies' gossip keyring, primary first.
+// MeshKeys returns a copy of the proxies' gossip keyring, primary first,
+// the others in creation order.
 func (s *Store) MeshKeys() [][]byte {
+	keys, primary := s.MeshKeyring()
+	if len(keys) == 0 {
+		return nil
+	}
+	out := [][]byte{keys[primary]}
+	for i, k := range keys {
+		if i != primary {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// MeshKeyring returns a copy of the gossip keyring in creation order (the
+// newest last) and the index of the primary.
+func (s *Store) MeshKeyring() ([][]byte, int) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return cloneKeys(s.data.MeshKeys)
+	return cloneKeys(s.data.MeshKeys), s.data.MeshPrimary
 }
 
 // User returns a user.
@@ -278,7 +297,7 @@ func (s *Store) Restore(b []byte) error {
 
 // mergeData copies src into dst, keeping dst's non-nil maps when src has nil ones.
 func mergeData(dst *Data, src Data) {
-	dst.Cluster, dst.CAs, dst.MeshKeys = src.Cluster, src.CAs, src.MeshKeys
+	dst.Cluster, dst.CAs, dst.MeshKeys, dst.MeshPrimary = src.Cluster, src.CAs, src.MeshKeys, src.MeshPrimary
 	if src.Users != nil {
 		dst.Users = src.Users
 	}

@@ -144,6 +144,18 @@ func TestMeshKeys(t *testing.T) {
 	if len(s.MeshKeys()) != 2 {
 		t.Fatal("refused keyring changed state")
 	}
+	// Promoting keeps creation order: the newest stays last.
+	mustApply(t, s, 3, TypeSetMeshKeys, SetMeshKeys{Keys: [][]byte{k1, k2}, Primary: 1})
+	if got := s.MeshKeys(); got[0][0] != 1 || got[1][0] != 0 {
+		t.Fatalf("primary first: %v", got)
+	}
+	if keys, p := s.MeshKeyring(); p != 1 || keys[1][0] != 1 {
+		t.Fatalf("creation order lost: %v, primary %d", keys, p)
+	}
+	cmd, _ := Encode(TypeSetMeshKeys, SetMeshKeys{Keys: [][]byte{k1, k2}, Primary: 2})
+	if _, err := s.Apply(4, cmd); err == nil {
+		t.Error("primary outside the keyring accepted")
+	}
 	// Keys survive a snapshot.
 	b, _, err := s.Snapshot()
 	if err != nil {

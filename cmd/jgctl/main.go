@@ -432,11 +432,11 @@ func rotateMeshKey(ctx context.Context, c *authapi.Client, timeout time.Duration
 		if ring, err = c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "add"}); err != nil {
 			return err
 		}
-		fmt.Printf("added key %s\n", ring.KeyIDs[len(ring.KeyIDs)-1])
+		fmt.Printf("added key %s\n", ring.Newest)
 	} else {
 		fmt.Printf("continuing the rotation in progress (keyring %s)\n", strings.Join(ring.KeyIDs, ", "))
 	}
-	newID := ring.KeyIDs[len(ring.KeyIDs)-1]
+	newID := ring.Newest
 	if ring.KeyIDs[0] != newID {
 		if err := waitProxiesKeys(ctx, c, timeout, "hold key "+newID, "holds key "+newID, func(ids []string) bool { return slices.Contains(ids, newID) }); err != nil {
 			return err
@@ -449,7 +449,10 @@ func rotateMeshKey(ctx context.Context, c *authapi.Client, timeout time.Duration
 	if err := waitProxiesKeys(ctx, c, timeout, "use key "+newID, "uses key "+newID, func(ids []string) bool { return len(ids) > 0 && ids[0] == newID }); err != nil {
 		return err
 	}
-	for _, id := range ring.KeyIDs[1:] {
+	for _, id := range ring.KeyIDs {
+		if id == newID {
+			continue
+		}
 		if _, err := c.MeshKeyOp(ctx, authapi.MeshKeyOp{Op: "remove", KeyID: id}); err != nil {
 			return err
 		}
@@ -462,6 +465,11 @@ func rotateMeshKey(ctx context.Context, c *authapi.Client, timeout time.Duration
 	return nil
 }
 
+// waitProxiesKeys waits until every proxy of the mesh holds a keyring that
+// ok accepts. "Every proxy" is every proxy that reported to auth in the last
+// minute with a mesh, and every proxy any of them sees alive or suspect in
+// gossip: one that is cut off from auth but alive in the mesh must not be
+// left without a key it shares with the others.
 func waitProxiesKeys(ctx context.Context, c *authapi.Client, timeout time.Duration, what, done string, ok func(ids []string) bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -469,20 +477,39 @@ func waitProxiesKeys(ctx context.Context, c *authapi.Client, timeout time.Durati
 		if err != nil {
 			return err
 		}
-		var lagging []string
+		fresh := map[string]authapi.ProxyState{}
+		required := map[string]bool{}
 		for _, p := range proxies {
-			if time.Since(p.LastSeen) > time.Minute {
-				continue // not reporting: dead or gone; it gets the keyring when it starts
+			if p.Mesh == nil || time.Since(p.LastSeen) > time.Minute {
+				continue
 			}
-			if p.Mesh == nil || !ok(p.Mesh.KeyIDs) {
-				lagging = append(lagging, p.ID)
+			fresh[p.ID] = p
+			required[p.ID] = true
+			for _, pv := range p.Mesh.Peers {
+				if pv.Health == "alive" || pv.Health == "suspect" {
+					required[pv.ID] = true
+				}
 			}
 		}
-		if len(lagging) == 0 {
+		var lagging []string
+		for id := range required {
+			p, reporting := fresh[id]
+			switch {
+			case !reporting:
+				lagging = append(lagging, id+" (alive in the mesh but not reporting to auth)")
+			case !ok(p.Mesh.KeyIDs):
+				lagging = append(lagging, id)
+			}
+		}
+		sort.Strings(lagging)
+		if len(required) > 0 && len(lagging) == 0 {
 			fmt.Printf("every proxy now %s\n", done)
 			return nil
 		}
 		if time.Now().After(deadline) {
+			if len(required) == 0 {
+				return fmt.Errorf("no proxy with a mesh has reported to auth in the last minute, so nothing can be verified: check the proxies, then run jgctl mesh rotate-key again")
+			}
 			return fmt.Errorf("after %s these proxies still do not %s: %s; the mesh is safe as it is (all proxies share a key); check them and run jgctl mesh rotate-key again to continue", timeout, what, strings.Join(lagging, ", "))
 		}
 		select {

@@ -217,6 +217,9 @@ func (c *Config) CheckAndSetDefaults() error {
 		if l := c.Proxy.Location; l != nil && (l.Lat < -90 || l.Lat > 90 || l.Lon < -180 || l.Lon > 180) {
 			return fmt.Errorf("proxy: location %v,%v: latitude must be within ±90 and longitude within ±180", l.Lat, l.Lon)
 		}
+		if a := c.Proxy.Mesh.AdvertiseAddr; a != "" && (strings.ContainsAny(a, ":/ ") && net.ParseIP(a) == nil) {
+			return fmt.Errorf("proxy: mesh.advertise_addr %q: want a host name or IP address without a port", a)
+		}
 		if m := &c.Proxy.Mesh; m.Enabled() {
 			if err := checkHostPort("proxy.mesh.gossip_listen", m.GossipListen); err != nil {
 				return err
@@ -235,9 +238,13 @@ func (c *Config) CheckAndSetDefaults() error {
 		} else if len(c.Proxy.Mesh.Seeds) > 0 || c.Proxy.Mesh.PeerListen != "" {
 			return errors.New("proxy: mesh seeds or peer_listen given without mesh.gossip_listen (--gossip-listen)")
 		}
-		if !c.Has("auth") && (c.Proxy.AuthAddr == "" || c.Proxy.Token == "" && c.Proxy.CAPin == "") {
-			return errors.New("proxy: without the auth role in this process, auth_addr (--auth) and, on first start, token and ca_pin are required")
+		if !c.Has("auth") && c.Proxy.AuthAddr == "" {
+			return errors.New("proxy: without the auth role in this process, auth_addr (--auth) is required; on first start also give token and ca_pin")
 		}
+		if (c.Proxy.Token == "") != (c.Proxy.CAPin == "") && !c.Has("auth") {
+			return errors.New("proxy: give token and ca_pin together (jgctl tokens add --type=proxy prints both)")
+		}
+
 	}
 	if c.Has("node") {
 		if c.Node.Name == "" {

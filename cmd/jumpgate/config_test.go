@@ -27,7 +27,18 @@ func TestParseConfig(t *testing.T) {
 		"roles: [auth]\ndata_dir: /x\nauth: {cluster_name: c, listen: nope}\n",
 		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: '0.0.0.0:22'}\n", // bench listener off loopback
 		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: 'localhost'}\n",
+		"roles: [proxy]\ndata_dir: /x\nproxy: {id: p2, token: t}\n",                                           // no auth_addr
+		"roles: [proxy]\ndata_dir: /x\nproxy: {id: p2, auth_addr: 'a:1', token: t}\n",                         // token without pin
+		"roles: [proxy]\ndata_dir: /x\nproxy: {id: p2, auth_addr: 'a:1', mesh: {advertise_addr: 'h:3082'}}\n", // advertise with a port
 		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, tunnel_transport: udp}\n",
+	}
+	// A joined proxy restarts with neither token nor pin.
+	restart, err := ParseConfig([]byte("roles: [proxy]\ndata_dir: /x\nproxy: {id: p2, auth_addr: 'a:1', mesh: {gossip_listen: '0.0.0.0:3082', peer_listen: '0.0.0.0:3081', advertise_addr: '203.0.113.7'}}\n"))
+	if err == nil {
+		err = restart.CheckAndSetDefaults()
+	}
+	if err != nil {
+		t.Fatalf("proxy restart config refused: %v", err)
 	}
 	ok, err := ParseConfig([]byte("roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, bench_ssh_listen: '127.0.0.1:0'}\n"))
 	if err == nil {

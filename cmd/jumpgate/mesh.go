@@ -58,6 +58,9 @@ func startMesh(ctx context.Context, p *process, cfg Config, cluster string, tunn
 		kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		k, err := upstream.MeshKeys(kctx)
 		cancel()
+		if err == nil && len(k) == 0 {
+			err = errors.New("auth returned an empty mesh keyring")
+		}
 		if err == nil {
 			keys = k
 			break
@@ -261,7 +264,14 @@ func (e *dialError) Offline() bool    { return e.code == ingress.CodeOffline }
 // dial reaches node: down a tunnel held here, else through the peers that
 // hold one, best first (mesh/route), trying the next when one fails.
 func (pm *proxyMesh) dial(ctx context.Context, node string, user identity.Identity, clientAddr string) (net.Conn, error) {
-	c, localErr := pm.tunnels.Dial(ctx, node, proto.DialRequest{Version: proto.Version, ClientAddr: clientAddr, User: user.Name})
+	// When other proxies hold the node too, a half-dead local tunnel gets
+	// only a hop's share of the time, not the whole dial's.
+	lctx, lcancel := ctx, context.CancelFunc(func() {})
+	if pm.gossip != nil && slices.ContainsFunc(pm.gossip.Holders(node), func(id string) bool { return id != pm.id }) {
+		lctx, lcancel = context.WithTimeout(ctx, route.DefaultHopTimeout)
+	}
+	c, localErr := pm.tunnels.Dial(lctx, node, proto.DialRequest{Version: proto.Version, ClientAddr: clientAddr, User: user.Name})
+	lcancel()
 	if localErr == nil {
 		return pathConn{Conn: c, path: "local"}, nil
 	}
@@ -378,6 +388,10 @@ func (pm *proxyMesh) syncKeys(ctx context.Context, upstream *authapi.Client) {
 			if ctx.Err() == nil {
 				pm.log.Warn("refresh the mesh gossip key from auth", "err", err)
 			}
+			continue
+		}
+		if len(keys) == 0 {
+			pm.log.Warn("auth returned an empty mesh keyring; keeping the current keys")
 			continue
 		}
 		pm.mu.Lock()

@@ -364,7 +364,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		return nil
 	})
 	presenceKick := make(chan struct{}, 1)
-	var pm *proxyMesh // set below; tunnel events before that are replayed from Nodes()
+	var pm *proxyMesh // set below, before the tunnel server serves
 	var pmMu sync.Mutex
 	tunnelReset, _, err := resetKeys(cfg.DataDir)
 	if err != nil {
@@ -393,8 +393,6 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return fmt.Errorf("proxy tunnel listen (UDP %s): %w", cfg.Proxy.Listen, err)
 	}
-	p.goServe("tunnel server", func() error { return tsrv.Serve(udp) })
-	p.onShutdown(func(ctx context.Context) { tsrv.Shutdown(ctx) }) //nolint:errcheck
 	publicAddr := cfg.Proxy.Listen
 	if len(cfg.Proxy.PublicAddrs) > 0 {
 		_, port, _ := net.SplitHostPort(cfg.Proxy.Listen)
@@ -423,9 +421,11 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	pmMu.Lock()
 	pm = m
 	pmMu.Unlock()
-	for _, n := range tsrv.Nodes() { // tunnels that came up before the mesh started
-		m.onTunnel(tserver.TunnelEvent{Type: tserver.TunnelUp, Node: n})
-	}
+	// Tunnels only once the mesh is up: every tunnel event then reaches the
+	// directory, and a node never holds a tunnel to a proxy the mesh does
+	// not know yet.
+	p.goServe("tunnel server", func() error { return tsrv.Serve(udp) })
+	p.onShutdown(func(ctx context.Context) { tsrv.Shutdown(ctx) }) //nolint:errcheck
 	ing, err := ingress.New(ingress.Config{
 		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
 		Proxies: m.proxies, PublicAddr: publicAddr,
@@ -706,9 +706,20 @@ func nodeDiscovery(seeds []string, newClient func(addr string) (*authapi.Client,
 	var mu sync.Mutex // guards following
 	known := append([]string(nil), seeds...)
 	clients := map[string]*authapi.Client{}
+	lastGood := ""
 	return func(ctx context.Context) ([]agent.Candidate, error) {
 		mu.Lock()
-		addrs := append([]string(nil), known...)
+		// The proxy that answered last first: after a region dies, the
+		// seeds may be the ones that time out.
+		addrs := []string{}
+		if lastGood != "" {
+			addrs = append(addrs, lastGood)
+		}
+		for _, a := range known {
+			if a != lastGood {
+				addrs = append(addrs, a)
+			}
+		}
 		mu.Unlock()
 		var errs []error
 		for _, addr := range addrs {
@@ -726,7 +737,9 @@ func nodeDiscovery(seeds []string, newClient func(addr string) (*authapi.Client,
 				mu.Unlock()
 				cl = c
 			}
-			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			// A short timeout each, so that a few silent proxies do not use
+			// up the agent's whole discovery budget.
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			ps, err := cl.MeshProxies(qctx)
 			cancel()
 			if err != nil {
@@ -735,6 +748,7 @@ func nodeDiscovery(seeds []string, newClient func(addr string) (*authapi.Client,
 			}
 			var out []agent.Candidate
 			mu.Lock()
+			lastGood = addr
 			for _, mp := range ps {
 				out = append(out, agent.Candidate{ID: mp.ID, Addr: mp.PublicAddr, Draining: mp.State == "draining"})
 				if !slices.Contains(known, mp.PublicAddr) && len(known) < 64 {

@@ -315,6 +315,7 @@ func (s *Server) handleDial(tc *tls.Conn) {
 			s.cfg.Audit.Emit(ev)
 		}
 		s.cfg.Logger.Info("dial refused", "user", ev.User, "node", req.Node, "remote", remote, "code", r.Code, "err", r.Error)
+		_ = tc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		_ = WriteLine(tc, r)
 	}
 	if bad != nil {
@@ -348,6 +349,9 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: err.Error()})
 		return
 	}
+	// The handshake deadline is over: reaching the node has its own
+	// (DialTimeout), and the answer must still reach the client after it.
+	_ = tc.SetDeadline(time.Time{})
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	nc, err := s.cfg.Dialer.DialNode(ctx, node.ID, user, remote)
 	cancel()

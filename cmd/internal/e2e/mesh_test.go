@@ -249,6 +249,35 @@ func TestMesh(t *testing.T) {
 			t.Fatalf("nodex from pa2: exit %d: %s", code, out)
 		}
 	})
+	t.Run("rotate the mesh key", func(t *testing.T) {
+		before := c.jgctl("mesh", "keys", "--json")
+		out := c.jgctl("mesh", "rotate-key", "--timeout=90s")
+		if !strings.Contains(out, "rotation done") {
+			t.Fatalf("rotate-key: %s", out)
+		}
+		var after struct {
+			Keyring struct {
+				KeyIDs []string `json:"key_ids"`
+			} `json:"keyring"`
+			Proxies []proxyInfo `json:"proxies"`
+		}
+		if err := json.Unmarshal([]byte(c.jgctl("mesh", "keys", "--json")), &after); err != nil {
+			t.Fatal(err)
+		}
+		if len(after.Keyring.KeyIDs) != 1 || strings.Contains(before, after.Keyring.KeyIDs[0]) {
+			t.Fatalf("keyring after rotation %v; before: %s", after.Keyring.KeyIDs, before)
+		}
+		// The mesh is still whole and still routes.
+		ps := c.proxies()
+		for _, p := range ps {
+			if !seenAs(ps, p.ID, "alive") {
+				t.Errorf("after rotation %s is not seen alive by every proxy", p.ID)
+			}
+		}
+		if out, code := c.run("", alice, "jg", "ssh", "nodex", "--", "echo", "x-after-rotation"); code != 0 || !strings.Contains(out, "x-after-rotation") {
+			t.Fatalf("nodex after rotation: exit %d: %s", code, out)
+		}
+	})
 	t.Run("kill -9 a proxy", func(t *testing.T) {
 		start := time.Now()
 		c.procs["pc"].Process.Signal(syscall.SIGKILL)
