@@ -36,11 +36,12 @@ type params struct {
 	Reps     int   // throughput repetitions per path and direction
 	Connects int   // `ssh host true` repetitions per path
 	Upload   bool  // also measure client-to-node throughput
+	Sessions []int // concurrent-session counts to hold through one proxy
 }
 
 var modes = map[string]params{
-	"quick": {Bytes: 1 << 30, Reps: 3, Connects: 15, Upload: true},
-	"full":  {Bytes: 1 << 30, Reps: 9, Connects: 60, Upload: true},
+	"quick": {Bytes: 1 << 30, Reps: 3, Connects: 15, Upload: true, Sessions: []int{100}},
+	"full":  {Bytes: 1 << 30, Reps: 9, Connects: 60, Upload: true, Sessions: []int{100, 1000}},
 }
 
 func main() {
@@ -57,6 +58,7 @@ func main() {
 	out := flag.String("out", "benchmarks/RESULTS.md", "where to write the results (- for stdout only)")
 	mode := flag.String("mode", envOr("BENCH", "quick"), "quick or full")
 	keep := flag.Bool("keep", false, "keep the work directory (configs, logs) after the run")
+	sessionsOnly := flag.Int("sessions", 0, "only hold this many concurrent sessions through one proxy and report their memory")
 	hold := flag.Bool("hold", false, "set up, print how to use each path, and wait for Ctrl-C instead of measuring")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -81,6 +83,15 @@ func main() {
 	if *hold {
 		fmt.Printf("Every path is up. Try, for example:\n  JUMPGATE_HOME=%s ssh -F %s jumpgate\nHosts: direct, directpipe, proxyjump, jgnode, jumpgate, jumpgatetcp, jumpgate2.\nProfiles: http://%s/debug/pprof/ (auth+proxy), http://%s/debug/pprof/ (node). Ctrl-C stops.\n", env.jgHome, env.sshConfig, env.diagProxy, env.diagNode)
 		<-ctx.Done()
+		return
+	}
+	if *sessionsOnly > 0 {
+		sr, err := env.concurrentSessions(ctx, *sessionsOnly)
+		if err != nil {
+			log.Fatalf("sessions: %v", err)
+		}
+		fmt.Printf("%d sessions open in %v: proxy %d → %d KiB (%.0f KiB per session), node %d → %d KiB (%.0f KiB per session)\n",
+			sr.N, sr.Open.Round(time.Millisecond), sr.ProxyBefore, sr.ProxyAfter, sr.ProxyKiB, sr.NodeBefore, sr.NodeAfter, sr.NodeKiB)
 		return
 	}
 	res, err := run(ctx, env, p)
@@ -180,6 +191,14 @@ func run(ctx context.Context, env *env, p params) (*results, error) {
 	}
 	for _, pa := range paths {
 		log.Printf("%-10s connect median %.1f ms", pa.Host, median(r.Connect[pa.Host]))
+	}
+	for _, n := range p.Sessions {
+		sr, err := env.concurrentSessions(ctx, n)
+		if err != nil {
+			return nil, fmt.Errorf("%d concurrent sessions: %w", n, err)
+		}
+		log.Printf("%d sessions open in %v: proxy %.0f KiB, node %.0f KiB per session", n, sr.Open.Round(time.Millisecond), sr.ProxyKiB, sr.NodeKiB)
+		r.Sessions = append(r.Sessions, sr)
 	}
 	return r, nil
 }
