@@ -212,10 +212,12 @@ func (pm *proxyMesh) onTunnel(ev tserver.TunnelEvent) {
 
 // online reports whether any proxy of the mesh holds a tunnel to node.
 func (pm *proxyMesh) online(node string) bool {
-	if slices.ContainsFunc(pm.tunnels.Nodes(), func(n tserver.NodeInfo) bool { return n.ID == node }) {
-		return true
+	if pm.gossip != nil {
+		// The directory lists this proxy's own tunnels too: one lookup,
+		// not a scan of every tunnel for each node of a `jg ls`.
+		return len(pm.gossip.Holders(node)) > 0
 	}
-	return pm.gossip != nil && len(pm.gossip.Holders(node)) > 0
+	return slices.ContainsFunc(pm.tunnels.Nodes(), func(n tserver.NodeInfo) bool { return n.ID == node })
 }
 
 // proxies lists the live proxies of the mesh for nodes and users.
@@ -359,14 +361,11 @@ func (pm *proxyMesh) report(sessions int) *authapi.ProxyMesh {
 	}
 	pm.mu.Lock()
 	for _, k := range pm.keys {
-		out.KeyIDs = append(out.KeyIDs, keyID(k))
+		out.KeyIDs = append(out.KeyIDs, authapi.MeshKeyID(k))
 	}
 	pm.mu.Unlock()
 	return out
 }
-
-// keyID names a gossip key without revealing it.
-func keyID(k []byte) string { return authapi.MeshKeyID(k) }
 
 // syncKeys keeps the gossip keyring equal to auth's: new keys are installed,
 // the primary is switched, removed keys are dropped. A rotation adds a key
@@ -407,23 +406,23 @@ func (pm *proxyMesh) syncKeys(ctx context.Context, upstream *authapi.Client) {
 		pm.mu.Lock()
 		pm.keys = keys
 		pm.mu.Unlock()
-		pm.log.Info("mesh gossip keyring updated", "primary", keyID(keys[0]), "keys", len(keys))
+		pm.log.Info("mesh gossip keyring updated", "primary", authapi.MeshKeyID(keys[0]), "keys", len(keys))
 	}
 }
 
 func (pm *proxyMesh) applyKeys(old, keys [][]byte) error {
 	for _, k := range keys {
 		if err := pm.gossip.InstallKey(k); err != nil {
-			return fmt.Errorf("install key %s: %w", keyID(k), err)
+			return fmt.Errorf("install key %s: %w", authapi.MeshKeyID(k), err)
 		}
 	}
 	if err := pm.gossip.UseKey(keys[0]); err != nil {
-		return fmt.Errorf("use key %s: %w", keyID(keys[0]), err)
+		return fmt.Errorf("use key %s: %w", authapi.MeshKeyID(keys[0]), err)
 	}
 	for _, k := range old {
 		if !slices.ContainsFunc(keys, func(n []byte) bool { return string(n) == string(k) }) {
 			if err := pm.gossip.RemoveKey(k); err != nil {
-				return fmt.Errorf("remove key %s: %w", keyID(k), err)
+				return fmt.Errorf("remove key %s: %w", authapi.MeshKeyID(k), err)
 			}
 		}
 	}

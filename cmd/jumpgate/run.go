@@ -364,8 +364,9 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		return nil
 	})
 	presenceKick := make(chan struct{}, 1)
-	var pm *proxyMesh // set below, before the tunnel server serves
-	var pmMu sync.Mutex
+	// pm is set below, before the tunnel server serves (starting that
+	// goroutine orders the write before every OnTunnel call).
+	var pm *proxyMesh
 	tunnelReset, _, err := resetKeys(cfg.DataDir)
 	if err != nil {
 		return err
@@ -373,12 +374,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	tsrv, err := tserver.New(tserver.Config{
 		ProxyID: cfg.Proxy.ID, ClusterName: cluster, GetCertificate: getCert, ClientCAs: cache.TLSPool, StatelessResetKey: tunnelReset,
 		OnTunnel: func(ev tserver.TunnelEvent) {
-			pmMu.Lock()
-			m := pm
-			pmMu.Unlock()
-			if m != nil {
-				m.onTunnel(ev)
-			}
+			pm.onTunnel(ev)
 			select {
 			case presenceKick <- struct{}{}:
 			default:
@@ -418,9 +414,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return err
 	}
-	pmMu.Lock()
 	pm = m
-	pmMu.Unlock()
 	// Tunnels only once the mesh is up: every tunnel event then reaches the
 	// directory, and a node never holds a tunnel to a proxy the mesh does
 	// not know yet.

@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +17,9 @@ import (
 	"jumpgate.dev/jumpgate/auth/authtest"
 )
 
+// logBuf collects log output; see authtest.LogBuf.
+type logBuf = authtest.LogBuf
+
 var (
 	testKey  = bytes.Repeat([]byte{0x42}, 32)
 	otherKey = bytes.Repeat([]byte{0x17}, 32)
@@ -26,23 +28,6 @@ var (
 // logBuf collects the logs of a test's proxies; they are printed only if
 // the test fails (memberlist may log from goroutines that outlive the
 // test, where t.Log would panic).
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // env is one test's mesh: proxies sharing a log buffer.
 type env struct {
 	t    *testing.T

@@ -124,7 +124,7 @@ func TestGarbage(t *testing.T) {
 				labels = []string{tc.label, tc.value}
 			}
 			authtest.WaitFor(t, waitFor, "the refusal to be counted and logged", func() bool {
-				return b.metric(t, tc.metric, labels...) > 0 && b.log.count(tc.log...) == 1
+				return b.metric(t, tc.metric, labels...) > 0 && b.log.Count(tc.log...) == 1
 			})
 			if tc.metric == "jumpgate_peer_handshake_failures_total" {
 				if got := b.metricSum(t, tc.metric); got != 1 {

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +21,9 @@ import (
 	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/auth/identity"
 )
+
+// logBuf collects log output; see authtest.LogBuf.
+type logBuf = authtest.LogBuf
 
 const (
 	cluster = "prod"
@@ -40,39 +42,6 @@ var leakMarkers = []string{"jumpgate.dev/jumpgate/mesh/peer", "github.com/quic-g
 // still run a few seconds after its other cleanups. Call it first in a test
 // so that its cleanup runs last.
 func checkLeaks(t testing.TB) { t.Helper(); authtest.CheckLeaks(t, leakMarkers...) }
-
-// logBuf collects log output; it is printed if the test fails.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// count returns how many lines contain all of words.
-func (l *logBuf) count(words ...string) int {
-	n := 0
-	for line := range strings.SplitSeq(l.String(), "\n") {
-		ok := line != ""
-		for _, w := range words {
-			ok = ok && strings.Contains(line, w)
-		}
-		if ok {
-			n++
-		}
-	}
-	return n
-}
 
 // env is a cluster: its CA, a TCP echo server standing in for nodes, and the
 // proxies started in it.

@@ -352,7 +352,7 @@ func TestLoops(t *testing.T) {
 	if err != nil || resp.Code != CodeLoop || !strings.Contains(resp.Message, "already passed through proxy b") {
 		t.Fatalf("request with b in Hops answered %+v, %v", resp, err)
 	}
-	if b.log.count("refused peer dial", "code=loop") != 1 {
+	if b.log.Count("refused peer dial", "code=loop") != 1 {
 		t.Errorf("b did not log the loop")
 	}
 }
@@ -416,7 +416,7 @@ func TestSlowLoris(t *testing.T) {
 		t.Errorf("reset took %v", d)
 	}
 	b.waitMetric(t, 1, "jumpgate_peer_accepted_streams_total", "outcome", outcomeTimeout)
-	if b.log.count("level=WARN", "sent no complete dial request", "peer=c") != 1 {
+	if b.log.Count("level=WARN", "sent no complete dial request", "peer=c") != 1 {
 		t.Errorf("no warning about the stalled stream")
 	}
 	echoOnce(t, live, "unaffected")
@@ -532,7 +532,7 @@ func TestShutdownWaitsForStreams(t *testing.T) {
 		t.Fatal("Shutdown did not return after the last stream closed")
 	}
 	authtest.WaitFor(t, waitFor, "a to see b go", func() bool { return len(a.m.Peers()) == 0 })
-	if b.log.count("peer disconnected", "proxy b is shutting down") != 1 {
+	if b.log.Count("peer disconnected", "proxy b is shutting down") != 1 {
 		t.Errorf("b did not log closing the connection")
 	}
 	a.stop(t)

@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/tunnel/agent"
 	"jumpgate.dev/jumpgate/tunnel/proto"
@@ -22,42 +22,12 @@ import (
 	"jumpgate.dev/jumpgate/tunnel/server/servertest"
 )
 
+// logBuf collects log output; see authtest.LogBuf.
+type logBuf = authtest.LogBuf
+
 func TestMain(m *testing.M) { servertest.MainLeakCheck(m) }
 
 const waitFor = 10 * time.Second
-
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) count(words ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		ok := line != ""
-		for _, w := range words {
-			ok = ok && strings.Contains(line, w)
-		}
-		if ok {
-			n++
-		}
-	}
-	return n
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 func logger(t *testing.T) (*slog.Logger, *logBuf) {
 	lb := &logBuf{}
@@ -229,7 +199,7 @@ func TestProxyIdentityIsChecked(t *testing.T) {
 			if len(srv.Nodes()) != 0 {
 				t.Fatal("the node registered with a proxy it should not trust")
 			}
-			if n := logs.count("level=WARN", "cannot set up tunnel"); n != 1 {
+			if n := logs.Count("level=WARN", "cannot set up tunnel"); n != 1 {
 				t.Fatalf("logged %d warnings, want 1", n)
 			}
 		})
@@ -256,7 +226,7 @@ func TestUnreachableProxy(t *testing.T) {
 	if st.LastError == nil || !strings.Contains(st.LastError.Error(), "no answer within 100ms") {
 		t.Fatalf("LastError = %v", st.LastError)
 	}
-	if n := logs.count("level=WARN", "cannot set up tunnel"); n != 1 {
+	if n := logs.Count("level=WARN", "cannot set up tunnel"); n != 1 {
 		t.Fatalf("logged %d warnings, want 1:\n%s", n, logs)
 	}
 }

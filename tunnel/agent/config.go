@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/quic-go/quic-go"
 
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/tunnel/internal/transport"
@@ -274,24 +272,11 @@ func (c *Config) checkAndSetDefaults() error {
 	return nil
 }
 
-func (c *Config) muxConfig(log *slog.Logger) transport.MuxConfig {
-	return transport.MuxConfig{
-		StreamWindow:    uint32(min(c.StreamReceiveWindow, math.MaxUint32)),
-		KeepAlivePeriod: c.KeepAlivePeriod,
-		IdleTimeout:     c.MaxIdleTimeout,
-		AcceptBacklog:   muxAcceptBacklog,
-		Logger:          log,
-	}
-}
-
-func (c *Config) quicConfig() *quic.Config {
-	return &quic.Config{
-		HandshakeIdleTimeout:       c.HandshakeTimeout,
-		MaxIdleTimeout:             c.MaxIdleTimeout,
-		KeepAlivePeriod:            c.KeepAlivePeriod,
-		MaxStreamReceiveWindow:     c.StreamReceiveWindow,
-		MaxConnectionReceiveWindow: c.ConnectionReceiveWindow,
-		MaxIncomingStreams:         maxIncomingStreams,
-		MaxIncomingUniStreams:      -1,
+// tuning is this config's connection settings for both transports.
+func (c *Config) tuning() transport.Tuning {
+	return transport.Tuning{
+		HandshakeTimeout: c.HandshakeTimeout, KeepAlivePeriod: c.KeepAlivePeriod, MaxIdleTimeout: c.MaxIdleTimeout,
+		StreamReceiveWindow: c.StreamReceiveWindow, ConnectionReceiveWindow: c.ConnectionReceiveWindow,
+		MaxIncomingStreams: maxIncomingStreams, MuxAcceptBacklog: muxAcceptBacklog,
 	}
 }

@@ -362,7 +362,7 @@ func TestRehomeOffDeadProxy(t *testing.T) {
 	if v := rehomes(t, reg, "dead"); v != 1 {
 		t.Fatalf("rehomes{dead} = %v, want 1", v)
 	}
-	if n := logs.count("level=INFO", "re-homing tunnel", "node=web-1", "reason=dead", "from_proxy=p2", "proxy=p3", "proxy_addr="+a3); n != 1 {
+	if n := logs.Count("level=INFO", "re-homing tunnel", "node=web-1", "reason=dead", "from_proxy=p2", "proxy=p3", "proxy_addr="+a3); n != 1 {
 		t.Fatalf("logged %d re-homing lines from p2 to p3, want 1", n)
 	}
 }
@@ -450,7 +450,7 @@ func TestRehomeOffDrainingProxy(t *testing.T) {
 	if v := rehomes(t, reg, "draining"); v != 1 {
 		t.Fatalf("rehomes{draining} = %v, want 1", v)
 	}
-	if n := logs.count("level=INFO", "re-homing tunnel", "reason=draining", "from_proxy=p2", "proxy=p3"); n != 1 {
+	if n := logs.Count("level=INFO", "re-homing tunnel", "reason=draining", "from_proxy=p2", "proxy=p3"); n != 1 {
 		t.Fatalf("logged %d re-homing lines from p2 to p3, want 1", n)
 	}
 }
@@ -509,14 +509,14 @@ func TestRehomeDiscoverFails(t *testing.T) {
 	if st := tunnels(a); len(st) != 3 {
 		t.Fatalf("tunnels %v after failed discoveries, want the 3 seeds", st)
 	}
-	if n := logs.count("level=WARN", "cannot discover proxies", "auth server unreachable"); n != 1 {
+	if n := logs.Count("level=WARN", "cannot discover proxies", "auth server unreachable"); n != 1 {
 		t.Fatalf("logged %d warnings, want 1", n)
 	}
 
 	// Discovery works: the farthest seed is closed.
 	m.set(m.listed(p1, a1, 10*time.Millisecond), m.listed(p2, a2, 20*time.Millisecond), m.listed(p3, a3, 30*time.Millisecond))
 	waitTunnels(t, a, "p1", "p2")
-	if n := logs.count("level=INFO", "discovering proxies works again"); n != 1 {
+	if n := logs.Count("level=INFO", "discovering proxies works again"); n != 1 {
 		t.Fatalf("logged %d recoveries, want 1", n)
 	}
 
@@ -529,7 +529,7 @@ func TestRehomeDiscoverFails(t *testing.T) {
 	if st := tunnels(a); !slices.Equal(st, []string{"p1@connected", "p2@connected"}) {
 		t.Fatalf("tunnels %v after failed discoveries", st)
 	}
-	if n := logs.count("level=WARN", "cannot discover proxies", "the answer lists no proxy"); n != 1 {
+	if n := logs.Count("level=WARN", "cannot discover proxies", "the answer lists no proxy"); n != 1 {
 		t.Fatalf("logged %d warnings about an empty answer, want 1", n)
 	}
 	// Nothing was given up but the surplus seed.
@@ -590,7 +590,7 @@ func TestRehomeOffFailingProxy(t *testing.T) {
 	if v := rehomes(t, reg, "failing"); v != 1 {
 		t.Fatalf("rehomes{failing} = %v, want 1", v)
 	}
-	if n := logs.count("level=INFO", "re-homing tunnel", "reason=failing", "from_proxy=p2", "proxy=p3"); n != 1 {
+	if n := logs.Count("level=INFO", "re-homing tunnel", "reason=failing", "from_proxy=p2", "proxy=p3"); n != 1 {
 		t.Fatalf("logged %d re-homing lines from p2 to p3, want 1", n)
 	}
 }

@@ -119,7 +119,7 @@ func TestFallbackToTCPAndBack(t *testing.T) {
 		t.Fatalf("proxy Nodes() = %+v, want the node over tcp", n)
 	}
 	warning := "UDP to proxy p1 (" + addr + ") looks blocked (no answer in 300ms); using TLS over TCP"
-	if n := logs.count("level=WARN", warning); n != 1 {
+	if n := logs.Count("level=WARN", warning); n != 1 {
 		t.Errorf("logged %q %d times, want once:\n%s", warning, n, logs)
 	}
 	if got := value(t, reg, "jumpgate_tunnel_agent_transport_fallbacks_total"); got != 1 {
@@ -139,7 +139,7 @@ func TestFallbackToTCPAndBack(t *testing.T) {
 	servertest.WaitFor(t, waitFor, "two retries of QUIC", func() bool {
 		return value(t, reg, "jumpgate_tunnel_agent_connects_total", "outcome", "timeout", "transport", "quic") >= 3
 	})
-	if n := logs.count("level=WARN"); n != 1 {
+	if n := logs.Count("level=WARN"); n != 1 {
 		t.Errorf("%d warnings, want only the fallback:\n%s", n, logs)
 	}
 	if st := a.Status()[0]; st.Transport != "tcp" || st.State != agent.StateConnected {
@@ -180,7 +180,7 @@ func TestFallbackToTCPAndBack(t *testing.T) {
 	if got := value(t, reg, "jumpgate_tunnel_agent_connected_proxies"); got != 1 {
 		t.Errorf("connected_proxies = %v", got)
 	}
-	if logs.count("level=INFO", "UDP to the proxy works again") != 1 || logs.count("the tunnel that QUIC replaced has closed") != 1 {
+	if logs.Count("level=INFO", "UDP to the proxy works again") != 1 || logs.Count("the tunnel that QUIC replaced has closed") != 1 {
 		t.Errorf("the move is not logged:\n%s", logs)
 	}
 	if st := a.Status(); len(st) != 1 {
@@ -264,7 +264,7 @@ func TestNoFallbackWhenQUICAnswers(t *testing.T) {
 			t.Errorf("connects_total{%s,tcp} = %v, want no TCP attempt", o, got)
 		}
 	}
-	if logs.count("looks blocked") != 0 {
+	if logs.Count("looks blocked") != 0 {
 		t.Errorf("logged a fallback:\n%s", logs)
 	}
 }
@@ -295,7 +295,7 @@ func TestNoFallbackWhenTCPFailsToo(t *testing.T) {
 	if got := value(t, reg, "jumpgate_tunnel_agent_transport_fallbacks_total"); got != 0 {
 		t.Errorf("fallbacks_total = %v", got)
 	}
-	if n := logs.count("level=WARN", "cannot set up tunnel"); n != 1 {
+	if n := logs.Count("level=WARN", "cannot set up tunnel"); n != 1 {
 		t.Errorf("logged %d warnings, want 1:\n%s", n, logs)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,45 +23,15 @@ import (
 	"jumpgate.dev/jumpgate/tunnel/server/servertest"
 )
 
+// logBuf collects log output; see authtest.LogBuf.
+type logBuf = authtest.LogBuf
+
 func TestMain(m *testing.M) { servertest.MainLeakCheck(m) }
 
 const (
 	cluster = "prod"
 	waitFor = 10 * time.Second
 )
-
-// logBuf collects log output; it is printed if the test fails.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// count returns how many lines contain all of words.
-func (l *logBuf) count(words ...string) int {
-	n := 0
-	for _, line := range strings.Split(l.String(), "\n") {
-		ok := line != ""
-		for _, w := range words {
-			ok = ok && strings.Contains(line, w)
-		}
-		if ok {
-			n++
-		}
-	}
-	return n
-}
 
 func newLogger(t testing.TB, name string) (*slog.Logger, *logBuf) {
 	lb := &logBuf{}

@@ -130,10 +130,10 @@ func New(cfg Config) (*Server, error) {
 		cfg:      cfg,
 		log:      cfg.Logger.With("proxy", cfg.ProxyID),
 		metrics:  m,
-		quicConf: cfg.quicConfig(),
+		quicConf: cfg.tuning().QUIC(),
 		nodes:    make(map[string][]*tunnel),
 	}
-	s.muxConf = cfg.muxConfig(s.log)
+	s.muxConf = cfg.tuning().Mux(s.log)
 	s.tlsConf = cfg.tlsConfig()
 	s.tlsConf.GetConfigForClient = s.configForClient
 	s.runCtx, s.runCancel = context.WithCancel(context.Background())

@@ -398,13 +398,13 @@ func TestRefusedHandshakes(t *testing.T) {
 				t.Fatalf("LastError = %#v, want *agent.RefusedError", st.LastError)
 			}
 			// Logged once, not on every retry.
-			if n := logs.count("cannot set up tunnel", "level=WARN"); n != 1 {
+			if n := logs.Count("cannot set up tunnel", "level=WARN"); n != 1 {
 				t.Errorf("agent logged the refusal %d times at WARN, want once:\n%s", n, logs)
 			}
 			if got := e.proxy.metric(t, "jumpgate_tunnel_handshake_failures_total", "reason", tt.reason); got < 3 {
 				t.Errorf("handshake_failures_total{%s} = %v, want >= 3", tt.reason, got)
 			}
-			if e.proxy.log.count("refused tunnel", tt.proxyLogs, "remote=127.0.0.1:") == 0 {
+			if e.proxy.log.Count("refused tunnel", tt.proxyLogs, "remote=127.0.0.1:") == 0 {
 				t.Errorf("proxy did not log the refusal with remote address and %q", tt.proxyLogs)
 			}
 			if e.proxy.hasNode(tt.nodeID) {

@@ -115,7 +115,7 @@ func TestTCPProxyShutdownSaysWhy(t *testing.T) {
 	e.proxy.stop(t)
 	// (Status shows the reason only until the next attempt fails.)
 	servertest.WaitFor(t, waitFor, "the agent to log the proxy's reason", func() bool {
-		return logs.count("tunnel down; reconnecting", "proxy p1 is shutting down") == 1
+		return logs.Count("tunnel down; reconnecting", "proxy p1 is shutting down") == 1
 	})
 }
 
@@ -308,7 +308,7 @@ func TestTCPGarbageIsRefused(t *testing.T) {
 			servertest.WaitFor(t, waitFor, "the refusal to be counted", func() bool {
 				return e.proxy.metric(t, "jumpgate_tunnel_handshake_failures_total", "reason", tt.reason, "transport", "tcp") == before+1
 			})
-			if e.proxy.log.count("refused tunnel", tt.proxyLogs, "remote=127.0.0.1:", "transport=tcp") == 0 {
+			if e.proxy.log.Count("refused tunnel", tt.proxyLogs, "remote=127.0.0.1:", "transport=tcp") == 0 {
 				t.Errorf("proxy did not log the refusal with the remote address and %q", tt.proxyLogs)
 			}
 			echoOnce(t, live, "during "+tt.name)
@@ -353,14 +353,14 @@ func TestTCPRefusedHandshakes(t *testing.T) {
 			if st.LastError == nil || !strings.Contains(st.LastError.Error(), tt.agentSees) || !errors.As(st.LastError, &re) {
 				t.Fatalf("agent status = %+v, want a *RefusedError saying %q", st, tt.agentSees)
 			}
-			if n := logs.count("cannot set up tunnel", "level=WARN"); n != 1 {
+			if n := logs.Count("cannot set up tunnel", "level=WARN"); n != 1 {
 				t.Errorf("agent logged the refusal %d times at WARN, want once:\n%s", n, logs)
 			}
 			if tt.reason != "" {
 				if got := e.proxy.metric(t, "jumpgate_tunnel_handshake_failures_total", "reason", tt.reason, "transport", "tcp"); got < 3 {
 					t.Errorf("handshake_failures_total{%s,tcp} = %v, want >= 3", tt.reason, got)
 				}
-				if e.proxy.log.count("refused tunnel", "transport=tcp", "remote=127.0.0.1:") == 0 {
+				if e.proxy.log.Count("refused tunnel", "transport=tcp", "remote=127.0.0.1:") == 0 {
 					t.Error("proxy did not log the refusal")
 				}
 			}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"time"
 
@@ -123,5 +125,45 @@ func Ended(c Conn) bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// Tuning is what the agent's and the server's configs say about their
+// connections, turned here into quic-go's and yamux's settings, so that both
+// ends and both transports are tuned from one place.
+type Tuning struct {
+	HandshakeTimeout        time.Duration
+	KeepAlivePeriod         time.Duration
+	MaxIdleTimeout          time.Duration
+	StreamReceiveWindow     uint64
+	ConnectionReceiveWindow uint64
+	// MaxIncomingStreams is how many streams the peer may have open at once
+	// over QUIC; MuxAcceptBacklog the same bound's counterpart over yamux.
+	MaxIncomingStreams int64
+	MuxAcceptBacklog   int
+}
+
+// QUIC returns the quic-go configuration for t. Unidirectional streams are
+// not used by the tunnel protocol, so none are allowed.
+func (t Tuning) QUIC() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:       t.HandshakeTimeout,
+		MaxIdleTimeout:             t.MaxIdleTimeout,
+		KeepAlivePeriod:            t.KeepAlivePeriod,
+		MaxStreamReceiveWindow:     t.StreamReceiveWindow,
+		MaxConnectionReceiveWindow: t.ConnectionReceiveWindow,
+		MaxIncomingStreams:         t.MaxIncomingStreams,
+		MaxIncomingUniStreams:      -1,
+	}
+}
+
+// Mux returns the yamux configuration for t, logging to log.
+func (t Tuning) Mux(log *slog.Logger) MuxConfig {
+	return MuxConfig{
+		StreamWindow:    uint32(min(t.StreamReceiveWindow, math.MaxUint32)),
+		KeepAlivePeriod: t.KeepAlivePeriod,
+		IdleTimeout:     t.MaxIdleTimeout,
+		AcceptBacklog:   t.MuxAcceptBacklog,
+		Logger:          log,
 	}
 }
