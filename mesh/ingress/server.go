@@ -269,13 +269,31 @@ func (s *Server) track(c net.Conn, add bool) bool {
 	return true
 }
 
+// lingerClose closes a connection whose TLS handshake failed so that the
+// alert just sent reaches the client. With TLS 1.3 a client whose
+// certificate is refused has finished its side of the handshake and may
+// already be writing; closing at once with its bytes unread makes the
+// kernel answer with a reset, which destroys the alert in the client's
+// receive queue, and the client reports "broken pipe" instead of why. So:
+// stop writing, discard what the client sends for a moment, then close.
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		_ = c.SetReadDeadline(time.Now().Add(lingerTimeout))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	}
+	c.Close()
+}
+
+// lingerTimeout bounds lingerClose.
+const lingerTimeout = 500 * time.Millisecond
+
 func (s *Server) handle(raw net.Conn) {
 	tc := tls.Server(raw, s.tls)
 	_ = raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := tc.HandshakeContext(s.ctx); err != nil {
 		s.metrics.tlsFail.Inc()
 		s.cfg.Logger.Debug("client TLS handshake failed", "remote", raw.RemoteAddr(), "err", err)
-		raw.Close()
+		lingerClose(raw)
 		s.track(raw, false)
 		return
 	}

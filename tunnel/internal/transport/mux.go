@@ -266,14 +266,28 @@ func (m *muxConn) AcceptStream(ctx context.Context) (Stream, error) {
 }
 
 // sessionErr returns the connection's error for an error of the session:
-// the reason it ended, once it has.
+// the reason it ended. yamux reports a failed write to the caller before it
+// marks the session closed, and the write often failed only because the
+// peer had already said why it hung up (a TLS alert waiting to be read), so
+// give a dying session a moment to record that reason.
 func (m *muxConn) sessionErr(err error) error {
-	if !m.sess.IsClosed() {
+	t := time.NewTimer(sessionErrWait)
+	defer t.Stop()
+	select {
+	case <-m.done:
+		return m.err
+	case <-t.C:
+		if m.sess.IsClosed() {
+			<-m.done
+			return m.err
+		}
 		return err
 	}
-	<-m.done
-	return m.err
 }
+
+// sessionErrWait bounds how long sessionErr waits for a failing session to
+// end and say why.
+const sessionErrWait = 250 * time.Millisecond
 
 func (m *muxConn) Close(code uint64, reason string) {
 	m.closeOnce.Do(func() {

@@ -3,6 +3,7 @@ package servertest
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,11 @@ func ServeTLS(t testing.TB, ln net.Listener, cert *tls.Certificate, clientCAs fu
 				tc := tls.Server(raw, base)
 				raw.SetDeadline(time.Now().Add(5 * time.Second))
 				if err := tc.Handshake(); err != nil {
+					// As mesh/ingress does: let the alert reach the
+					// client before closing, instead of a reset.
+					raw.(*net.TCPConn).CloseWrite()
+					raw.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+					io.Copy(io.Discard, io.LimitReader(raw, 64<<10))
 					raw.Close()
 					return
 				}
