@@ -249,7 +249,7 @@ func (m *muxConn) OpenStream(ctx context.Context) (Stream, error) {
 	}
 	st, err := m.sess.OpenStream()
 	if err != nil {
-		return nil, m.sessionErr(err)
+		return nil, m.openErr(err)
 	}
 	return &muxStream{c: m, st: st}, nil
 }
@@ -266,28 +266,35 @@ func (m *muxConn) AcceptStream(ctx context.Context) (Stream, error) {
 }
 
 // sessionErr returns the connection's error for an error of the session:
-// the reason it ended. yamux reports a failed write to the caller before it
-// marks the session closed, and the write often failed only because the
-// peer had already said why it hung up (a TLS alert waiting to be read), so
-// give a dying session a moment to record that reason.
+// the reason it ended, once it has.
 func (m *muxConn) sessionErr(err error) error {
-	t := time.NewTimer(sessionErrWait)
+	if !m.sess.IsClosed() {
+		return err
+	}
+	<-m.done
+	return m.err
+}
+
+// openErr is sessionErr for a failed OpenStream. yamux reports a failed
+// write to the opener before it marks the session closed, and the write
+// often failed only because the peer had already said why it hung up (a TLS
+// alert waiting to be read), so give a dying session a moment to record
+// that reason. Only opens wait: stream reads and writes end on every
+// session's normal path.
+func (m *muxConn) openErr(err error) error {
+	t := time.NewTimer(openErrWait)
 	defer t.Stop()
 	select {
 	case <-m.done:
 		return m.err
 	case <-t.C:
-		if m.sess.IsClosed() {
-			<-m.done
-			return m.err
-		}
-		return err
+		return m.sessionErr(err)
 	}
 }
 
-// sessionErrWait bounds how long sessionErr waits for a failing session to
-// end and say why.
-const sessionErrWait = 250 * time.Millisecond
+// openErrWait bounds how long openErr waits for a failing session to end
+// and say why.
+const openErrWait = 250 * time.Millisecond
 
 func (m *muxConn) Close(code uint64, reason string) {
 	m.closeOnce.Do(func() {
