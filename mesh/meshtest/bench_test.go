@@ -239,6 +239,9 @@ func convergeOnce(b *testing.B, n int, timing gossip.Timing, rtt time.Duration) 
 		b.Fatalf("%d proxies: only %d of %d saw the killed proxy dead after %v", n, len(dead), n-1, r.detect)
 	}
 	r.falseDeaths = len(m.FalseDeaths())
+	for _, d := range m.FalseDeaths() {
+		b.Logf("false death: %s saw %s dead at %v (kill at %v)", d.Observer, d.Subject, d.At.Format("15:04:05.000"), killed.Format("15:04:05.000"))
+	}
 	r.refutes = strings.Count(m.Logs(), "Refuting a suspect message")
 	r.dropped = m.WAN().TotalTraffic().Dropped
 	r.kernelDrops = udpRcvbufErrors() - drops0

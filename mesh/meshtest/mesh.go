@@ -206,6 +206,12 @@ func (m *Mesh) FalseDeaths() []Death {
 }
 
 func (m *Mesh) recordDeath(observer, subject string) {
+	// A killed proxy's memberlist can still log a death after Shutdown:
+	// its suspicion timers are not stopped. A dead observer's verdict
+	// counts for nothing.
+	if p := m.Proxy(observer); p != nil && !p.Running() {
+		return
+	}
 	d := Death{Observer: observer, Subject: subject, At: time.Now()}
 	if p := m.Proxy(subject); p != nil {
 		d.False = p.Running()
