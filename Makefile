@@ -19,9 +19,9 @@ demo: build
 # deps installs what the tests need on a fresh Debian machine (root or sudo).
 deps:
 	@need=""; \
-	for p in ssh:openssh-client sshd:openssh-server; do \
+	for p in ssh:openssh-client sshd:openssh-server softhsm2-util:softhsm2 pkcs11-tool:opensc; do \
 	  b=$${p%%:*}; pkg=$${p#*:}; \
-	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || need="$$need $$pkg"; \
+	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || need="$$need $$pkg"; \
 	done; \
 	if [ -n "$$need" ]; then \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

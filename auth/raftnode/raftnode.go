@@ -1,16 +1,29 @@
 // Package raftnode wires the auth state machine (auth/state) into
-// hashicorp/raft: BoltDB log and stable stores, file snapshots, a TCP
-// transport, and bootstrap of a new cluster.
+// hashicorp/raft: BoltDB log and stable stores, file snapshots, a mutual-TLS
+// transport between auth servers, bootstrap of a new cluster, and
+// membership: voters (3 or 5, close together) and non-voters (auth servers
+// in other regions that replicate the log for local reads and signing).
 //
-// This first version runs a single voter; the package is shaped for more
-// (voters and non-voters join through AddVoter/AddNonvoter in auth HA).
+// # Writes
+//
+// Apply works on every member. On the leader it appends to the log. On any
+// other member it hands the command to Config.Forward, which sends it to
+// the leader (cmd/ wires this to the auth API's internal apply endpoint)
+// and gets back the index the leader committed it at; the member then waits
+// until its own state machine has applied that index and returns the
+// outcome its own FSM computed (auth/state remembers recent outcomes). The
+// caller is answered only once the write is visible on the server it
+// asked: it can read its own write there at once.
 //
 // Apply errors are of two sorts: the command's own failure (a user exists, a
 // token is used), returned as is, and raft's (no leader, timeout), wrapped in
-// *RetryableError, because retrying can help.
+// *RetryableError, because retrying can help. A write is acknowledged only
+// after raft committed it, so an acknowledged write survives the loss of
+// any minority of voters, the leader included.
 package raftnode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +48,20 @@ type Config struct {
 	// BindAddr is the raft transport address. Default 127.0.0.1:0: a single
 	// voter needs no reachable address.
 	BindAddr string
+	// Advertise is the address other auth servers dial, when not BindAddr
+	// (a wildcard bind, NAT).
+	Advertise string
+	// Bootstrap makes a node with no raft state create a new cluster with
+	// itself as the only voter. A server joining an existing cluster leaves
+	// it false and waits to be added by the leader.
+	Bootstrap bool
+	// TLS secures the transport. Nil means plain TCP, which only tests and
+	// a lone voter on loopback may use.
+	TLS *TLS
+	// Forward sends a command to the leader (leaderID, at leaderAddr, its
+	// raft address) and returns the log index it was committed at. Nil:
+	// Apply on a non-leader fails with a RetryableError.
+	Forward func(ctx context.Context, leaderID string, cmd []byte) (uint64, error)
 	// Store is the state machine.
 	Store *state.Store
 	// ApplyTimeout bounds one Apply. Default 10s.
@@ -105,10 +132,10 @@ func Open(cfg Config) (*Node, error) {
 		bolt.Close()
 		return nil, fmt.Errorf("raftnode: open snapshot store: %w", err)
 	}
-	tr, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, nil, 3, 10*time.Second, hlog)
+	tr, err := newTransport(cfg, hlog)
 	if err != nil {
 		bolt.Close()
-		return nil, fmt.Errorf("raftnode: listen on %s: %w", cfg.BindAddr, err)
+		return nil, err
 	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -133,7 +160,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("raftnode: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, transport: tr, bolt: bolt}
-	if !has {
+	if !has && cfg.Bootstrap {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: tr.LocalAddr()}}})
 		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			n.Close()
@@ -160,17 +187,59 @@ func (n *Node) WaitLeader(timeout time.Duration) error {
 	}
 }
 
-// Apply replicates cmd and returns the state machine's result.
+// Apply replicates cmd and returns the state machine's result, on the
+// leader directly and on any other member through Config.Forward (see the
+// package comment).
 func (n *Node) Apply(cmd []byte) (any, error) {
+	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
+	err := f.Error()
+	if err == nil {
+		res := f.Response().(applyResult)
+		return res.value, res.err
+	}
+	if !errors.Is(err, raft.ErrNotLeader) {
+		return nil, &RetryableError{Err: err}
+	}
+	_, leader := n.raft.LeaderWithID()
+	if n.cfg.Forward == nil {
+		return nil, &RetryableError{Err: errors.New("this auth server is not the raft leader")}
+	}
+	if leader == "" {
+		return nil, &RetryableError{Err: errors.New("the auth cluster has no leader at the moment")}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+	defer cancel()
+	index, err := n.cfg.Forward(ctx, string(leader), cmd)
+	if err != nil {
+		var re *RetryableError
+		if errors.As(err, &re) {
+			return nil, err
+		}
+		return nil, &RetryableError{Err: fmt.Errorf("forward to leader %s: %w", leader, err)}
+	}
+	if err := n.cfg.Store.WaitApplied(ctx, index); err != nil {
+		return nil, &RetryableError{Err: fmt.Errorf("the leader committed the write at index %d but this auth server has not applied it yet: %w", index, err)}
+	}
+	v, cerr, ok := n.cfg.Store.Result(index)
+	if !ok {
+		return nil, fmt.Errorf("raftnode: the write was committed at index %d, but its outcome is no longer remembered here", index)
+	}
+	return v, cerr
+}
+
+// ApplyLocal appends cmd to the log on the leader and returns the index it
+// was committed at; the command's own outcome is left for the caller's
+// state machine to compute (see Apply). It fails with a RetryableError on a
+// member that is not the leader.
+func (n *Node) ApplyLocal(cmd []byte) (uint64, error) {
 	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
-			return nil, &RetryableError{Err: errors.New("this auth server is not the raft leader")}
+			return 0, &RetryableError{Err: errors.New("this auth server is not the raft leader")}
 		}
-		return nil, &RetryableError{Err: err}
+		return 0, &RetryableError{Err: err}
 	}
-	res := f.Response().(applyResult)
-	return res.value, res.err
+	return f.Index(), nil
 }
 
 // Stats reports raft's state for status pages.
@@ -195,6 +264,22 @@ func (n *Node) Stats() Stats {
 	}
 	return s
 }
+
+// Addr is the raft address other members use to reach this one.
+func (n *Node) Addr() string { return string(n.transport.LocalAddr()) }
+
+// IsLeader reports whether this member is the leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the leader's id and raft address ("" when there is none).
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// LastContact is when this member last heard from the leader (zero on the
+// leader itself, and before any contact).
+func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
 
 // Snapshot forces a snapshot (used by tests and backups).
 func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }

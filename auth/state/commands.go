@@ -31,6 +31,9 @@ const (
 	TypeDeleteNode   Type = 10
 	TypeSetNodeLabel Type = 11
 	TypeSetMeshKeys  Type = 12
+	// Auth HA: the auth server registry.
+	TypeUpsertAuthServer Type = 13
+	TypeDeleteAuthServer Type = 14
 )
 
 // MeshKeyBytes is the length of a mesh gossip key (AES-256).
@@ -117,6 +120,18 @@ type SetNodeLabels struct {
 	Labels map[string]string `json:"labels"`
 }
 
+// UpsertAuthServer adds or replaces an auth server in the registry. Raft
+// membership itself lives in raft's configuration; the registry says where
+// each member serves its API and which CA public keys it holds.
+type UpsertAuthServer struct {
+	Server AuthServer `json:"server"`
+}
+
+// DeleteAuthServer removes an auth server from the registry.
+type DeleteAuthServer struct {
+	ID string `json:"id"`
+}
+
 // Encode builds a command from its type and body.
 func Encode(t Type, body any) ([]byte, error) {
 	b, err := json.Marshal(body)
@@ -149,6 +164,9 @@ var table = map[Type]handler{
 	TypeDeleteNode:   typed(applyDeleteNode),
 	TypeSetNodeLabel: typed(applySetNodeLabels),
 	TypeSetMeshKeys:  typed(applySetMeshKeys),
+
+	TypeUpsertAuthServer: typed(applyUpsertAuthServer),
+	TypeDeleteAuthServer: typed(applyDeleteAuthServer),
 }
 
 func typed[T any](f func(d *Data, c T) (any, []Event, error)) handler {
@@ -174,13 +192,15 @@ func (s *Store) Apply(index uint64, cmd []byte) (any, error) {
 	t := Type(cmd[0])
 	h, ok := table[t&^FlagIgnorable]
 	if !ok {
-		s.mu.Lock()
-		s.index = index
-		s.mu.Unlock()
-		if t&FlagIgnorable != 0 {
-			return nil, nil
+		var err error
+		if t&FlagIgnorable == 0 {
+			err = fmt.Errorf("%w (type %d)", ErrUnknownCommand, t)
 		}
-		return nil, fmt.Errorf("%w (type %d)", ErrUnknownCommand, t)
+		s.mu.Lock()
+		s.results.put(index, nil, err)
+		s.advanceLocked(index)
+		s.mu.Unlock()
+		return nil, err
 	}
 	s.mu.Lock()
 	// Apply to a shallow working copy of the maps the command may touch, so
@@ -190,11 +210,13 @@ func (s *Store) Apply(index uint64, cmd []byte) (any, error) {
 	work.Roles = cloneMap(s.data.Roles)
 	work.Tokens = cloneMap(s.data.Tokens)
 	work.Nodes = cloneMap(s.data.Nodes)
+	work.AuthServers = cloneMap(s.data.AuthServers)
 	res, evs, err := h(&work, cmd[1:])
-	s.index = index
 	if err == nil {
 		s.data = work
 	}
+	s.results.put(index, res, err)
+	s.advanceLocked(index)
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -309,8 +331,16 @@ func applyDeleteRole(d *Data, c DeleteRole) (any, []Event, error) {
 }
 
 func applyCreateToken(d *Data, c CreateToken) (any, []Event, error) {
-	if c.Token.Kind != identity.KindNode && c.Token.Kind != identity.KindProxy {
-		return nil, nil, fmt.Errorf("token kind %q: want node or proxy", c.Token.Kind)
+	if c.Token.Kind != identity.KindNode && c.Token.Kind != identity.KindProxy && c.Token.Kind != identity.KindAuth {
+		return nil, nil, fmt.Errorf("token kind %q: want node, proxy or auth", c.Token.Kind)
+	}
+	if c.Token.Kind == identity.KindAuth && c.Token.Name == "" {
+		return nil, nil, errors.New("an auth server token must name the server it is for")
+	}
+	if c.Token.Name != "" {
+		if err := identity.CheckName(c.Token.Name); err != nil {
+			return nil, nil, fmt.Errorf("token name: %w", err)
+		}
 	}
 	if len(c.Token.Hash) != 64 {
 		return nil, nil, errors.New("token hash must be 64 hex digits")
@@ -353,6 +383,8 @@ func applyConsumeToken(d *Data, c ConsumeToken) (any, []Event, error) {
 		return nil, nil, &TokenError{Reason: fmt.Sprintf("join token %s expired %s ago: create a new one with jgctl tokens add", t.ID(), identity.HumanDuration(c.Now.Sub(t.Expires)))}
 	case t.Kind != c.Kind:
 		return nil, nil, &TokenError{Reason: fmt.Sprintf("join token %s is for a %s, not a %s", t.ID(), t.Kind, c.Kind)}
+	case t.Name != "" && t.Name != c.Name:
+		return nil, nil, &TokenError{Reason: fmt.Sprintf("join token %s is for the %s named %s, not %s", t.ID(), t.Kind, t.Name, c.Name)}
 	}
 	t.UsedBy, t.UsedAt = c.Name, c.Now
 	d.Tokens[c.Hash] = t
@@ -383,4 +415,23 @@ func applySetNodeLabels(d *Data, c SetNodeLabels) (any, []Event, error) {
 	n.Labels = c.Labels
 	d.Nodes[c.ID] = n
 	return nil, []Event{event(KindNode, "put", n.ID, n)}, nil
+}
+
+func applyUpsertAuthServer(d *Data, c UpsertAuthServer) (any, []Event, error) {
+	if err := identity.CheckName(c.Server.ID); err != nil {
+		return nil, nil, fmt.Errorf("auth server id: %w", err)
+	}
+	if c.Server.APIAddr == "" || c.Server.RaftAddr == "" {
+		return nil, nil, fmt.Errorf("auth server %s: api and raft addresses are required", c.Server.ID)
+	}
+	d.AuthServers[c.Server.ID] = c.Server
+	return nil, []Event{event(KindAuthServer, "put", c.Server.ID, c.Server)}, nil
+}
+
+func applyDeleteAuthServer(d *Data, c DeleteAuthServer) (any, []Event, error) {
+	if _, ok := d.AuthServers[c.ID]; !ok {
+		return nil, nil, fmt.Errorf("auth server %s: %w", c.ID, ErrNotFound)
+	}
+	delete(d.AuthServers, c.ID)
+	return nil, []Event{event(KindAuthServer, "delete", c.ID, nil)}, nil
 }

@@ -48,8 +48,15 @@ type User struct {
 
 // Token is a one-time join token. Only the SHA-256 of the secret is stored.
 type Token struct {
-	Hash    string            `json:"hash"` // hex SHA-256 of the secret
-	Kind    identity.Kind     `json:"kind"` // node or proxy
+	Hash string        `json:"hash"` // hex SHA-256 of the secret
+	Kind identity.Kind `json:"kind"` // node, proxy or auth
+	// Name, when set, is the only name the token can join as: a proxy
+	// token for proxy-eu-1 cannot be used to join as proxy-us-1 (and
+	// take its place in the mesh). Auth server tokens always name one.
+	Name string `json:"name,omitempty"`
+	// Voter (auth tokens): the server asks to join raft as a voter
+	// rather than as a non-voter.
+	Voter   bool              `json:"voter,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
 	Expires time.Time         `json:"expires"`
 	Created time.Time         `json:"created"`
@@ -80,6 +87,26 @@ type CAs struct {
 	TLS     [][]byte `json:"tls"`      // DER certificates
 }
 
+// AuthServer is one auth server as the cluster knows it: where it serves,
+// and its CA public keys (trusted or not: see CAs for the trusted sets).
+type AuthServer struct {
+	ID       string `json:"id"`
+	APIAddr  string `json:"api_addr"`  // host:port of its auth API
+	RaftAddr string `json:"raft_addr"` // host:port of its raft transport
+	Region   string `json:"region,omitempty"`
+	// Keys are the public halves of the CA keys in its own keystore.
+	Keys    ServerKeys `json:"keys"`
+	Backend string     `json:"backend,omitempty"` // keystore backend: software, pkcs11
+	Joined  time.Time  `json:"joined"`
+}
+
+// ServerKeys are one auth server's CA public keys.
+type ServerKeys struct {
+	UserSSH string `json:"user_ssh"` // authorized_keys format
+	HostSSH string `json:"host_ssh"` // authorized_keys format
+	TLS     []byte `json:"tls"`      // DER self-signed CA certificate
+}
+
 // Data is the whole replicated state. Callers get copies, never the live maps.
 type Data struct {
 	Cluster string                   `json:"cluster"`
@@ -88,6 +115,8 @@ type Data struct {
 	Roles   map[string]identity.Role `json:"roles"`
 	Tokens  map[string]Token         `json:"tokens"` // by hash
 	Nodes   map[string]Node          `json:"nodes"`
+	// AuthServers is the auth server registry, by id.
+	AuthServers map[string]AuthServer `json:"auth_servers,omitempty"`
 	// MeshKeys is the proxies' gossip keyring in creation order, and
 	// MeshPrimary the index of the key used to encrypt. Secret: it never
 	// appears in watch events.
@@ -96,7 +125,7 @@ type Data struct {
 }
 
 func newData() Data {
-	return Data{Users: map[string]User{}, Roles: map[string]identity.Role{}, Tokens: map[string]Token{}, Nodes: map[string]Node{}}
+	return Data{Users: map[string]User{}, Roles: map[string]identity.Role{}, Tokens: map[string]Token{}, Nodes: map[string]Node{}, AuthServers: map[string]AuthServer{}}
 }
 
 // Kinds of watched objects.
@@ -105,6 +134,9 @@ const (
 	KindNode    = "node"
 	KindCAs     = "cas"
 	KindCluster = "cluster"
+	// KindAuthServer: the auth server registry (addresses and public keys
+	// only), so proxies learn every auth server they can fail over to.
+	KindAuthServer = "auth_server"
 )
 
 // Event is a change visible to watchers. Users and tokens are not watched:
@@ -120,9 +152,11 @@ type Event struct {
 type Store struct {
 	onChange func(index uint64, evs []Event)
 
-	mu    sync.RWMutex // guards following
-	data  Data
-	index uint64 // raft index of the last applied command
+	mu      sync.RWMutex // guards following
+	data    Data
+	index   uint64 // raft index of the last applied command
+	results resultRing
+	applied chan struct{} // closed and replaced at each apply
 }
 
 // New returns an empty store. onChange, if non-nil, is called after each
@@ -131,7 +165,7 @@ func New(onChange func(index uint64, evs []Event)) *Store {
 	if onChange == nil {
 		onChange = func(uint64, []Event) {}
 	}
-	return &Store{data: newData(), onChange: onChange}
+	return &Store{data: newData(), onChange: onChange, applied: make(chan struct{})}
 }
 
 // Index is the raft index of the last applied command.
@@ -139,6 +173,26 @@ func (s *Store) Index() uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.index
+}
+
+// AuthServer returns one auth server of the registry.
+func (s *Store) AuthServer(id string) (AuthServer, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok := s.data.AuthServers[id]
+	return a, ok
+}
+
+// AuthServers returns the auth server registry sorted by id.
+func (s *Store) AuthServers() []AuthServer {
+	s.mu.RLock()
+	out := make([]AuthServer, 0, len(s.data.AuthServers))
+	for _, a := range s.data.AuthServers {
+		out = append(out, a)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // Cluster returns the cluster name, "" before bootstrap.
@@ -289,7 +343,8 @@ func (s *Store) Restore(b []byte) error {
 	mergeData(&d, snap.Data)
 	s.mu.Lock()
 	s.data = d
-	s.index = snap.Index
+	s.results = resultRing{}
+	s.advanceLocked(snap.Index)
 	s.mu.Unlock()
 	s.onChange(snap.Index, []Event{{Kind: KindCluster, Op: "reset"}})
 	return nil
@@ -309,6 +364,9 @@ func mergeData(dst *Data, src Data) {
 	}
 	if src.Nodes != nil {
 		dst.Nodes = src.Nodes
+	}
+	if src.AuthServers != nil {
+		dst.AuthServers = src.AuthServers
 	}
 }
 

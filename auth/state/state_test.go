@@ -1,6 +1,7 @@
 package state
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -167,5 +168,87 @@ func TestMeshKeys(t *testing.T) {
 	}
 	if len(s2.MeshKeys()) != 2 {
 		t.Fatal("mesh keys lost in snapshot")
+	}
+}
+
+func TestAuthServersAndBoundTokens(t *testing.T) {
+	s := New(nil)
+	mustApply(t, s, 1, TypeBootstrap, Bootstrap{Cluster: "c1"})
+	a := AuthServer{ID: "auth-2", APIAddr: "127.0.0.2:3025", RaftAddr: "127.0.0.2:3026", Region: "eu"}
+	mustApply(t, s, 2, TypeUpsertAuthServer, UpsertAuthServer{Server: a})
+	if got, ok := s.AuthServer("auth-2"); !ok || got.RaftAddr != a.RaftAddr {
+		t.Fatalf("registry: %+v %v", got, ok)
+	}
+	// Snapshots carry the registry.
+	b, _, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := New(nil)
+	if err := s2.Restore(b); err != nil {
+		t.Fatal(err)
+	}
+	if len(s2.AuthServers()) != 1 {
+		t.Fatalf("restored registry: %+v", s2.AuthServers())
+	}
+	cmd, _ := Encode(TypeUpsertAuthServer, UpsertAuthServer{Server: AuthServer{ID: "auth-3"}})
+	if _, err := s.Apply(3, cmd); err == nil {
+		t.Fatal("an auth server without addresses was accepted")
+	}
+	mustApply(t, s, 4, TypeDeleteAuthServer, DeleteAuthServer{ID: "auth-2"})
+	if len(s.AuthServers()) != 0 {
+		t.Fatal("delete left the server")
+	}
+
+	// Auth tokens must name their server; a named token joins only as it.
+	now := time.Now()
+	cmd, _ = Encode(TypeCreateToken, CreateToken{Token: Token{Hash: strings.Repeat("a", 64), Kind: identity.KindAuth, Expires: now.Add(time.Hour)}})
+	if _, err := s.Apply(5, cmd); err == nil {
+		t.Fatal("an auth token without a name was accepted")
+	}
+	mustApply(t, s, 6, TypeCreateToken, CreateToken{Token: Token{Hash: strings.Repeat("b", 64), Kind: identity.KindProxy, Name: "proxy-eu", Expires: now.Add(time.Hour)}})
+	cmd, _ = Encode(TypeConsumeToken, ConsumeToken{Hash: strings.Repeat("b", 64), Kind: identity.KindProxy, Name: "proxy-us", Now: now})
+	var te *TokenError
+	if _, err := s.Apply(7, cmd); !errors.As(err, &te) || !strings.Contains(err.Error(), "proxy-eu") {
+		t.Fatalf("named token used under another name: %v", err)
+	}
+	mustApply(t, s, 8, TypeConsumeToken, ConsumeToken{Hash: strings.Repeat("b", 64), Kind: identity.KindProxy, Name: "proxy-eu", Now: now})
+}
+
+func TestResultsAndWaitApplied(t *testing.T) {
+	s := New(nil)
+	mustApply(t, s, 1, TypeBootstrap, Bootstrap{Cluster: "c1"})
+	cmd, _ := Encode(TypeDeleteUser, DeleteUser{Name: "nobody"})
+	s.Apply(2, cmd) //nolint:errcheck // the outcome is read back below
+
+	if _, err, ok := s.Result(2); !ok || !errors.Is(err, ErrNotFound) {
+		t.Fatalf("result of 2: %v %v", err, ok)
+	}
+	if _, _, ok := s.Result(3); ok {
+		t.Fatal("result of an index not applied yet")
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- s.WaitApplied(ctx, 3)
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitApplied returned before index 3: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	mustApply(t, s, 3, TypeUpsertRole, UpsertRole{Role: identity.Role{Name: "dev"}})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// An index far in the past is forgotten, not confused with a new one.
+	if _, _, ok := s.Result(3 + resultRingSize); ok {
+		t.Fatal("result for an index never applied")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := s.WaitApplied(ctx, 99); err == nil {
+		t.Fatal("WaitApplied for a future index returned nil")
 	}
 }

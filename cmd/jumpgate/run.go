@@ -158,7 +158,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 	hub := authapi.NewHub()
 	var store *state.Store
 	store = state.New(authapi.PublishState(hub, func() *state.Store { return store }))
-	rn, err := raftnode.Open(raftnode.Config{ID: "auth-" + cfg.Auth.ClusterName, Dir: filepath.Join(dir, "raft"), Store: store, Logger: p.log})
+	rn, err := raftnode.Open(raftnode.Config{ID: "auth-" + cfg.Auth.ClusterName, Dir: filepath.Join(dir, "raft"), Store: store, Logger: p.log, Bootstrap: true})
 	if err != nil {
 		return nil, err
 	}
