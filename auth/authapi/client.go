@@ -14,6 +14,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
+	"sync/atomic"
 	"strings"
 	"time"
 
@@ -114,7 +117,12 @@ func PinOf(c *x509.Certificate) string {
 type ClientConfig struct {
 	// Addr is host:port of an auth server, or of a proxy (which serves
 	// login, join, watch and node listing on the same paths).
-	Addr  string
+	Addr string
+	// Addrs are more servers of the same cluster to fail over to, in order
+	// of preference after Addr: a request that cannot reach a server, or
+	// that a server refuses as unavailable (503), goes to the next one, and
+	// the client stays with the one that answered.
+	Addrs []string
 	Trust TrustConfig
 	// GetClientCertificate supplies this process's identity (nil: none).
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
@@ -124,7 +132,9 @@ type ClientConfig struct {
 
 // Client calls the auth API.
 type Client struct {
-	base    string
+	base    string   // the first address, for messages
+	bases   []string // every address, in order of preference
+	cur     atomic.Int32
 	hc      *http.Client
 	timeout time.Duration
 }
@@ -134,8 +144,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("authapi: Addr is required")
 	}
-	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
-		return nil, fmt.Errorf("authapi: address %q: want host:port", cfg.Addr)
+	var bases []string
+	for _, a := range append([]string{cfg.Addr}, cfg.Addrs...) {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("authapi: address %q: want host:port", a)
+		}
+		if b := "https://" + a; !slices.Contains(bases, b) {
+			bases = append(bases, b)
+		}
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
@@ -147,7 +163,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return &Client{base: "https://" + cfg.Addr, hc: &http.Client{Transport: tr}, timeout: cfg.Timeout}, nil
+	return &Client{base: bases[0], bases: bases, hc: &http.Client{Transport: tr}, timeout: cfg.Timeout}, nil
 }
 
 // Close releases idle connections.
@@ -169,24 +185,67 @@ func (e *APIError) Retryable() bool {
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	var body io.Reader
+	var b []byte
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		var err error
+		if b, err = json.Marshal(in); err != nil {
 			return err
 		}
+	}
+	var err error
+	c.each(func(base string) bool {
+		err = c.doOnce(ctx, base, method, path, b, in != nil, out)
+		return failover(err) && ctx.Err() == nil
+	})
+	return err
+}
+
+// each calls try with each address, starting with the one that last
+// answered, until try returns false; the address it stopped at becomes
+// the current one.
+func (c *Client) each(try func(base string) (next bool)) {
+	start := int(c.cur.Load())
+	for i := range c.bases {
+		k := (start + i) % len(c.bases)
+		if !try(c.bases[k]) || i == len(c.bases)-1 {
+			c.cur.Store(int32(k))
+			return
+		}
+	}
+}
+
+// failover reports whether err means another server may do better: this
+// one could not be reached, or said it cannot serve (503, 502, 504).
+func failover(err error) bool {
+	var ue *UnreachableError
+	var ae *APIError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &ue):
+		return true
+	case errors.As(err, &ae):
+		return ae.Code == http.StatusServiceUnavailable || ae.Code == http.StatusBadGateway || ae.Code == http.StatusGatewayTimeout
+	}
+	var te *transportError
+	return errors.As(err, &te)
+}
+
+func (c *Client) doOnce(ctx context.Context, base, method, path string, b []byte, hasBody bool, out any) error {
+	var body io.Reader
+	if hasBody {
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return err
 	}
-	if in != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return describeTransportError(c.base, err)
+		return describeTransportError(base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -240,8 +299,18 @@ func describeTransportError(base string, err error) error {
 	case strings.Contains(err.Error(), "certificate"):
 		return fmt.Errorf("TLS with %s failed: %v", host, err)
 	}
-	return fmt.Errorf("request to %s failed: %w", host, err)
+	return &transportError{host: host, err: err}
 }
+
+// transportError: the connection broke during a request (reset, EOF,
+// timeout). Another server may do better.
+type transportError struct {
+	host string
+	err  error
+}
+
+func (e *transportError) Error() string { return fmt.Sprintf("request to %s failed: %v", e.host, e.err) }
+func (e *transportError) Unwrap() error { return e.err }
 
 // Ping returns the server's cluster name and version.
 func (c *Client) Ping(ctx context.Context) (map[string]string, error) {
@@ -263,19 +332,46 @@ func (c *Client) Join(ctx context.Context, req JoinRequest) (*Credentials, error
 
 // OpenWatch opens a watch stream; the caller reads NDJSON WatchMessages.
 func (c *Client) OpenWatch(ctx context.Context) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/v1/watch", nil)
+	return c.OpenWatchFrom(ctx, 0)
+}
+
+// OpenWatchFrom opens a watch stream that resumes after index since: a
+// server that still holds every change after it sends only those (a
+// "resume" message, then events), any other sends a full snapshot. 0
+// always gets a snapshot.
+func (c *Client) OpenWatchFrom(ctx context.Context, since uint64) (*http.Response, error) {
+	path := "/v1/watch"
+	if since > 0 {
+		path += "?since=" + strconv.FormatUint(since, 10)
+	}
+	var resp *http.Response
+	var err error
+	c.each(func(base string) bool {
+		resp, err = c.openWatch(ctx, base+path)
+		return failover(err) && ctx.Err() == nil
+	})
+	return resp, err
+}
+
+func (c *Client) openWatch(ctx context.Context, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, describeTransportError(c.base, err)
+		return nil, describeTransportError(strings.TrimSuffix(url[:strings.Index(url, "/v1/")], "/"), err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		return nil, decodeError(resp)
 	}
 	return resp, nil
+}
+
+// Addr returns the address the client currently talks to.
+func (c *Client) Addr() string {
+	return strings.TrimPrefix(c.bases[int(c.cur.Load())], "https://")
 }
 
 // ReportPresence sends the full list of tunnels this proxy holds.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -31,6 +32,13 @@ type Hub struct {
 	roles   map[string]identity.Role
 	nodes   map[string]state.Node
 	subs    map[chan WatchMessage]struct{}
+	// recent holds the last recentEvents events, oldest first, so that a
+	// watcher that reconnects with the index it had gets only what it
+	// missed. resumeFloor is the lowest index a watcher may resume from:
+	// the last snapshot's index, or one past the newest event dropped
+	// from recent.
+	recent      []WatchMessage
+	resumeFloor uint64
 	// derived from cas, rebuilt on change
 	userCAs, hostCAs []ssh.PublicKey
 	tlsPool          *x509.CertPool
@@ -77,7 +85,7 @@ func (h *Hub) Apply(m WatchMessage) error {
 			h.mu.Unlock()
 			return err
 		}
-	case "heartbeat":
+	case "heartbeat", "resume":
 		h.mu.Unlock()
 		return nil
 	default:
@@ -89,6 +97,14 @@ func (h *Hub) Apply(m WatchMessage) error {
 	if m.Type == "snapshot" {
 		// Subscribers need a new snapshot too (the previous one is stale).
 		snap = WatchMessage{Type: "snapshot", Index: h.index, Snapshot: h.snapshotLocked()}
+		h.recent = h.recent[:0]
+		h.resumeFloor = m.Index
+	} else {
+		if len(h.recent) == recentEvents {
+			h.resumeFloor = max(h.resumeFloor, h.recent[0].Index+1)
+			h.recent = append(h.recent[:0], h.recent[1:]...)
+		}
+		h.recent = append(h.recent, m)
 	}
 	for ch := range h.subs {
 		select {
@@ -176,13 +192,38 @@ func (h *Hub) snapshotLocked() *WatchSnapshot {
 	return s
 }
 
+// recentEvents is how many events a hub keeps for watchers that resume:
+// a proxy that fails over to another auth server, or a node that
+// reconnects, within about this many changes gets only what it missed.
+const recentEvents = 1024
+
 // Subscribe returns a channel that first yields a snapshot and then every
 // change. The channel is closed if the subscriber falls behind or cancel is
 // called.
-func (h *Hub) Subscribe() (<-chan WatchMessage, func()) {
-	ch := make(chan WatchMessage, 256)
+func (h *Hub) Subscribe() (<-chan WatchMessage, func()) { return h.SubscribeFrom(0) }
+
+// SubscribeFrom is Subscribe for a watcher that already holds the state up
+// to index since: if the hub still has every event after it, the channel
+// yields a "resume" message and those events (events at since itself are
+// sent again: they are idempotent, and the watcher may have missed some of
+// them) instead of a snapshot. since 0 always gets a snapshot.
+func (h *Hub) SubscribeFrom(since uint64) (<-chan WatchMessage, func()) {
 	h.mu.Lock()
-	ch <- WatchMessage{Type: "snapshot", Index: h.index, Snapshot: h.snapshotLocked()}
+	var first []WatchMessage
+	if since > 0 && h.ready && since >= h.resumeFloor {
+		first = append(first, WatchMessage{Type: "resume", Index: since})
+		for _, m := range h.recent {
+			if m.Index >= since {
+				first = append(first, m)
+			}
+		}
+	} else {
+		first = []WatchMessage{{Type: "snapshot", Index: h.index, Snapshot: h.snapshotLocked()}}
+	}
+	ch := make(chan WatchMessage, max(256, len(first)+64))
+	for _, m := range first {
+		ch <- m
+	}
 	h.subs[ch] = struct{}{}
 	h.mu.Unlock()
 	return ch, func() {
@@ -258,7 +299,16 @@ const heartbeatEvery = 10 * time.Second
 
 // ServeWatch streams the hub to an HTTP client until it disconnects or ctx ends.
 func (h *Hub) ServeWatch(w http.ResponseWriter, r *http.Request) {
-	ch, cancel := h.Subscribe()
+	var since uint64
+	if v := r.URL.Query().Get("since"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("since=%q: want a log index", v))
+			return
+		}
+		since = n
+	}
+	ch, cancel := h.SubscribeFrom(since)
 	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
@@ -296,11 +346,20 @@ func (h *Hub) ServeWatch(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// Index is the index of the last change the hub holds.
+func (h *Hub) Index() uint64 {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.index
+}
+
 // Follow keeps hub in sync with the watch stream at open's other end,
 // reconnecting with jittered backoff until ctx ends. open returns the
-// response body of a GET /v1/watch. onState, if non-nil, is told when the
-// stream connects (err nil) and when it breaks.
-func Follow(ctx context.Context, hub *Hub, open func(ctx context.Context) (*http.Response, error), onState func(err error)) {
+// response body of a GET /v1/watch?since=N: after the first snapshot, each
+// reconnect asks to resume from the hub's index, so a failover to another
+// server costs the changes missed, not a reload. onState, if non-nil, is
+// told when the stream connects (err nil) and when it breaks.
+func Follow(ctx context.Context, hub *Hub, open func(ctx context.Context, since uint64) (*http.Response, error), onState func(err error)) {
 	if onState == nil {
 		onState = func(error) {}
 	}
@@ -319,10 +378,16 @@ func Follow(ctx context.Context, hub *Hub, open func(ctx context.Context) (*http
 	}
 }
 
-func followOnce(ctx context.Context, hub *Hub, open func(ctx context.Context) (*http.Response, error), onState func(error), bo *backoff) error {
+func followOnce(ctx context.Context, hub *Hub, open func(ctx context.Context, since uint64) (*http.Response, error), onState func(error), bo *backoff) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, err := open(ctx)
+	var since uint64
+	select {
+	case <-hub.Ready():
+		since = hub.Index()
+	default:
+	}
+	resp, err := open(ctx, since)
 	if err != nil {
 		return err
 	}
@@ -361,7 +426,7 @@ func followOnce(ctx context.Context, hub *Hub, open func(ctx context.Context) (*
 		if err := hub.Apply(m); err != nil {
 			return err
 		}
-		if first && m.Type == "snapshot" {
+		if first && (m.Type == "snapshot" || m.Type == "resume") {
 			first = false
 			bo.reset()
 			onState(nil)

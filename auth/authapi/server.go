@@ -36,6 +36,15 @@ type ServerConfig struct {
 	Hub       *Hub                          // fed from Store by the caller (see PublishState)
 	Apply     func(cmd []byte) (any, error) // replicate a command through raft
 	RaftStats func() any
+	// Raft is this server's raft membership (nil: a server without
+	// membership operations, as in tests).
+	Raft Raft
+	// PeerClient returns a client, with this auth server's identity, for
+	// another auth server's API (forwarded writes, membership changes,
+	// `jgctl auth ls`). Nil: this server never calls its peers.
+	PeerClient func(addr string) (*Client, error)
+	// Keystore names the keystore backend (software, pkcs11).
+	Keystore string
 	CA        *ca.Authority
 	Audit     audit.Sink
 	Logger    *slog.Logger
@@ -136,6 +145,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/tokens", s.require(s.listTokens, identity.KindAdmin))
 	s.mux.HandleFunc("POST /v1/tokens", s.require(s.createToken, identity.KindAdmin))
 	s.mux.HandleFunc("DELETE /v1/tokens/{id}", s.require(s.deleteToken, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/auth/self", s.require(s.getSelf, identity.KindAuth, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/auth/servers", s.require(s.listAuthServers, identity.KindAdmin, identity.KindProxy))
+	s.mux.HandleFunc("POST /v1/auth/servers", s.require(s.membership, identity.KindAdmin))
+	s.mux.HandleFunc("POST /v1/internal/apply", s.require(s.internalApply, identity.KindAuth))
+	s.mux.HandleFunc("POST /v1/internal/membership", s.require(s.internalMembership, identity.KindAuth))
 	return s, nil
 }
 
@@ -335,6 +349,9 @@ func (s *Server) loginResult(user string, ok bool, now time.Time) {
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request, caller identity.Identity) {
+	if !s.canSign(w) {
+		return
+	}
 	var req LoginRequest
 	if !readJSON(w, r, &req) {
 		return
@@ -422,6 +439,18 @@ func (s *Server) issue(id identity.Identity, sshPub ssh.PublicKey, tlsPub any, t
 	return creds, nil
 }
 
+// canSign refuses (503, so clients fail over to another auth server) when
+// the cluster does not trust this server's CA keys yet: certificates it
+// signed would be rejected everywhere. A server that joined with its own
+// keystore signs once a CA rotation has made its keys trusted.
+func (s *Server) canSign(w http.ResponseWriter) bool {
+	if s.keysTrusted() {
+		return true
+	}
+	WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("auth server %s cannot sign certificates yet: the cluster does not trust its CA keys (run jgctl ca rotate to add them); use another auth server", s.cfg.ID))
+	return false
+}
+
 // HashToken returns the stored form of a join token secret.
 func HashToken(secret string) string {
 	sum := sha256.Sum256([]byte(secret))
@@ -429,6 +458,9 @@ func HashToken(secret string) string {
 }
 
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	if !s.canSign(w) {
+		return
+	}
 	var req JoinRequest
 	if !readJSON(w, r, &req) {
 		return
@@ -441,9 +473,19 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Logger.Warn("join refused", "node", req.Name, "kind", req.Kind, "err", msg)
 		WriteError(w, code, msg)
 	}
-	if req.Kind != identity.KindNode && req.Kind != identity.KindProxy {
-		fail(http.StatusBadRequest, fmt.Sprintf("cannot join as %q: want node or proxy", req.Kind))
+	if req.Kind != identity.KindNode && req.Kind != identity.KindProxy && req.Kind != identity.KindAuth {
+		fail(http.StatusBadRequest, fmt.Sprintf("cannot join as %q: want node, proxy or auth", req.Kind))
 		return
+	}
+	if req.Kind == identity.KindAuth {
+		if req.Auth == nil || req.Auth.APIAddr == "" || req.Auth.RaftAddr == "" {
+			fail(http.StatusBadRequest, "an auth server joins with its API and raft addresses")
+			return
+		}
+		if s.cfg.Raft == nil {
+			fail(http.StatusBadRequest, "this auth server cannot add members")
+			return
+		}
 	}
 	if err := identity.CheckName(req.Name); err != nil {
 		fail(http.StatusBadRequest, "name: "+err.Error())
@@ -481,6 +523,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok := res.(state.Token)
+	if req.Kind == identity.KindAuth {
+		if err := s.joinAuth(r.Context(), req.Name, tok, req.Auth); err != nil {
+			fail(http.StatusServiceUnavailable, fmt.Sprintf("add auth server %s to the cluster: %v (the token is spent: create a new one with jgctl auth add %s)", req.Name, err, req.Name))
+			return
+		}
+	}
 	if req.Kind == identity.KindNode {
 		labels := map[string]string{}
 		for k, v := range tok.Labels {
@@ -815,6 +863,7 @@ func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request, caller ident
 type TokenInfo struct {
 	ID      string            `json:"id"`
 	Kind    identity.Kind     `json:"kind"`
+	Name    string            `json:"name,omitempty"` // the only name it joins as
 	Labels  map[string]string `json:"labels,omitempty"`
 	Expires time.Time         `json:"expires"`
 	UsedBy  string            `json:"used_by,omitempty"`
@@ -823,7 +872,7 @@ type TokenInfo struct {
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
 	out := []TokenInfo{}
 	for _, t := range s.cfg.Store.Tokens() {
-		out = append(out, TokenInfo{ID: t.ID(), Kind: t.Kind, Labels: t.Labels, Expires: t.Expires, UsedBy: t.UsedBy})
+		out = append(out, TokenInfo{ID: t.ID(), Kind: t.Kind, Name: t.Name, Labels: t.Labels, Expires: t.Expires, UsedBy: t.UsedBy})
 	}
 	WriteJSON(w, http.StatusOK, out)
 }
@@ -833,6 +882,14 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request, caller iden
 	if !readJSON(w, r, &req) {
 		return
 	}
+	if req.Kind == identity.KindAuth {
+		WriteError(w, http.StatusBadRequest, "auth server tokens come from jgctl auth add, which binds them to the new server's id")
+		return
+	}
+	s.createTokenFor(w, caller, req)
+}
+
+func (s *Server) createTokenFor(w http.ResponseWriter, caller identity.Identity, req CreateTokenRequest) {
 	ttl := time.Duration(req.TTL)
 	if ttl <= 0 {
 		ttl = 30 * time.Minute
@@ -848,7 +905,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request, caller iden
 	}
 	secret := hex.EncodeToString(raw)
 	now := s.cfg.Now().UTC()
-	tok := state.Token{Hash: HashToken(secret), Kind: req.Kind, Labels: req.Labels, Expires: now.Add(ttl), Created: now}
+	tok := state.Token{Hash: HashToken(secret), Kind: req.Kind, Name: req.Name, Voter: req.Voter, Labels: req.Labels, Expires: now.Add(ttl), Created: now}
 	if _, err := s.apply(state.TypeCreateToken, state.CreateToken{Token: tok}); err != nil {
 		s.applyErr(w, err)
 		return

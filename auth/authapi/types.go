@@ -84,6 +84,18 @@ type JoinRequest struct {
 	// DNSNames and IPs go into a proxy's server certificate.
 	DNSNames []string `json:"dns_names,omitempty"`
 	IPs      []string `json:"ips,omitempty"`
+	// Auth servers: where the new server serves its API and raft, and the
+	// public halves of the CA keys in its own keystore.
+	Auth *AuthJoin `json:"auth,omitempty"`
+}
+
+// AuthJoin is the auth-server part of a JoinRequest.
+type AuthJoin struct {
+	APIAddr  string           `json:"api_addr"`
+	RaftAddr string           `json:"raft_addr"`
+	Region   string           `json:"region,omitempty"`
+	Keys     state.ServerKeys `json:"keys"`
+	Backend  string           `json:"backend,omitempty"`
 }
 
 // NodeStatus is one node in `jgctl nodes ls` and `jg ls`.
@@ -204,6 +216,11 @@ type CreateTokenRequest struct {
 	Kind   identity.Kind     `json:"kind"`
 	TTL    identity.Duration `json:"ttl"`
 	Labels map[string]string `json:"labels,omitempty"`
+	// Name binds the token to one name: only a proxy (node, auth server)
+	// of that name can join with it. Required for auth servers.
+	Name string `json:"name,omitempty"`
+	// Voter (auth tokens): the server joins raft as a voter.
+	Voter bool `json:"voter,omitempty"`
 }
 
 // CreateTokenResponse returns the secret once.
@@ -216,7 +233,7 @@ type CreateTokenResponse struct {
 
 // WatchMessage is one line of a watch stream.
 type WatchMessage struct {
-	Type     string         `json:"type"` // "snapshot", "event", "heartbeat"
+	Type     string         `json:"type"` // "snapshot", "event", "heartbeat", "resume"
 	Index    uint64         `json:"index"`
 	Snapshot *WatchSnapshot `json:"snapshot,omitempty"`
 	Event    *state.Event   `json:"event,omitempty"`

@@ -354,7 +354,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	}
 	cache := authapi.NewHub()
 	p.goServe("proxy cache", func() error {
-		authapi.Follow(ctx, cache, upstream.OpenWatch, func(err error) {
+		authapi.Follow(ctx, cache, upstream.OpenWatchFrom, func(err error) {
 			if err != nil {
 				p.log.Warn("watch stream from auth broke; retrying", "auth", authAddr, "err", err)
 			} else {
@@ -600,9 +600,9 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	// attempt goes to the next proxy, so losing a proxy does not freeze the
 	// node's view of roles and CAs.
 	var next atomic.Uint32
-	openWatch := func(ctx context.Context) (*http.Response, error) {
+	openWatch := func(ctx context.Context, since uint64) (*http.Response, error) {
 		i := int(next.Add(1)-1) % len(clients)
-		resp, err := clients[i].OpenWatch(ctx)
+		resp, err := clients[i].OpenWatchFrom(ctx, since)
 		if err != nil {
 			return nil, fmt.Errorf("watch via proxy %s: %w", cfg.Node.Proxies[i], err)
 		}
