@@ -16,8 +16,8 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"jumpgate.dev/jumpgate/auth/identity"
@@ -309,7 +309,9 @@ type transportError struct {
 	err  error
 }
 
-func (e *transportError) Error() string { return fmt.Sprintf("request to %s failed: %v", e.host, e.err) }
+func (e *transportError) Error() string {
+	return fmt.Sprintf("request to %s failed: %v", e.host, e.err)
+}
 func (e *transportError) Unwrap() error { return e.err }
 
 // Ping returns the server's cluster name and version.

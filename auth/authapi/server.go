@@ -45,11 +45,11 @@ type ServerConfig struct {
 	PeerClient func(addr string) (*Client, error)
 	// Keystore names the keystore backend (software, pkcs11).
 	Keystore string
-	CA        *ca.Authority
-	Audit     audit.Sink
-	Logger    *slog.Logger
-	Now       func() time.Time
-	Version   string
+	CA       *ca.Authority
+	Audit    audit.Sink
+	Logger   *slog.Logger
+	Now      func() time.Time
+	Version  string
 	// UserCertTTL is the default lifetime of user certificates (12h),
 	// capped by the user's roles' max_session_ttl.
 	UserCertTTL time.Duration
