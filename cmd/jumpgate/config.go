@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -71,23 +72,47 @@ type LogConfig struct {
 
 // AuthConfig configures the auth role.
 type AuthConfig struct {
+	// ID names this auth server in raft and `jgctl auth ls`. Default
+	// "auth-<cluster_name>" (the first server's name); every server that
+	// joins must have its own.
+	ID                     string        `yaml:"id"`
 	ClusterName            string        `yaml:"cluster_name"`
 	Listen                 string        `yaml:"listen"`
 	KeystorePassphraseFile string        `yaml:"keystore_passphrase_file"`
 	UserCertTTL            time.Duration `yaml:"user_cert_ttl"`
+	// AdvertiseAddr is the API address other auth servers and proxies
+	// use, when Listen's host is a wildcard. Default: Listen.
+	AdvertiseAddr string `yaml:"advertise_addr"`
+	// RaftListen is the raft transport address (mutual TLS, auth servers
+	// only). Default: Listen's host, Listen's port + 1.
+	RaftListen string `yaml:"raft_listen"`
+	// RaftAdvertise is the raft address other auth servers dial, when not
+	// RaftListen.
+	RaftAdvertise string `yaml:"raft_advertise"`
+	// Region is shown in `jgctl auth ls`.
+	Region string `yaml:"region"`
+	// JoinAddr, Token and CAPin join this server to an existing cluster
+	// (first start only): JoinAddr is any of its auth servers, Token comes
+	// from `jgctl auth add ID`, which also prints CAPin.
+	JoinAddr string `yaml:"join_addr"`
+	Token    string `yaml:"token"`
+	CAPin    string `yaml:"ca_pin"`
 }
 
 // ProxyConfig configures the proxy role.
 type ProxyConfig struct {
-	ID          string     `yaml:"id"`
-	Listen      string     `yaml:"listen"`
-	PublicAddrs []string   `yaml:"public_addrs"`
-	AuthAddr    string     `yaml:"auth_addr"`
-	Token       string     `yaml:"token"`
-	CAPin       string     `yaml:"ca_pin"`
-	Region      string     `yaml:"region"`
-	Location    *Location  `yaml:"location"`
-	Mesh        MeshConfig `yaml:"mesh"`
+	ID          string   `yaml:"id"`
+	Listen      string   `yaml:"listen"`
+	PublicAddrs []string `yaml:"public_addrs"`
+	AuthAddr    string   `yaml:"auth_addr"`
+	// AuthAddrs are more auth servers to fail over to, nearest first
+	// after AuthAddr. --auth takes a comma-separated list.
+	AuthAddrs []string   `yaml:"auth_addrs"`
+	Token     string     `yaml:"token"`
+	CAPin     string     `yaml:"ca_pin"`
+	Region    string     `yaml:"region"`
+	Location  *Location  `yaml:"location"`
+	Mesh      MeshConfig `yaml:"mesh"`
 }
 
 // Location is a point on Earth in degrees.
@@ -193,6 +218,42 @@ func (c *Config) CheckAndSetDefaults() error {
 		}
 		if err := checkHostPort("auth.listen", c.Auth.Listen); err != nil {
 			return err
+		}
+		if c.Auth.ID == "" {
+			if c.Auth.JoinAddr != "" {
+				return errors.New("auth: a server that joins an existing cluster needs its own id (--auth-id), the one given to jgctl auth add")
+			}
+			c.Auth.ID = "auth-" + c.Auth.ClusterName
+		}
+		if err := identity.CheckName(c.Auth.ID); err != nil {
+			return fmt.Errorf("auth: id: %w", err)
+		}
+		if c.Auth.AdvertiseAddr == "" {
+			c.Auth.AdvertiseAddr = c.Auth.Listen
+		}
+		if err := checkHostPort("auth.advertise_addr", c.Auth.AdvertiseAddr); err != nil {
+			return err
+		}
+		if c.Auth.RaftListen == "" {
+			host, port, _ := net.SplitHostPort(c.Auth.Listen)
+			n, err := strconv.Atoi(port)
+			if err != nil || n == 0 || n == 65535 {
+				return fmt.Errorf("auth: give raft_listen (--raft-listen): it cannot be derived from listen %s", c.Auth.Listen)
+			}
+			c.Auth.RaftListen = net.JoinHostPort(host, strconv.Itoa(n+1))
+		}
+		if err := checkHostPort("auth.raft_listen", c.Auth.RaftListen); err != nil {
+			return err
+		}
+		if c.Auth.RaftAdvertise != "" {
+			if err := checkHostPort("auth.raft_advertise", c.Auth.RaftAdvertise); err != nil {
+				return err
+			}
+		}
+		if c.Auth.JoinAddr != "" {
+			if err := checkHostPort("auth.join_addr", c.Auth.JoinAddr); err != nil {
+				return err
+			}
 		}
 	}
 	if c.Has("proxy") {

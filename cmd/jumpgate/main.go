@@ -34,7 +34,7 @@ func versionCmd() *cobra.Command {
 
 func startCmd() *cobra.Command {
 	var (
-		configPath, roles, labels, location string
+		configPath, roles, labels, location, authAddrs string
 		drain                               time.Duration
 		f                                   Config
 	)
@@ -76,7 +76,15 @@ func startCmd() *cobra.Command {
 			set("auth-listen", &cfg.Auth.Listen, f.Auth.Listen)
 			set("proxy-id", &cfg.Proxy.ID, f.Proxy.ID)
 			set("proxy-listen", &cfg.Proxy.Listen, f.Proxy.Listen)
-			set("auth", &cfg.Proxy.AuthAddr, f.Proxy.AuthAddr)
+			if fl.Changed("auth") {
+				addrs := strings.Split(authAddrs, ",")
+				cfg.Proxy.AuthAddr, cfg.Proxy.AuthAddrs = addrs[0], addrs[1:]
+			}
+			set("auth-id", &cfg.Auth.ID, f.Auth.ID)
+			set("auth-advertise", &cfg.Auth.AdvertiseAddr, f.Auth.AdvertiseAddr)
+			set("raft-listen", &cfg.Auth.RaftListen, f.Auth.RaftListen)
+			set("raft-advertise", &cfg.Auth.RaftAdvertise, f.Auth.RaftAdvertise)
+			set("auth-join", &cfg.Auth.JoinAddr, f.Auth.JoinAddr)
 			set("node-name", &cfg.Node.Name, f.Node.Name)
 			set("proxy", &cfg.Node.Proxy, f.Node.Proxy)
 			if fl.Changed("connection-count") {
@@ -85,6 +93,7 @@ func startCmd() *cobra.Command {
 			set("tunnel-transport", &cfg.Node.TunnelTransport, f.Node.TunnelTransport)
 			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
 			set("region", &cfg.Proxy.Region, f.Proxy.Region)
+			set("region", &cfg.Auth.Region, f.Proxy.Region)
 			set("gossip-listen", &cfg.Proxy.Mesh.GossipListen, f.Proxy.Mesh.GossipListen)
 			set("peer-listen", &cfg.Proxy.Mesh.PeerListen, f.Proxy.Mesh.PeerListen)
 			set("advertise-addr", &cfg.Proxy.Mesh.AdvertiseAddr, f.Proxy.Mesh.AdvertiseAddr)
@@ -102,10 +111,10 @@ func startCmd() *cobra.Command {
 				cfg.Proxy.PublicAddrs = f.Proxy.PublicAddrs
 			}
 			if fl.Changed("token") {
-				cfg.Node.Token, cfg.Proxy.Token = f.Node.Token, f.Node.Token
+				cfg.Node.Token, cfg.Proxy.Token, cfg.Auth.Token = f.Node.Token, f.Node.Token, f.Node.Token
 			}
 			if fl.Changed("ca-pin") {
-				cfg.Node.CAPin, cfg.Proxy.CAPin = f.Node.CAPin, f.Node.CAPin
+				cfg.Node.CAPin, cfg.Proxy.CAPin, cfg.Auth.CAPin = f.Node.CAPin, f.Node.CAPin, f.Node.CAPin
 			}
 			if fl.Changed("labels") {
 				l, err := ParseLabels(labels)
@@ -143,7 +152,12 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Proxy.Mesh.PeerListen, "peer-listen", "", "proxy-to-proxy QUIC address (UDP)")
 	fl.StringVar(&f.Proxy.Mesh.AdvertiseAddr, "advertise-addr", "", "address other proxies use to reach this one, when not the listen host")
 	fl.StringSliceVar(&f.Proxy.Mesh.Seeds, "seeds", nil, "gossip addresses of other proxies to join through")
-	fl.StringVar(&f.Proxy.AuthAddr, "auth", "", "auth server address, for a proxy without the auth role")
+	fl.StringVar(&authAddrs, "auth", "", "auth server addresses (comma-separated, nearest first), for a proxy without the auth role")
+	fl.StringVar(&f.Auth.ID, "auth-id", "", "this auth server's id (default auth-<cluster-name>; required when joining)")
+	fl.StringVar(&f.Auth.AdvertiseAddr, "auth-advertise", "", "auth API address other servers use, when not --auth-listen")
+	fl.StringVar(&f.Auth.RaftListen, "raft-listen", "", "raft address, mutual TLS between auth servers (default: auth port + 1)")
+	fl.StringVar(&f.Auth.RaftAdvertise, "raft-advertise", "", "raft address other auth servers dial, when not --raft-listen")
+	fl.StringVar(&f.Auth.JoinAddr, "auth-join", "", "join the auth cluster through this auth server (first start; with --token and --ca-pin from jgctl auth add)")
 	fl.StringVar(&f.Node.Name, "node-name", "", "this node's name")
 	fl.StringVar(&labels, "labels", "", "node labels, k=v,k2=v2")
 	fl.StringVar(&f.Node.Proxy, "proxy", "", "proxy address the node dials (host:port)")

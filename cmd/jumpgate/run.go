@@ -28,9 +28,6 @@ import (
 	"jumpgate.dev/jumpgate/auth/authapi"
 	"jumpgate.dev/jumpgate/auth/ca"
 	"jumpgate.dev/jumpgate/auth/identity"
-	"jumpgate.dev/jumpgate/auth/keystore"
-	"jumpgate.dev/jumpgate/auth/raftnode"
-	"jumpgate.dev/jumpgate/auth/state"
 	"jumpgate.dev/jumpgate/cmd/internal/creds"
 	"jumpgate.dev/jumpgate/mesh/ingress"
 	"jumpgate.dev/jumpgate/node/sshd"
@@ -135,140 +132,6 @@ func shutdownAll(p *process, cause error, timeout time.Duration) error {
 
 // --- auth ------------------------------------------------------------------
 
-func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, error) {
-	dir := filepath.Join(cfg.DataDir, "auth")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	passFile := cfg.Auth.KeystorePassphraseFile
-	if passFile == "" {
-		passFile = filepath.Join(dir, "keystore.pass")
-	}
-	pass, created, err := keystore.LoadOrCreatePassphrase(passFile)
-	if err != nil {
-		return nil, err
-	}
-	if created {
-		p.log.Warn("created a keystore passphrase next to the keys; for production keep it elsewhere (auth.keystore_passphrase_file) or use an HSM", "file", passFile)
-	}
-	ks, err := keystore.NewSoftware(keystore.SoftwareConfig{Dir: filepath.Join(dir, "keys"), Passphrase: pass})
-	if err != nil {
-		return nil, err
-	}
-	hub := authapi.NewHub()
-	var store *state.Store
-	store = state.New(authapi.PublishState(hub, func() *state.Store { return store }))
-	rn, err := raftnode.Open(raftnode.Config{ID: "auth-" + cfg.Auth.ClusterName, Dir: filepath.Join(dir, "raft"), Store: store, Logger: p.log, Bootstrap: true})
-	if err != nil {
-		return nil, err
-	}
-	p.onShutdown(func(context.Context) { rn.Close() })
-	if err := rn.WaitLeader(15 * time.Second); err != nil {
-		return nil, err
-	}
-	if err := rn.Barrier(15 * time.Second); err != nil {
-		return nil, err
-	}
-	var authority *ca.Authority
-	if store.Cluster() == "" {
-		authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks})
-		if err != nil {
-			return nil, err
-		}
-		cas := state.CAs{
-			UserSSH: []string{string(ssh.MarshalAuthorizedKey(authority.UserCAPublic()))},
-			HostSSH: []string{string(ssh.MarshalAuthorizedKey(authority.HostCAPublic()))},
-			TLS:     [][]byte{authority.TLSCACert()},
-		}
-		cmd, _ := state.Encode(state.TypeBootstrap, state.Bootstrap{Cluster: cfg.Auth.ClusterName, CAs: cas})
-		if _, err := rn.Apply(cmd); err != nil {
-			return nil, fmt.Errorf("bootstrap cluster: %w", err)
-		}
-		p.log.Info("created cluster", "cluster", cfg.Auth.ClusterName)
-	} else {
-		if store.Cluster() != cfg.Auth.ClusterName {
-			return nil, fmt.Errorf("data dir %s belongs to cluster %s, not %s", cfg.DataDir, store.Cluster(), cfg.Auth.ClusterName)
-		}
-		var lastErr error
-		for _, der := range store.CAs().TLS {
-			if authority, lastErr = ca.New(ca.Config{ClusterName: store.Cluster(), Keystore: ks, TLSCACert: der}); lastErr == nil {
-				break
-			}
-		}
-		if authority == nil {
-			return nil, lastErr
-		}
-	}
-	if len(store.MeshKeys()) == 0 {
-		// Proxies encrypt their gossip with this key (they fetch it from
-		// auth); clusters created before the mesh get one on upgrade.
-		key := make([]byte, state.MeshKeyBytes)
-		if _, err := rand.Read(key); err != nil {
-			return nil, err
-		}
-		cmd, _ := state.Encode(state.TypeSetMeshKeys, state.SetMeshKeys{Keys: [][]byte{key}})
-		if _, err := rn.Apply(cmd); err != nil {
-			return nil, fmt.Errorf("create mesh gossip key: %w", err)
-		}
-		p.log.Info("created the mesh gossip key")
-	}
-	_ = hub.Apply(authapi.SnapshotMessage(store))
-	api, err := authapi.NewServer(authapi.ServerConfig{
-		ID: "auth-" + cfg.Auth.ClusterName, Store: store, Hub: hub, Apply: rn.Apply,
-		RaftStats: func() any { return rn.Stats() }, CA: authority, Audit: p.audit, Logger: p.log,
-		Version: version, UserCertTTL: cfg.Auth.UserCertTTL,
-	})
-	if err != nil {
-		return nil, err
-	}
-	host, _, _ := net.SplitHostPort(cfg.Auth.Listen)
-	cert, err := newServerCert(authority, identity.Identity{Kind: identity.KindAuth, Name: "auth-" + cfg.Auth.ClusterName, Cluster: store.Cluster()}, []string{host, "localhost"}, 30*24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	var certp atomic.Pointer[tls.Certificate]
-	certp.Store(cert)
-	adminDir := filepath.Join(cfg.DataDir, "admin")
-	if err := writeAdminIdentity(authority, store.Cluster(), adminDir); err != nil {
-		return nil, err
-	}
-	// Renew the auth server's certificate and the local admin identity well
-	// before they expire.
-	p.goServe("auth renewals", func() error {
-		t := time.NewTicker(6 * time.Hour)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-t.C:
-			}
-			if c, err := newServerCert(authority, identity.Identity{Kind: identity.KindAuth, Name: "auth-" + cfg.Auth.ClusterName, Cluster: store.Cluster()}, []string{host, "localhost"}, 30*24*time.Hour); err == nil {
-				certp.Store(c)
-			}
-			if err := writeAdminIdentity(authority, store.Cluster(), adminDir); err != nil {
-				p.log.Error("renew admin identity", "err", err)
-			}
-		}
-	})
-	ln, err := net.Listen("tcp", cfg.Auth.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("auth listen: %w", err)
-	}
-	srv := &http.Server{Handler: api, TLSConfig: authapi.TLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certp.Load(), nil }, hub.TLSPool),
-		ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)}
-	p.goServe("auth API", func() error { return srv.ServeTLS(ln, "", "") })
-	p.onShutdown(func(ctx context.Context) { srv.Shutdown(ctx) }) //nolint:errcheck
-	p.ready = append(p.ready, func() error {
-		if s := rn.Stats(); s.Leader == "" {
-			return errors.New("auth: raft has no leader")
-		}
-		return nil
-	})
-	p.log.Info("auth server listening", "addr", ln.Addr(), "cluster", store.Cluster(), "admin_identity", adminDir)
-	return authority, nil
-}
-
 // newServerCert issues a TLS server certificate for id with a fresh key,
 // with the CA certificate appended so first-contact clients can check a pin.
 func newServerCert(a *ca.Authority, id identity.Identity, hosts []string, ttl time.Duration) (*tls.Certificate, error) {
@@ -347,7 +210,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		cert, pool, cluster = &id.TLS, id.RootCAs, id.Meta.Cluster
 	}
 	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }
-	upstream, err := authapi.NewClient(authapi.ClientConfig{Addr: authAddr, Trust: authapi.TrustConfig{RootCAs: pool, Kinds: []identity.Kind{identity.KindAuth}},
+	upstream, err := authapi.NewClient(authapi.ClientConfig{Addr: authAddr, Addrs: cfg.Proxy.AuthAddrs, Trust: authapi.TrustConfig{RootCAs: pool, Kinds: []identity.Kind{identity.KindAuth}},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }})
 	if err != nil {
 		return err

@@ -1,0 +1,465 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/ca"
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/auth/keystore"
+	"jumpgate.dev/jumpgate/auth/raftnode"
+	"jumpgate.dev/jumpgate/auth/state"
+)
+
+// Files an auth server keeps beside raft's, so that it can talk to the
+// other auth servers before its state machine has replayed the log (after
+// a restart of the whole cluster, nobody can replay without the others):
+const (
+	// ownCAFile: this server's self-signed TLS CA certificate (public).
+	ownCAFile = "tls-ca.pem"
+	// trustedCAFile: the cluster's trusted TLS CAs, rewritten on change.
+	trustedCAFile = "trusted-tls-ca.pem"
+	// joinedDir: the identity a joining server got from the cluster.
+	joinedDir = "identity"
+)
+
+// authServer is the running auth role.
+type authServer struct {
+	cfg       Config
+	dir       string
+	authority *ca.Authority
+	store     *state.Store
+	hub       *authapi.Hub
+	rn        *raftnode.Node
+	api       *authapi.Server
+	cert      atomic.Pointer[tls.Certificate]
+	backend   string // keystore backend
+	log       *slog.Logger
+}
+
+// trusted reports whether the cluster trusts this server's CA keys.
+func (a *authServer) trusted() bool {
+	cas := a.store.CAs()
+	for _, der := range cas.TLS {
+		if bytes.Equal(der, a.authority.TLSCACert()) {
+			return true
+		}
+	}
+	return false
+}
+
+// roots is the cluster's TLS CA pool: from state once it is there, else
+// from the copy on disk.
+func (a *authServer) roots() *x509.CertPool {
+	if cas := a.store.CAs().TLS; len(cas) > 0 {
+		pool := x509.NewCertPool()
+		for _, der := range cas {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				pool.AddCert(c)
+			}
+		}
+		return pool
+	}
+	pool := x509.NewCertPool()
+	if b, err := os.ReadFile(filepath.Join(a.dir, trustedCAFile)); err == nil {
+		pool.AppendCertsFromPEM(b)
+	}
+	if own := a.authority; own != nil {
+		c, _ := x509.ParseCertificate(own.TLSCACert())
+		pool.AddCert(c)
+	}
+	return pool
+}
+
+func (a *authServer) getCert() (*tls.Certificate, error) {
+	if c := a.cert.Load(); c != nil {
+		return c, nil
+	}
+	return nil, errors.New("this auth server has no certificate yet")
+}
+
+// saveTrusted writes the trusted TLS CAs to disk when they change.
+func (a *authServer) saveTrusted() {
+	cas := a.store.CAs().TLS
+	if len(cas) == 0 {
+		return
+	}
+	var buf bytes.Buffer
+	for _, der := range cas {
+		pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: der}) //nolint:errcheck // bytes.Buffer
+	}
+	path := filepath.Join(a.dir, trustedCAFile)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, buf.Bytes()) {
+		return
+	}
+	if err := writeFileAtomic(path, buf.Bytes(), 0o600); err != nil {
+		a.log.Error("save trusted TLS CAs", "err", err)
+	}
+}
+
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, error) {
+	a := &authServer{cfg: cfg, dir: filepath.Join(cfg.DataDir, "auth"), log: p.log.With("auth_server", cfg.Auth.ID)}
+	if err := os.MkdirAll(a.dir, 0o700); err != nil {
+		return nil, err
+	}
+	ks, err := openKeystore(p, cfg, a.dir)
+	if err != nil {
+		return nil, err
+	}
+	a.backend = ks.Backend()
+	a.hub = authapi.NewHub()
+	a.store = state.New(authapi.PublishState(a.hub, func() *state.Store { return a.store }))
+
+	// With our own TLS CA certificate on disk, the authority (and so our
+	// certificates) exist before raft starts: a restarted cluster can
+	// elect a leader before anyone has replayed the log.
+	joining := cfg.Auth.JoinAddr != ""
+	if b, err := os.ReadFile(filepath.Join(a.dir, ownCAFile)); err == nil {
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			return nil, fmt.Errorf("%s: not a PEM certificate", filepath.Join(a.dir, ownCAFile))
+		}
+		if a.authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks, TLSCACert: blk.Bytes}); err != nil {
+			return nil, err
+		}
+	} else if joining {
+		// A new server: its own keys and CA, trusted by the cluster only
+		// after a CA rotation adds them.
+		if a.authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks}); err != nil {
+			return nil, err
+		}
+		if err := a.saveOwnCA(); err != nil {
+			return nil, err
+		}
+	}
+
+	var fwd func(ctx context.Context, leader string, cmd []byte) (uint64, error)
+	rn, err := raftnode.Open(raftnode.Config{
+		ID: cfg.Auth.ID, Dir: filepath.Join(a.dir, "raft"), Store: a.store, Logger: p.log,
+		BindAddr: cfg.Auth.RaftListen, Advertise: cfg.Auth.RaftAdvertise,
+		Bootstrap: !joining,
+		TLS:       &raftnode.TLS{Cluster: cfg.Auth.ClusterName, Certificate: a.getCert, RootCAs: a.roots},
+		Forward: func(ctx context.Context, leader string, cmd []byte) (uint64, error) {
+			if fwd == nil {
+				return 0, &raftnode.RetryableError{Err: errors.New("this auth server is still starting")}
+			}
+			return fwd(ctx, leader, cmd)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.rn = rn
+	p.onShutdown(func(context.Context) { rn.Close() })
+
+	// A joined server uses the certificate the cluster issued it (its
+	// own keys may not be trusted); the others sign their own.
+	if a.authority != nil && !joining {
+		if err := a.issueOwnCert(); err != nil {
+			return nil, err
+		}
+	}
+	if joining {
+		if err := a.join(ctx, p); err != nil {
+			return nil, err
+		}
+	} else if err := a.bootstrap(p, ks); err != nil {
+		return nil, err
+	}
+	a.saveTrusted()
+
+	api, err := authapi.NewServer(authapi.ServerConfig{
+		ID: cfg.Auth.ID, Store: a.store, Hub: a.hub, Apply: rn.Apply, Raft: rn,
+		RaftStats: func() any { return rn.Stats() }, CA: a.authority, Audit: p.audit, Logger: p.log,
+		Version: version, UserCertTTL: cfg.Auth.UserCertTTL, Keystore: ks.Backend(),
+		PeerClient: func(addr string) (*authapi.Client, error) {
+			return authapi.NewClient(authapi.ClientConfig{Addr: addr, Timeout: 10 * time.Second,
+				Trust:                authapi.TrustConfig{RootCAs: a.roots, Kinds: []identity.Kind{identity.KindAuth}},
+				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.getCert() }})
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.api = api
+	fwd = api.ForwardApply
+	_ = a.hub.Apply(authapi.SnapshotMessage(a.store))
+
+	ln, err := net.Listen("tcp", cfg.Auth.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("auth listen: %w", err)
+	}
+	srv := &http.Server{Handler: api, TLSConfig: authapi.TLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return a.getCert() }, a.roots),
+		ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)}
+	p.goServe("auth API", func() error { return srv.ServeTLS(ln, "", "") })
+	p.onShutdown(func(ctx context.Context) { srv.Shutdown(ctx) }) //nolint:errcheck
+
+	// Keep the registry's entry for this server current: the other
+	// servers find its API (for forwarded writes, should it lead) there.
+	if err := a.register(ctx); err != nil {
+		return nil, err
+	}
+	adminDir := filepath.Join(cfg.DataDir, "admin")
+	if a.trusted() {
+		if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir); err != nil {
+			return nil, err
+		}
+	}
+	p.goServe("auth upkeep", func() error { a.upkeep(ctx, adminDir); return nil })
+	p.ready = append(p.ready, func() error {
+		if id, _ := rn.Leader(); id == "" {
+			return errors.New("auth: raft has no leader")
+		}
+		return nil
+	})
+	p.log.Info("auth server listening", "addr", ln.Addr(), "raft", rn.Addr(), "auth_server", cfg.Auth.ID, "cluster", a.store.Cluster(), "signs", a.trusted(), "admin_identity", adminDir)
+	if !a.trusted() {
+		// The proxy role in this process must not sign with keys nobody
+		// trusts.
+		return nil, nil
+	}
+	return a.authority, nil
+}
+
+func (a *authServer) saveOwnCA() error {
+	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.authority.TLSCACert()})
+	return writeFileAtomic(filepath.Join(a.dir, ownCAFile), b, 0o600)
+}
+
+// certHosts are the names and addresses in this server's certificate.
+func (a *authServer) certHosts() []string {
+	hosts := []string{"localhost"}
+	for _, hp := range []string{a.cfg.Auth.Listen, a.cfg.Auth.AdvertiseAddr, a.cfg.Auth.RaftListen, a.cfg.Auth.RaftAdvertise} {
+		if h, _, err := net.SplitHostPort(hp); err == nil && h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
+}
+
+// issueOwnCert signs this server's certificate with its own key; only
+// for a server whose keys the cluster trusts (or is about to: bootstrap).
+func (a *authServer) issueOwnCert() error {
+	c, err := newServerCert(a.authority, identity.Identity{Kind: identity.KindAuth, Name: a.cfg.Auth.ID, Cluster: a.cfg.Auth.ClusterName}, a.certHosts(), 30*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	a.cert.Store(c)
+	return nil
+}
+
+// bootstrap brings up the first server of a cluster (or restarts any
+// server of an existing one).
+func (a *authServer) bootstrap(p *process, ks keystore.Keystore) error {
+	if err := a.rn.WaitLeader(60 * time.Second); err != nil {
+		return fmt.Errorf("%w: are enough auth servers (a majority of the voters) running?", err)
+	}
+	if a.rn.IsLeader() {
+		if err := a.rn.Barrier(15 * time.Second); err != nil {
+			return err
+		}
+	} else if err := a.waitState(60 * time.Second); err != nil {
+		return err
+	}
+	cfg := a.cfg
+	if a.store.Cluster() == "" {
+		if a.authority == nil {
+			var err error
+			if a.authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks}); err != nil {
+				return err
+			}
+		}
+		cas := state.CAs{
+			UserSSH: []string{string(ssh.MarshalAuthorizedKey(a.authority.UserCAPublic()))},
+			HostSSH: []string{string(ssh.MarshalAuthorizedKey(a.authority.HostCAPublic()))},
+			TLS:     [][]byte{a.authority.TLSCACert()},
+		}
+		cmd, _ := state.Encode(state.TypeBootstrap, state.Bootstrap{Cluster: cfg.Auth.ClusterName, CAs: cas})
+		if _, err := a.rn.Apply(cmd); err != nil {
+			return fmt.Errorf("bootstrap cluster: %w", err)
+		}
+		p.log.Info("created cluster", "cluster", cfg.Auth.ClusterName)
+	} else {
+		if a.store.Cluster() != cfg.Auth.ClusterName {
+			return fmt.Errorf("data dir %s belongs to cluster %s, not %s", cfg.DataDir, a.store.Cluster(), cfg.Auth.ClusterName)
+		}
+		if a.authority == nil {
+			// A data dir from before auth HA: find our TLS CA in state.
+			var lastErr error
+			for _, der := range a.store.CAs().TLS {
+				if a.authority, lastErr = ca.New(ca.Config{ClusterName: a.store.Cluster(), Keystore: ks, TLSCACert: der}); lastErr == nil {
+					break
+				}
+			}
+			if a.authority == nil {
+				return lastErr
+			}
+		}
+	}
+	if err := a.saveOwnCA(); err != nil {
+		return err
+	}
+	if a.cert.Load() == nil {
+		if err := a.issueOwnCert(); err != nil {
+			return err
+		}
+	}
+	if len(a.store.MeshKeys()) == 0 {
+		// Proxies encrypt their gossip with this key (they fetch it from
+		// auth); clusters created before the mesh get one on upgrade.
+		key := make([]byte, state.MeshKeyBytes)
+		if _, err := rand.Read(key); err != nil {
+			return err
+		}
+		cmd, _ := state.Encode(state.TypeSetMeshKeys, state.SetMeshKeys{Keys: [][]byte{key}})
+		if _, err := a.rn.Apply(cmd); err != nil {
+			return fmt.Errorf("create mesh gossip key: %w", err)
+		}
+		p.log.Info("created the mesh gossip key")
+	}
+	return nil
+}
+
+// waitState waits until this follower has the cluster's state.
+func (a *authServer) waitState(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for a.store.Cluster() == "" {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no state replicated from the leader after %s", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+// join adds a new auth server to an existing cluster: it redeems the
+// token from `jgctl auth add` (which says whether it joins as a voter),
+// and the leader adds it to raft; then it waits for the log.
+func (a *authServer) join(ctx context.Context, p *process) error {
+	cfg := a.cfg
+	raftAddr := a.rn.Addr()
+	req := authapi.JoinRequest{Kind: identity.KindAuth, Name: cfg.Auth.ID, DNSNames: dnsOnly(a.certHosts()), IPs: ipsOnly(a.certHosts()),
+		Auth: &authapi.AuthJoin{APIAddr: cfg.Auth.AdvertiseAddr, RaftAddr: raftAddr, Region: cfg.Auth.Region,
+			Keys: state.ServerKeys{
+				UserSSH: string(ssh.MarshalAuthorizedKey(a.authority.UserCAPublic())),
+				HostSSH: string(ssh.MarshalAuthorizedKey(a.authority.HostCAPublic())),
+				TLS:     a.authority.TLSCACert(),
+			}}}
+	id, err := loadOrJoin(ctx, p.log, filepath.Join(a.dir, joinedDir), cfg.Auth.JoinAddr, cfg.Auth.Token, cfg.Auth.CAPin, identity.KindAuth, req)
+	if err != nil {
+		return err
+	}
+	if err := id.WithChain(); err != nil {
+		return err
+	}
+	a.cert.Store(&id.TLS)
+	if err := a.waitState(2 * time.Minute); err != nil {
+		return fmt.Errorf("joined as %s, but: %w", cfg.Auth.ID, err)
+	}
+	if a.store.Cluster() != cfg.Auth.ClusterName {
+		return fmt.Errorf("joined cluster %s, but this server is configured for %s", a.store.Cluster(), cfg.Auth.ClusterName)
+	}
+	return nil
+}
+
+// register keeps this server's entry in the auth server registry current
+// (addresses change across restarts).
+func (a *authServer) register(ctx context.Context) error {
+	want := state.AuthServer{ID: a.cfg.Auth.ID, APIAddr: a.cfg.Auth.AdvertiseAddr, RaftAddr: a.rn.Addr(), Region: a.cfg.Auth.Region,
+		Keys: state.ServerKeys{
+			UserSSH: string(ssh.MarshalAuthorizedKey(a.authority.UserCAPublic())),
+			HostSSH: string(ssh.MarshalAuthorizedKey(a.authority.HostCAPublic())),
+			TLS:     a.authority.TLSCACert(),
+		}, Backend: a.backend}
+	if cur, ok := a.store.AuthServer(want.ID); ok {
+		want.Joined = cur.Joined
+		if cur.APIAddr == want.APIAddr && cur.RaftAddr == want.RaftAddr && cur.Region == want.Region && bytes.Equal(cur.Keys.TLS, want.Keys.TLS) && cur.Keys.UserSSH == want.Keys.UserSSH && cur.Backend == want.Backend {
+			return nil
+		}
+	} else {
+		want.Joined = time.Now().UTC()
+	}
+	cmd, _ := state.Encode(state.TypeUpsertAuthServer, state.UpsertAuthServer{Server: want})
+	var err error
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if _, err = a.rn.Apply(cmd); err == nil {
+			return nil
+		}
+		var re *raftnode.RetryableError
+		if !errors.As(err, &re) {
+			return fmt.Errorf("register auth server %s: %w", want.ID, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// upkeep renews this server's certificate (when it signs its own) and the
+// local admin identity, and keeps the trusted CAs on disk current.
+func (a *authServer) upkeep(ctx context.Context, adminDir string) {
+	renew := time.NewTicker(6 * time.Hour)
+	defer renew.Stop()
+	save := time.NewTicker(10 * time.Second)
+	defer save.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-save.C:
+			a.saveTrusted()
+		case <-renew.C:
+			if !a.trusted() {
+				continue
+			}
+			if err := a.issueOwnCert(); err != nil {
+				a.log.Error("renew auth server certificate", "err", err)
+			}
+			if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir); err != nil {
+				a.log.Error("renew admin identity", "err", err)
+			}
+		}
+	}
+}
+
+// openKeystore opens the CA keystore.
+func openKeystore(p *process, cfg Config, dir string) (keystore.Keystore, error) {
+	passFile := cfg.Auth.KeystorePassphraseFile
+	if passFile == "" {
+		passFile = filepath.Join(dir, "keystore.pass")
+	}
+	pass, created, err := keystore.LoadOrCreatePassphrase(passFile)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		p.log.Warn("created a keystore passphrase next to the keys; for production keep it elsewhere (auth.keystore_passphrase_file) or use an HSM", "file", passFile)
+	}
+	return keystore.NewSoftware(keystore.SoftwareConfig{Dir: filepath.Join(dir, "keys"), Passphrase: pass})
+}
