@@ -470,3 +470,23 @@ func (c *Client) CreateToken(ctx context.Context, req CreateTokenRequest) (*Crea
 func (c *Client) DeleteToken(ctx context.Context, id string) error {
 	return c.do(ctx, "DELETE", "/v1/tokens/"+url.PathEscape(id), nil, nil)
 }
+
+// AuthServers lists every auth server with its raft role and progress.
+func (c *Client) AuthServers(ctx context.Context) ([]AuthServerStatus, error) {
+	var out []AuthServerStatus
+	return out, c.do(ctx, "GET", "/v1/auth/servers", nil, &out)
+}
+
+// AuthAdd creates the one-time token a new auth server joins with.
+func (c *Client) AuthAdd(ctx context.Context, op MembershipOp) (*CreateTokenResponse, error) {
+	op.Op = "add"
+	var out CreateTokenResponse
+	return &out, c.do(ctx, "POST", "/v1/auth/servers", op, &out)
+}
+
+// AuthMembership promotes or removes an auth server ("promote",
+// "remove") and returns the servers afterwards.
+func (c *Client) AuthMembership(ctx context.Context, op, id string) ([]AuthServerStatus, error) {
+	var out []AuthServerStatus
+	return out, c.do(ctx, "POST", "/v1/auth/servers", MembershipOp{Op: op, ID: id}, &out)
+}

@@ -63,9 +63,12 @@ type AuthServerStatus struct {
 	AppliedIndex  uint64 `json:"applied_index"`
 	LastIndex     uint64 `json:"last_index"`
 	Keystore      string `json:"keystore,omitempty"`
-	// KeysTrusted: the cluster's CAs include this server's keys, so the
-	// certificates it signs are accepted everywhere.
+	// KeysTrusted: the cluster's CAs include this server's keys, so it
+	// signs user certificates.
 	KeysTrusted bool `json:"keys_trusted"`
+	// SignsServerCerts: it also signs node, proxy and auth server
+	// certificates (see state.AuthServer).
+	SignsServerCerts bool `json:"signs_server_certs"`
 	// Error: the server could not be asked (down, partitioned).
 	Error string `json:"error,omitempty"`
 }
@@ -113,7 +116,7 @@ func containsKey(lines []string, k ssh.PublicKey) bool {
 
 // Self returns this server's status.
 func (s *Server) Self() AuthServerStatus {
-	st := AuthServerStatus{ID: s.cfg.ID, Version: s.cfg.Version, Keystore: s.cfg.Keystore, KeysTrusted: s.keysTrusted(), Role: AuthRoleNotMember, LastContactMS: -1}
+	st := AuthServerStatus{ID: s.cfg.ID, Version: s.cfg.Version, Keystore: s.cfg.Keystore, KeysTrusted: s.keysTrusted(), SignsServerCerts: s.signsServerCerts(), Role: AuthRoleNotMember, LastContactMS: -1}
 	if a, ok := s.cfg.Store.AuthServer(s.cfg.ID); ok {
 		st.APIAddr, st.RaftAddr, st.Region = a.APIAddr, a.RaftAddr, a.Region
 	}
@@ -399,18 +402,40 @@ func (s *Server) internalApply(w http.ResponseWriter, r *http.Request, caller id
 	WriteJSON(w, http.StatusOK, applyResponse{Index: index})
 }
 
-// joinAuth adds a joining auth server to raft (with the suffrage its
-// token carries) and to the registry. The token is already consumed.
+// joinAuth adds a joining auth server to raft as a non-voter and to the
+// registry (with the suffrage its token carries, for PromoteSelf). The
+// token is already consumed.
 func (s *Server) joinAuth(ctx context.Context, name string, tok state.Token, aj *AuthJoin) error {
-	op := MembershipOp{Op: "add-nonvoter", ID: name, RaftAddr: aj.RaftAddr}
-	if tok.Voter {
-		op.Op = "add-voter"
-	}
 	// Registry first: the leader learns the new server's API address
 	// before it can become leader itself.
-	srv := state.AuthServer{ID: name, APIAddr: aj.APIAddr, RaftAddr: aj.RaftAddr, Region: aj.Region, Keys: aj.Keys, Backend: aj.Backend, Joined: s.cfg.Now().UTC()}
+	srv := state.AuthServer{ID: name, APIAddr: aj.APIAddr, RaftAddr: aj.RaftAddr, Region: aj.Region, Keys: aj.Keys, Backend: aj.Backend, Joined: s.cfg.Now().UTC(), Voter: tok.Voter}
 	if _, err := s.apply(state.TypeUpsertAuthServer, state.UpsertAuthServer{Server: srv}); err != nil {
 		return err
 	}
-	return s.onLeader(ctx, op)
+	if err := s.onLeader(ctx, MembershipOp{Op: "add-nonvoter", ID: name, RaftAddr: aj.RaftAddr}); err != nil {
+		return err
+	}
+	// Adding keys to the trusted sets is harmless to everyone and lets the
+	// new server sign user certificates as soon as proxies and nodes have
+	// them (one watch event); see canSign for what it does not sign yet.
+	_, err := s.apply(state.TypeTrustServerKeys, state.TrustServerKeys{ID: name})
+	return err
+}
+
+// PromoteSelf makes this server a voter if it was added to be one and is
+// still a non-voter. Call it once the server has the cluster's state: raft
+// then adds a member that can vote at once.
+func (s *Server) PromoteSelf(ctx context.Context) error {
+	a, ok := s.cfg.Store.AuthServer(s.cfg.ID)
+	if !ok || !a.Voter || s.cfg.Raft == nil {
+		return nil
+	}
+	if st := s.Self(); st.Role != AuthRoleNonvoter {
+		return nil
+	}
+	if err := s.onLeader(ctx, MembershipOp{Op: "promote", ID: s.cfg.ID}); err != nil {
+		return fmt.Errorf("promote auth server %s to voter: %w", s.cfg.ID, err)
+	}
+	s.cfg.Logger.Info("promoted to voter", "auth_server", s.cfg.ID)
+	return nil
 }

@@ -349,7 +349,7 @@ func (s *Server) loginResult(user string, ok bool, now time.Time) {
 }
 
 func (s *Server) login(w http.ResponseWriter, r *http.Request, caller identity.Identity) {
-	if !s.canSign(w) {
+	if !s.canSign(w, false) {
 		return
 	}
 	var req LoginRequest
@@ -440,15 +440,29 @@ func (s *Server) issue(id identity.Identity, sshPub ssh.PublicKey, tlsPub any, t
 }
 
 // canSign refuses (503, so clients fail over to another auth server) when
-// the cluster does not trust this server's CA keys yet: certificates it
-// signed would be rejected everywhere. A server that joined with its own
-// keystore signs once a CA rotation has made its keys trusted.
-func (s *Server) canSign(w http.ResponseWriter) bool {
-	if s.keysTrusted() {
-		return true
+// this server may not sign what is asked: nothing while the cluster does
+// not trust its CA keys, and no server certificates (node host
+// certificates, proxy and auth TLS certificates, which users' clients
+// check against the CA bundle they cached at login) unless it is a server
+// signer (state.AuthServer.SignsServerCerts).
+func (s *Server) canSign(w http.ResponseWriter, serverCerts bool) bool {
+	if !s.keysTrusted() {
+		WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("auth server %s cannot sign certificates: the cluster does not trust its CA keys; use another auth server", s.cfg.ID))
+		return false
 	}
-	WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("auth server %s cannot sign certificates yet: the cluster does not trust its CA keys (run jgctl ca rotate to add them); use another auth server", s.cfg.ID))
-	return false
+	if serverCerts && !s.signsServerCerts() {
+		WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("auth server %s signs user certificates only: its keys are not in every client's CA bundle yet (a CA rotation puts them there); join through another auth server", s.cfg.ID))
+		return false
+	}
+	return true
+}
+
+func (s *Server) signsServerCerts() bool {
+	if s.cfg.Raft == nil {
+		return true // a lone server without membership: its keys are the cluster's
+	}
+	a, ok := s.cfg.Store.AuthServer(s.cfg.ID)
+	return ok && a.SignsServerCerts
 }
 
 // HashToken returns the stored form of a join token secret.
@@ -458,7 +472,7 @@ func HashToken(secret string) string {
 }
 
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
-	if !s.canSign(w) {
+	if !s.canSign(w, true) {
 		return
 	}
 	var req JoinRequest

@@ -1,9 +1,12 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"jumpgate.dev/jumpgate/auth/identity"
@@ -34,6 +37,7 @@ const (
 	// Auth HA: the auth server registry.
 	TypeUpsertAuthServer Type = 13
 	TypeDeleteAuthServer Type = 14
+	TypeTrustServerKeys  Type = 15
 )
 
 // MeshKeyBytes is the length of a mesh gossip key (AES-256).
@@ -132,6 +136,13 @@ type DeleteAuthServer struct {
 	ID string `json:"id"`
 }
 
+// TrustServerKeys adds a registered auth server's CA public keys to the
+// cluster's trusted sets (keys already there are left alone): proxies and
+// nodes learn them from the watch stream, users with their next login.
+type TrustServerKeys struct {
+	ID string `json:"id"`
+}
+
 // Encode builds a command from its type and body.
 func Encode(t Type, body any) ([]byte, error) {
 	b, err := json.Marshal(body)
@@ -167,6 +178,7 @@ var table = map[Type]handler{
 
 	TypeUpsertAuthServer: typed(applyUpsertAuthServer),
 	TypeDeleteAuthServer: typed(applyDeleteAuthServer),
+	TypeTrustServerKeys:  typed(applyTrustServerKeys),
 }
 
 func typed[T any](f func(d *Data, c T) (any, []Event, error)) handler {
@@ -434,4 +446,33 @@ func applyDeleteAuthServer(d *Data, c DeleteAuthServer) (any, []Event, error) {
 	}
 	delete(d.AuthServers, c.ID)
 	return nil, []Event{event(KindAuthServer, "delete", c.ID, nil)}, nil
+}
+
+func applyTrustServerKeys(d *Data, c TrustServerKeys) (any, []Event, error) {
+	a, ok := d.AuthServers[c.ID]
+	if !ok {
+		return nil, nil, fmt.Errorf("auth server %s: %w", c.ID, ErrNotFound)
+	}
+	if a.Keys.UserSSH == "" || a.Keys.HostSSH == "" || len(a.Keys.TLS) == 0 {
+		return nil, nil, fmt.Errorf("auth server %s registered no CA keys", c.ID)
+	}
+	cas := CAs{UserSSH: slices.Clone(d.CAs.UserSSH), HostSSH: slices.Clone(d.CAs.HostSSH), TLS: cloneKeys(d.CAs.TLS)}
+	changed := false
+	addLine := func(set *[]string, k string) {
+		if !slices.ContainsFunc(*set, func(l string) bool { return strings.TrimSpace(l) == strings.TrimSpace(k) }) {
+			*set = append(*set, k)
+			changed = true
+		}
+	}
+	addLine(&cas.UserSSH, a.Keys.UserSSH)
+	addLine(&cas.HostSSH, a.Keys.HostSSH)
+	if !slices.ContainsFunc(cas.TLS, func(der []byte) bool { return bytes.Equal(der, a.Keys.TLS) }) {
+		cas.TLS = append(cas.TLS, slices.Clone(a.Keys.TLS))
+		changed = true
+	}
+	if !changed {
+		return nil, nil, nil
+	}
+	d.CAs = cas
+	return nil, []Event{event(KindCAs, "put", "", cas)}, nil
 }

@@ -98,6 +98,19 @@ type AuthServer struct {
 	Keys    ServerKeys `json:"keys"`
 	Backend string     `json:"backend,omitempty"` // keystore backend: software, pkcs11
 	Joined  time.Time  `json:"joined"`
+	// SignsServerCerts: this server signs certificates that clients check
+	// against the CA bundle they cached at login (node host certificates,
+	// proxy and auth server TLS certificates). The server that created
+	// the cluster does; a server that joined does not until a CA rotation
+	// has given every client its keys. Certificates that only proxies,
+	// nodes and auth servers check (user certificates), whose trusted
+	// keys follow the watch stream within a second, any server with
+	// trusted keys signs.
+	SignsServerCerts bool `json:"signs_server_certs,omitempty"`
+	// Voter: the server was added to be a voter. It joins raft as a
+	// non-voter and is promoted once it has caught up, so that a new
+	// voter that cannot answer yet never costs the cluster its quorum.
+	Voter bool `json:"voter,omitempty"`
 }
 
 // ServerKeys are one auth server's CA public keys.

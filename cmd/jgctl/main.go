@@ -34,10 +34,10 @@ func main() {
 	g := &globals{}
 	root := &cobra.Command{Use: "jgctl", Short: "Administer a Jumpgate cluster", SilenceUsage: true, SilenceErrors: true}
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.auth, "auth", envOr("JUMPGATE_AUTH", "127.0.0.1:3025"), "auth server address ($JUMPGATE_AUTH)")
+	pf.StringVar(&g.auth, "auth", envOr("JUMPGATE_AUTH", "127.0.0.1:3025"), "auth server address; a comma-separated list fails over in order ($JUMPGATE_AUTH)")
 	pf.StringVar(&g.identityDir, "identity", envOr("JUMPGATE_ADMIN_IDENTITY", "/var/lib/jumpgate/admin"), "admin identity directory ($JUMPGATE_ADMIN_IDENTITY)")
 	pf.BoolVar(&g.jsonOut, "json", false, "print JSON")
-	root.AddCommand(usersCmd(g), rolesCmd(g), tokensCmd(g), nodesCmd(g), proxiesCmd(g), meshCmd(g), statusCmd(g),
+	root.AddCommand(usersCmd(g), rolesCmd(g), tokensCmd(g), nodesCmd(g), proxiesCmd(g), meshCmd(g), authCmd(g), statusCmd(g),
 		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jgctl", version) }})
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "jgctl:", err)
@@ -60,7 +60,8 @@ func (g *globals) client() (*authapi.Client, error) {
 	if err := identity.CheckValidity(id.Leaf.NotBefore, id.Leaf.NotAfter, time.Now()); err != nil {
 		return nil, fmt.Errorf("admin identity in %s: %w", g.identityDir, err)
 	}
-	return authapi.NewClient(authapi.ClientConfig{Addr: g.auth, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindAuth}}, GetClientCertificate: id.GetClientCertificate})
+	addrs := strings.Split(g.auth, ",")
+	return authapi.NewClient(authapi.ClientConfig{Addr: addrs[0], Addrs: addrs[1:], Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindAuth}}, GetClientCertificate: id.GetClientCertificate})
 }
 
 func (g *globals) printJSON(v any) error {
@@ -213,7 +214,7 @@ func labelSel(l identity.Labels) string {
 
 func tokensCmd(g *globals) *cobra.Command {
 	t := &cobra.Command{Use: "tokens", Short: "Manage join tokens"}
-	var kind, labels, proxy string
+	var kind, labels, proxy, name string
 	var ttl time.Duration
 	add := &cobra.Command{Use: "add", Short: "Create a one-time join token", Args: cobra.NoArgs,
 		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
@@ -228,7 +229,7 @@ func tokensCmd(g *globals) *cobra.Command {
 				}
 				l[k] = v
 			}
-			resp, err := c.CreateToken(ctx, authapi.CreateTokenRequest{Kind: identity.Kind(kind), TTL: identity.Duration(ttl), Labels: l})
+			resp, err := c.CreateToken(ctx, authapi.CreateTokenRequest{Kind: identity.Kind(kind), TTL: identity.Duration(ttl), Labels: l, Name: name})
 			if err != nil {
 				return err
 			}
@@ -243,7 +244,8 @@ func tokensCmd(g *globals) *cobra.Command {
 			}
 			return nil
 		})}
-	add.Flags().StringVar(&kind, "type", "node", "node or proxy")
+	add.Flags().StringVar(&kind, "type", "node", "node or proxy (auth servers: jgctl auth add)")
+	add.Flags().StringVar(&name, "name", "", "bind the token to this node or proxy name: it cannot join under any other (recommended for proxies)")
 	add.Flags().DurationVar(&ttl, "ttl", 30*time.Minute, "how long the token may be used")
 	add.Flags().StringVar(&labels, "labels", "", "labels given to the node, k=v,k2=v2")
 	add.Flags().StringVar(&proxy, "proxy", "PROXY:3080", "proxy address to put in the printed join command")
@@ -264,9 +266,13 @@ func tokensCmd(g *globals) *cobra.Command {
 				} else if time.Now().After(t.Expires) {
 					st = "expired"
 				}
-				rows = append(rows, []string{t.ID, string(t.Kind), t.Expires.Local().Format(time.DateTime), st})
+				bound := t.Name
+				if bound == "" {
+					bound = "any"
+				}
+				rows = append(rows, []string{t.ID, string(t.Kind), bound, t.Expires.Local().Format(time.DateTime), st})
 			}
-			return table("ID\tTYPE\tEXPIRES\tSTATE", rows)
+			return table("ID\tTYPE\tNAME\tEXPIRES\tSTATE", rows)
 		})}
 	rm := &cobra.Command{Use: "rm ID", Short: "Remove a token", Args: cobra.ExactArgs(1),
 		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {

@@ -50,7 +50,10 @@ type authServer struct {
 	api       *authapi.Server
 	cert      atomic.Pointer[tls.Certificate]
 	backend   string // keystore backend
-	log       *slog.Logger
+	// joinPool: the cluster's TLS CAs as the join answer gave them, for
+	// talking to the others before this server has the state.
+	joinPool atomic.Pointer[x509.CertPool]
+	log      *slog.Logger
 }
 
 // trusted reports whether the cluster trusts this server's CA keys.
@@ -77,8 +80,11 @@ func (a *authServer) roots() *x509.CertPool {
 		return pool
 	}
 	pool := x509.NewCertPool()
-	if b, err := os.ReadFile(filepath.Join(a.dir, trustedCAFile)); err == nil {
-		pool.AppendCertsFromPEM(b)
+	if b, err := os.ReadFile(filepath.Join(a.dir, trustedCAFile)); err == nil && pool.AppendCertsFromPEM(b) {
+		return pool
+	}
+	if jp := a.joinPool.Load(); jp != nil {
+		return jp
 	}
 	if own := a.authority; own != nil {
 		c, _ := x509.ParseCertificate(own.TLSCACert())
@@ -223,9 +229,12 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 	if err := a.register(ctx); err != nil {
 		return nil, err
 	}
+	if err := a.promoteSelf(ctx); err != nil {
+		return nil, err
+	}
 	adminDir := filepath.Join(cfg.DataDir, "admin")
 	if a.trusted() {
-		if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir); err != nil {
+		if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir, a.store.CAs().TLS); err != nil {
 			return nil, err
 		}
 	}
@@ -237,9 +246,9 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 		return nil
 	})
 	p.log.Info("auth server listening", "addr", ln.Addr(), "raft", rn.Addr(), "auth_server", cfg.Auth.ID, "cluster", a.store.Cluster(), "signs", a.trusted(), "admin_identity", adminDir)
-	if !a.trusted() {
-		// The proxy role in this process must not sign with keys nobody
-		// trusts.
+	if s, ok := a.store.AuthServer(cfg.Auth.ID); !a.trusted() || !ok || !s.SignsServerCerts {
+		// The proxy role in this process then joins like any other: it
+		// must not get a certificate that clients cannot check.
 		return nil, nil
 	}
 	return a.authority, nil
@@ -376,6 +385,7 @@ func (a *authServer) join(ctx context.Context, p *process) error {
 	if err := id.WithChain(); err != nil {
 		return err
 	}
+	a.joinPool.Store(id.RootCAs())
 	a.cert.Store(&id.TLS)
 	if err := a.waitState(2 * time.Minute); err != nil {
 		return fmt.Errorf("joined as %s, but: %w", cfg.Auth.ID, err)
@@ -396,15 +406,22 @@ func (a *authServer) register(ctx context.Context) error {
 			TLS:     a.authority.TLSCACert(),
 		}, Backend: a.backend}
 	if cur, ok := a.store.AuthServer(want.ID); ok {
+		want.Voter = cur.Voter
+	}
+	// The server that created the cluster signs server certificates; one
+	// that joined keeps what the cluster says (see state.AuthServer).
+	_, err := os.Stat(filepath.Join(a.dir, joinedDir))
+	want.SignsServerCerts = errors.Is(err, os.ErrNotExist)
+	if cur, ok := a.store.AuthServer(want.ID); ok {
 		want.Joined = cur.Joined
-		if cur.APIAddr == want.APIAddr && cur.RaftAddr == want.RaftAddr && cur.Region == want.Region && bytes.Equal(cur.Keys.TLS, want.Keys.TLS) && cur.Keys.UserSSH == want.Keys.UserSSH && cur.Backend == want.Backend {
+		want.SignsServerCerts = want.SignsServerCerts || cur.SignsServerCerts
+		if cur.APIAddr == want.APIAddr && cur.RaftAddr == want.RaftAddr && cur.Region == want.Region && bytes.Equal(cur.Keys.TLS, want.Keys.TLS) && cur.Keys.UserSSH == want.Keys.UserSSH && cur.Backend == want.Backend && cur.SignsServerCerts == want.SignsServerCerts {
 			return nil
 		}
 	} else {
 		want.Joined = time.Now().UTC()
 	}
 	cmd, _ := state.Encode(state.TypeUpsertAuthServer, state.UpsertAuthServer{Server: want})
-	var err error
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		if _, err = a.rn.Apply(cmd); err == nil {
 			return nil
@@ -412,6 +429,27 @@ func (a *authServer) register(ctx context.Context) error {
 		var re *raftnode.RetryableError
 		if !errors.As(err, &re) {
 			return fmt.Errorf("register auth server %s: %w", want.ID, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// promoteSelf: a server added as a voter joined as a non-voter; now that
+// it has the state, it asks the leader to promote it (retrying while
+// there is no leader).
+func (a *authServer) promoteSelf(ctx context.Context) error {
+	var err error
+	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if err = a.api.PromoteSelf(ctx); err == nil {
+			return nil
+		}
+		var re *raftnode.RetryableError
+		if !errors.As(err, &re) {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -441,7 +479,7 @@ func (a *authServer) upkeep(ctx context.Context, adminDir string) {
 			if err := a.issueOwnCert(); err != nil {
 				a.log.Error("renew auth server certificate", "err", err)
 			}
-			if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir); err != nil {
+			if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir, a.store.CAs().TLS); err != nil {
 				a.log.Error("renew admin identity", "err", err)
 			}
 		}

@@ -158,8 +158,9 @@ func newServerCert(a *ca.Authority, id identity.Identity, hosts []string, ttl ti
 	return &tls.Certificate{Certificate: [][]byte{der, a.TLSCACert()}, PrivateKey: priv, Leaf: leaf}, nil
 }
 
-// writeAdminIdentity writes a 24h admin identity for jgctl on this machine.
-func writeAdminIdentity(a *ca.Authority, cluster, dir string) error {
+// writeAdminIdentity writes a 24h admin identity for jgctl on this machine,
+// trusting every TLS CA of the cluster (trusted; this server's own if nil).
+func writeAdminIdentity(a *ca.Authority, cluster, dir string, trusted [][]byte) error {
 	k, err := creds.NewKeys()
 	if err != nil {
 		return err
@@ -169,7 +170,10 @@ func writeAdminIdentity(a *ca.Authority, cluster, dir string) error {
 	if err != nil {
 		return err
 	}
-	c := &authapi.Credentials{Cluster: cluster, Name: "admin", TLSCert: ca.PEMCert(der), Expires: time.Now().Add(24 * time.Hour), CAs: authapi.CABundle{TLS: ca.PEMCert(a.TLSCACert())}}
+	if len(trusted) == 0 {
+		trusted = [][]byte{a.TLSCACert()}
+	}
+	c := &authapi.Credentials{Cluster: cluster, Name: "admin", TLSCert: ca.PEMCert(der), Expires: time.Now().Add(24 * time.Hour), CAs: authapi.CABundle{TLS: ca.PEMCert(trusted...)}}
 	return creds.Save(dir, k, c, creds.Meta{Kind: string(identity.KindAdmin)})
 }
 
