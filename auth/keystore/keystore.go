@@ -8,7 +8,11 @@
 //   - Software (this file): ECDSA P-256 keys in the data directory, each
 //     encrypted at rest with AES-256-GCM under a key derived with scrypt
 //     from a passphrase. For the demo and small installations.
-//   - PKCS#11 (HSM): keys generated inside the HSM; added with auth HA.
+//   - PKCS11 (pkcs11.go): keys generated inside an HSM through its PKCS#11
+//     library (SoftHSM2 in tests; YubiHSM, CloudHSM and others in
+//     production), sensitive and never extractable; see the comment at
+//     the top of pkcs11.go. PINs and passphrases are read with LoadSecret,
+//     from a file or an environment variable, never from a flag.
 //
 // All keys are ECDSA P-256 so that the HSM backend (which has no Ed25519)
 // can replace the software one without changing certificate formats.

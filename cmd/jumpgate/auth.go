@@ -488,6 +488,19 @@ func (a *authServer) upkeep(ctx context.Context, adminDir string) {
 
 // openKeystore opens the CA keystore.
 func openKeystore(p *process, cfg Config, dir string) (keystore.Keystore, error) {
+	if k := cfg.Auth.Keystore; k.Backend == "pkcs11" {
+		pin, err := keystore.LoadSecret(k.PINFile, k.PINEnv)
+		if err != nil {
+			return nil, fmt.Errorf("auth.keystore: HSM PIN: %w", err)
+		}
+		ks, err := keystore.NewPKCS11(keystore.PKCS11Config{Module: k.Module, TokenLabel: k.TokenLabel, PIN: pin, KeyLabelPrefix: k.KeyLabelPrefix})
+		if err != nil {
+			return nil, err
+		}
+		p.onShutdown(func(context.Context) { ks.Close() }) //nolint:errcheck
+		p.log.Info("CA keys are in an HSM", "module", k.Module, "token", k.TokenLabel)
+		return ks, nil
+	}
 	passFile := cfg.Auth.KeystorePassphraseFile
 	if passFile == "" {
 		passFile = filepath.Join(dir, "keystore.pass")

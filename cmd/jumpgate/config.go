@@ -80,6 +80,8 @@ type AuthConfig struct {
 	Listen                 string        `yaml:"listen"`
 	KeystorePassphraseFile string        `yaml:"keystore_passphrase_file"`
 	UserCertTTL            time.Duration `yaml:"user_cert_ttl"`
+	// Keystore says where the CA private keys live.
+	Keystore KeystoreConfig `yaml:"keystore"`
 	// AdvertiseAddr is the API address other auth servers and proxies
 	// use, when Listen's host is a wildcard. Default: Listen.
 	AdvertiseAddr string `yaml:"advertise_addr"`
@@ -97,6 +99,28 @@ type AuthConfig struct {
 	JoinAddr string `yaml:"join_addr"`
 	Token    string `yaml:"token"`
 	CAPin    string `yaml:"ca_pin"`
+}
+
+// KeystoreConfig chooses the CA keystore: "software" (default: keys in
+// the data dir, encrypted with the passphrase in keystore_passphrase_file)
+// or "pkcs11" (keys generated inside an HSM, which never gives them out).
+//
+//	keystore:
+//	  backend: pkcs11
+//	  module: /usr/lib/softhsm/libsofthsm2.so   # the HSM vendor's PKCS#11 library
+//	  token_label: jumpgate
+//	  pin_file: /etc/jumpgate/hsm.pin           # mode 0600; or pin_env
+//	  key_label_prefix: jumpgate-auth-us-1-     # distinct per auth server sharing a token
+//
+// The PIN comes from a file or an environment variable, never from a flag:
+// flags show in ps(1) and shell history.
+type KeystoreConfig struct {
+	Backend        string `yaml:"backend"`
+	Module         string `yaml:"module"`
+	TokenLabel     string `yaml:"token_label"`
+	PINFile        string `yaml:"pin_file"`
+	PINEnv         string `yaml:"pin_env"`
+	KeyLabelPrefix string `yaml:"key_label_prefix"`
 }
 
 // ProxyConfig configures the proxy role.
@@ -254,6 +278,19 @@ func (c *Config) CheckAndSetDefaults() error {
 			if err := checkHostPort("auth.join_addr", c.Auth.JoinAddr); err != nil {
 				return err
 			}
+		}
+		switch ks := &c.Auth.Keystore; ks.Backend {
+		case "", "software":
+			ks.Backend = "software"
+		case "pkcs11":
+			if ks.Module == "" || ks.TokenLabel == "" {
+				return errors.New("auth.keystore: the pkcs11 backend needs module (the HSM's PKCS#11 library) and token_label")
+			}
+			if (ks.PINFile == "") == (ks.PINEnv == "") {
+				return errors.New("auth.keystore: give the token's PIN in exactly one of pin_file (mode 0600) or pin_env")
+			}
+		default:
+			return fmt.Errorf("auth.keystore.backend %q: want software or pkcs11", ks.Backend)
 		}
 	}
 	if c.Has("proxy") {

@@ -28,6 +28,7 @@ type cluster struct {
 	admin     string
 	procs     map[string]*exec.Cmd
 	userLogin string
+	env       []string // extra environment of every jumpgate process
 }
 
 func build(t *testing.T) string {
@@ -68,6 +69,7 @@ func (c *cluster) start(name string, args ...string) {
 	}
 	cmd := exec.Command(filepath.Join(c.bin, "jumpgate"), append([]string{"start", "--log-level=debug"}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), c.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -137,16 +139,20 @@ func waitFor(t *testing.T, what string, timeout time.Duration, f func() bool) {
 	}
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { return newClusterWith(t, nil, nil) }
+
+// newClusterWith is newCluster with more arguments for the auth process
+// and more environment for every process.
+func newClusterWith(t *testing.T, authArgs, env []string) *cluster {
 	me, err := user.Current()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username, env: env}
 	c.proxy, c.auth = freeAddr(t), freeAddr(t)
 	c.admin = filepath.Join(c.dir, "auth", "admin")
-	c.start("auth", "--roles=auth,proxy", "--cluster-name=e2e", "--proxy-id=proxy1", "--data-dir="+filepath.Join(c.dir, "auth"),
-		"--auth-listen="+c.auth, "--proxy-listen="+c.proxy)
+	c.start("auth", append([]string{"--roles=auth,proxy", "--cluster-name=e2e", "--proxy-id=proxy1", "--data-dir=" + filepath.Join(c.dir, "auth"),
+		"--auth-listen=" + c.auth, "--proxy-listen=" + c.proxy}, authArgs...)...)
 	waitFor(t, "auth server", 30*time.Second, func() bool {
 		out, code := c.run("", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "status")
 		return code == 0 && strings.Contains(out, "e2e")
