@@ -35,8 +35,8 @@ func versionCmd() *cobra.Command {
 func startCmd() *cobra.Command {
 	var (
 		configPath, roles, labels, location, authAddrs string
-		drain                               time.Duration
-		f                                   Config
+		drain                                          time.Duration
+		f                                              Config
 	)
 	c := &cobra.Command{
 		Use:   "start",
