@@ -31,7 +31,11 @@ type Hub struct {
 	cas     state.CAs
 	roles   map[string]identity.Role
 	nodes   map[string]state.Node
-	subs    map[chan WatchMessage]struct{}
+	locks   map[string]identity.Lock
+	// heard is when the hub last got anything from upstream (heartbeats
+	// included): how stale its locks may be.
+	heard time.Time
+	subs  map[chan WatchMessage]struct{}
 	// recent holds the last recentEvents events, oldest first, so that a
 	// watcher that reconnects with the index it had gets only what it
 	// missed. resumeFloor is the lowest index a watcher may resume from:
@@ -46,7 +50,7 @@ type Hub struct {
 
 // NewHub returns an empty hub; it is not Ready until the first snapshot.
 func NewHub() *Hub {
-	return &Hub{readyCh: make(chan struct{}), roles: map[string]identity.Role{}, nodes: map[string]state.Node{}, subs: map[chan WatchMessage]struct{}{}, tlsPool: x509.NewCertPool()}
+	return &Hub{readyCh: make(chan struct{}), roles: map[string]identity.Role{}, nodes: map[string]state.Node{}, locks: map[string]identity.Lock{}, subs: map[chan WatchMessage]struct{}{}, tlsPool: x509.NewCertPool()}
 }
 
 // Ready is closed once the hub holds a snapshot.
@@ -72,6 +76,10 @@ func (h *Hub) Apply(m WatchMessage) error {
 		for _, n := range m.Snapshot.Nodes {
 			h.nodes[n.ID] = n
 		}
+		h.locks = map[string]identity.Lock{}
+		for _, l := range m.Snapshot.Locks {
+			h.locks[l.ID] = l
+		}
 		if !h.ready {
 			h.ready = true
 			close(h.readyCh)
@@ -86,6 +94,7 @@ func (h *Hub) Apply(m WatchMessage) error {
 			return err
 		}
 	case "heartbeat", "resume":
+		h.heard = time.Now()
 		h.mu.Unlock()
 		return nil
 	default:
@@ -93,6 +102,7 @@ func (h *Hub) Apply(m WatchMessage) error {
 		return fmt.Errorf("watch: unknown message type %q", m.Type)
 	}
 	h.index = m.Index
+	h.heard = time.Now()
 	snap := m
 	if m.Type == "snapshot" {
 		// Subscribers need a new snapshot too (the previous one is stale).
@@ -151,6 +161,16 @@ func (h *Hub) applyEvent(e state.Event) error {
 		if e.Op == "put" {
 			h.cluster = e.Name
 		}
+	case state.KindLock:
+		if e.Op == "delete" {
+			delete(h.locks, e.Name)
+			return nil
+		}
+		var l identity.Lock
+		if err := json.Unmarshal(e.Object, &l); err != nil {
+			return fmt.Errorf("watch: lock event: %w", err)
+		}
+		h.locks[l.ID] = l
 	}
 	// Unknown kinds come from newer servers: ignore them.
 	return nil
@@ -189,7 +209,43 @@ func (h *Hub) snapshotLocked() *WatchSnapshot {
 		s.Nodes = append(s.Nodes, n)
 	}
 	sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].ID < s.Nodes[j].ID })
+	for _, l := range h.locks {
+		s.Locks = append(s.Locks, l)
+	}
+	state.SortLocks(s.Locks)
 	return s
+}
+
+// Locks returns the locks the hub holds, lifted ones included.
+func (h *Hub) Locks() []identity.Lock {
+	h.mu.RLock()
+	out := make([]identity.Lock, 0, len(h.locks))
+	for _, l := range h.locks {
+		out = append(out, l)
+	}
+	h.mu.RUnlock()
+	state.SortLocks(out)
+	return out
+}
+
+// CheckLocks returns an *identity.LockedError if a lock in force applies
+// to t.
+func (h *Hub) CheckLocks(t identity.LockTarget, now time.Time) error {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for _, l := range h.locks {
+		if l.Active(now) && l.Matches(t) {
+			return &identity.LockedError{Lock: l}
+		}
+	}
+	return nil
+}
+
+// LastHeard is when the hub last heard from upstream (zero: never).
+func (h *Hub) LastHeard() time.Time {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.heard
 }
 
 // recentEvents is how many events a hub keeps for watchers that resume:

@@ -145,6 +145,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/tokens", s.require(s.listTokens, identity.KindAdmin))
 	s.mux.HandleFunc("POST /v1/tokens", s.require(s.createToken, identity.KindAdmin))
 	s.mux.HandleFunc("DELETE /v1/tokens/{id}", s.require(s.deleteToken, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/locks", s.require(s.listLocks, identity.KindAdmin, identity.KindProxy))
+	s.mux.HandleFunc("POST /v1/locks", s.require(s.createLock, identity.KindAdmin))
+	s.mux.HandleFunc("DELETE /v1/locks/{id}", s.require(s.deleteLock, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/auth/self", s.require(s.getSelf, identity.KindAuth, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/auth/servers", s.require(s.listAuthServers, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/auth/servers", s.require(s.membership, identity.KindAdmin))
@@ -388,6 +391,10 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, caller identity.I
 		return
 	}
 	s.loginResult(req.User, true, now)
+	if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{User: u.Name, Roles: u.Roles}, now); err != nil {
+		fail(http.StatusForbidden, err.Error())
+		return
+	}
 	var roles []identity.Role
 	for _, name := range u.Roles {
 		if role, ok := s.cfg.Store.Role(name); ok {
@@ -525,6 +532,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		ips = append(ips, ip)
+	}
+	if req.Kind == identity.KindNode {
+		if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{Node: req.Name}, now); err != nil {
+			fail(http.StatusForbidden, err.Error())
+			return
+		}
 	}
 	res, err := s.apply(state.TypeConsumeToken, state.ConsumeToken{Hash: HashToken(req.Token), Kind: req.Kind, Name: req.Name, Now: now})
 	if err != nil {
@@ -962,5 +975,5 @@ func PublishState(hub *Hub, store func() *state.Store) func(uint64, []state.Even
 
 // SnapshotMessage builds a watch snapshot from the state machine.
 func SnapshotMessage(st *state.Store) WatchMessage {
-	return WatchMessage{Type: "snapshot", Index: st.Index(), Snapshot: &WatchSnapshot{Cluster: st.Cluster(), CAs: st.CAs(), Roles: st.Roles(), Nodes: st.Nodes()}}
+	return WatchMessage{Type: "snapshot", Index: st.Index(), Snapshot: &WatchSnapshot{Cluster: st.Cluster(), CAs: st.CAs(), Roles: st.Roles(), Nodes: st.Nodes(), Locks: st.Locks()}}
 }

@@ -245,4 +245,5 @@ type WatchSnapshot struct {
 	CAs     state.CAs       `json:"cas"`
 	Roles   []identity.Role `json:"roles"`
 	Nodes   []state.Node    `json:"nodes"`
+	Locks   []identity.Lock `json:"locks,omitempty"`
 }

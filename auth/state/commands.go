@@ -38,6 +38,10 @@ const (
 	TypeUpsertAuthServer Type = 13
 	TypeDeleteAuthServer Type = 14
 	TypeTrustServerKeys  Type = 15
+	// TypeNoop changes nothing. It is always sent with FlagIgnorable (older
+	// servers skip it): applying it on a server proves that server has
+	// applied every write committed before it (see auth/authapi backups).
+	TypeNoop Type = 16
 )
 
 // MeshKeyBytes is the length of a mesh gossip key (AES-256).
@@ -179,6 +183,9 @@ var table = map[Type]handler{
 	TypeUpsertAuthServer: typed(applyUpsertAuthServer),
 	TypeDeleteAuthServer: typed(applyDeleteAuthServer),
 	TypeTrustServerKeys:  typed(applyTrustServerKeys),
+	TypeNoop:             typed(applyNoop),
+	TypeUpsertLock:       typed(applyUpsertLock),
+	TypeDeleteLock:       typed(applyDeleteLock),
 }
 
 func typed[T any](f func(d *Data, c T) (any, []Event, error)) handler {
@@ -223,6 +230,7 @@ func (s *Store) Apply(index uint64, cmd []byte) (any, error) {
 	work.Tokens = cloneMap(s.data.Tokens)
 	work.Nodes = cloneMap(s.data.Nodes)
 	work.AuthServers = cloneMap(s.data.AuthServers)
+	work.Locks = cloneMap(s.data.Locks)
 	res, evs, err := h(&work, cmd[1:])
 	if err == nil {
 		s.data = work
@@ -476,3 +484,8 @@ func applyTrustServerKeys(d *Data, c TrustServerKeys) (any, []Event, error) {
 	d.CAs = cas
 	return nil, []Event{event(KindCAs, "put", "", cas)}, nil
 }
+
+// Noop is the body of TypeNoop.
+type Noop struct{}
+
+func applyNoop(*Data, Noop) (any, []Event, error) { return nil, nil, nil }

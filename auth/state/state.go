@@ -130,6 +130,8 @@ type Data struct {
 	Nodes   map[string]Node          `json:"nodes"`
 	// AuthServers is the auth server registry, by id.
 	AuthServers map[string]AuthServer `json:"auth_servers,omitempty"`
+	// Locks by id.
+	Locks map[string]identity.Lock `json:"locks,omitempty"`
 	// MeshKeys is the proxies' gossip keyring in creation order, and
 	// MeshPrimary the index of the key used to encrypt. Secret: it never
 	// appears in watch events.
@@ -138,7 +140,7 @@ type Data struct {
 }
 
 func newData() Data {
-	return Data{Users: map[string]User{}, Roles: map[string]identity.Role{}, Tokens: map[string]Token{}, Nodes: map[string]Node{}, AuthServers: map[string]AuthServer{}}
+	return Data{Users: map[string]User{}, Roles: map[string]identity.Role{}, Tokens: map[string]Token{}, Nodes: map[string]Node{}, AuthServers: map[string]AuthServer{}, Locks: map[string]identity.Lock{}}
 }
 
 // Kinds of watched objects.
@@ -380,6 +382,9 @@ func mergeData(dst *Data, src Data) {
 	}
 	if src.AuthServers != nil {
 		dst.AuthServers = src.AuthServers
+	}
+	if src.Locks != nil {
+		dst.Locks = src.Locks
 	}
 }
 

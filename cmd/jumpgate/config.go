@@ -176,6 +176,12 @@ type NodeConfig struct {
 	TunnelTransport string `yaml:"tunnel_transport"`
 	Token           string `yaml:"token"`
 	CAPin           string `yaml:"ca_pin"`
+	// LockMode is what the node does when it has not heard from the
+	// cluster for LockStaleAfter, and so may miss new locks: "best_effort"
+	// (default) keeps applying the locks it knows; "strict" refuses every
+	// new session until it hears from the cluster again.
+	LockMode       string        `yaml:"lock_mode"`
+	LockStaleAfter time.Duration `yaml:"lock_stale_after"`
 	// BenchSSHListen also serves the node's SSH server directly on this
 	// loopback address, bypassing the tunnel. It exists for the benchmark
 	// suite, which separates the mesh's cost from the SSH server's; a node in
@@ -347,6 +353,18 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.Has("node") {
 		if c.Node.Name == "" {
 			return errors.New("node: name is required (--node-name)")
+		}
+		switch c.Node.LockMode {
+		case "":
+			c.Node.LockMode = "best_effort"
+		case "best_effort", "strict":
+		default:
+			return fmt.Errorf("node.lock_mode %q: want best_effort or strict", c.Node.LockMode)
+		}
+		if c.Node.LockStaleAfter == 0 {
+			// Watch streams carry a heartbeat every 10 s: a minute is six
+			// missed in a row.
+			c.Node.LockStaleAfter = time.Minute
 		}
 		if err := identity.CheckName(c.Node.Name); err != nil {
 			return fmt.Errorf("node: name: %w", err)

@@ -97,6 +97,7 @@ func startCmd() *cobra.Command {
 				cfg.Node.ConnectionCount = f.Node.ConnectionCount
 			}
 			set("tunnel-transport", &cfg.Node.TunnelTransport, f.Node.TunnelTransport)
+			set("lock-mode", &cfg.Node.LockMode, f.Node.LockMode)
 			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
 			set("region", &cfg.Proxy.Region, f.Proxy.Region)
 			set("region", &cfg.Auth.Region, f.Proxy.Region)
@@ -175,6 +176,7 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Node.Proxy, "proxy", "", "proxy address the node dials (host:port)")
 	fl.IntVar(&f.Node.ConnectionCount, "connection-count", 0, "tunnels to this many distinct proxies, nearest first (default 2)")
 	fl.StringVar(&f.Node.TunnelTransport, "tunnel-transport", "auto", "how tunnels are carried: auto (QUIC, TLS over TCP where UDP is blocked), quic or tcp")
+	fl.StringVar(&f.Node.LockMode, "lock-mode", "", "node: best_effort (default: keep the last known locks when cut off from the cluster) or strict (refuse new sessions when cut off)")
 	fl.StringVar(&f.Node.Token, "token", "", "join token (first start only)")
 	fl.StringVar(&f.Node.CAPin, "ca-pin", "", "cluster CA pin, sha256:... (first start only)")
 	fl.StringVar(&f.Node.BenchSSHListen, "bench-ssh-listen", "", "benchmarks only: also serve the node's SSH server on this loopback address")

@@ -177,6 +177,28 @@ func writeAdminIdentity(a *ca.Authority, cluster, dir string, trusted [][]byte) 
 	return creds.Save(dir, k, c, creds.Meta{Kind: string(identity.KindAdmin)})
 }
 
+// checkNodeLocks refuses a new session that a lock applies to. A node
+// whose cache has heard nothing from the cluster for longer than
+// lock_stale_after cannot know about new locks: in strict mode it then
+// refuses every session; in best-effort mode (the default) it goes on with
+// the locks it last knew.
+func checkNodeLocks(cache *authapi.Hub, nc NodeConfig, t identity.LockTarget, now time.Time) error {
+	if nc.LockMode == "strict" {
+		heard := cache.LastHeard()
+		if heard.IsZero() || now.Sub(heard) > nc.LockStaleAfter {
+			since := "ever"
+			if !heard.IsZero() {
+				since = "for " + identity.HumanDuration(now.Sub(heard))
+			}
+			return &identity.AccessError{Reason: fmt.Sprintf("node %s has not heard from the cluster %s, so it cannot know the current locks; in strict lock mode it refuses new sessions until it does", t.Node, since)}
+		}
+	}
+	if err := cache.CheckLocks(t, now); err != nil {
+		return &identity.AccessError{Reason: err.Error()}
+	}
+	return nil
+}
+
 // --- proxy -----------------------------------------------------------------
 
 func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Authority) error {
@@ -299,6 +321,14 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return err
 	}
+	p.goServe("proxy locks", func() error {
+		cache.WatchLocks(ctx, func(locks []identity.Lock) {
+			if n := ing.EnforceLocks(locks); n > 0 {
+				p.log.Info("locks ended live sessions", "sessions", n)
+			}
+		})
+		return nil
+	})
 	ln, err := net.Listen("tcp", cfg.Proxy.Listen)
 	if err != nil {
 		return fmt.Errorf("proxy listen (TCP %s): %w", cfg.Proxy.Listen, err)
@@ -496,13 +526,24 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		HostSigner: func() (ssh.Signer, error) { return hostSigner, nil },
 		UserCAs:    cache.UserCAs,
 		Authorize: func(user identity.Identity, login string) error {
-			return identity.CheckLogin(user.Roles, cache.Role, id.Meta.Name, labels, login)
+			if err := identity.CheckLogin(user.Roles, cache.Role, id.Meta.Name, labels, login); err != nil {
+				return err
+			}
+			return checkNodeLocks(cache, cfg.Node, identity.LockTarget{User: user.Name, Roles: user.Roles, Node: id.Meta.Name, Login: login}, time.Now())
 		},
 		Audit: p.audit, Logger: p.log.With("component", "sshd"), Metrics: p.reg,
 	})
 	if err != nil {
 		return err
 	}
+	p.goServe("node locks", func() error {
+		cache.WatchLocks(ctx, func(locks []identity.Lock) {
+			if n := srv.EnforceLocks(locks); n > 0 {
+				p.log.Info("locks ended live connections", "connections", n)
+			}
+		})
+		return nil
+	})
 	ag, err := agent.New(agent.Config{
 		ProxyAddrs: cfg.Node.Proxies, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
 		Labels:               func() map[string]string { return labels },

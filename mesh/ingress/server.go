@@ -150,6 +150,7 @@ type Server struct {
 	mu        sync.Mutex // guards following
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
+	live      map[*liveSession]struct{} // sessions being forwarded, for EnforceLocks
 	closing   bool
 	wg        sync.WaitGroup // connection handlers
 }
@@ -182,7 +183,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.checkAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, metrics: newMetrics(cfg.Metrics), listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+	s := &Server{cfg: cfg, metrics: newMetrics(cfg.Metrics), listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, live: map[*liveSession]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	protos := []string{ALPNDial, ALPNHTTP}
 	for _, p := range slices.Sorted(maps.Keys(cfg.Protocols)) {
@@ -367,6 +368,11 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: err.Error()})
 		return
 	}
+	target := identity.LockTarget{User: user.Name, Roles: user.Roles, Node: node.ID, Login: req.Login}
+	if err := s.cfg.Cache.CheckLocks(target, time.Now()); err != nil {
+		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: "access denied: " + err.Error()})
+		return
+	}
 	// The handshake deadline is over: reaching the node has its own
 	// (DialTimeout), and the answer must still reach the client after it.
 	_ = tc.SetDeadline(time.Time{})
@@ -406,6 +412,9 @@ func (s *Server) handleDial(tc *tls.Conn) {
 	s.metrics.sessions.Inc()
 	s.active.Add(1)
 	defer func() { s.metrics.sessions.Dec(); s.active.Add(-1) }()
+	ls := &liveSession{target: target, client: tc, node: nc, remote: remote}
+	s.trackLive(ls, true)
+	defer s.trackLive(ls, false)
 	// Bytes the client sent right behind its dial line are in br's buffer.
 	var client io.Reader = tc
 	if br.Buffered() > 0 {

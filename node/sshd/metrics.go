@@ -24,6 +24,7 @@ type metrics struct {
 	active       prometheus.Gauge
 	total        prometheus.Counter
 	authFailures *prometheus.CounterVec
+	locked       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -40,6 +41,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "jumpgate_node_auth_failures_total",
 			Help: "SSH logins refused by this node, by reason.",
 		}, []string{"reason"}),
+		locked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jumpgate_node_connections_locked_total",
+			Help: "Live SSH connections this node ended because a lock applied to them.",
+		}),
 	}
 	for _, r := range []failReason{reasonExpired, reasonUnknownCA, reasonWrongCluster, reasonPrincipal, reasonDenied, reasonOther} {
 		m.authFailures.WithLabelValues(string(r)) // export zeros so rates work from the start
@@ -47,7 +52,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.active, m.total, m.authFailures} {
+	for _, c := range []prometheus.Collector{m.active, m.total, m.authFailures, m.locked} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register ssh server metrics: %w", err)
 		}

@@ -326,6 +326,11 @@ type serverConn struct {
 	active   int        // open channels
 	sessions int        // open session channels
 	draining bool
+	// Set once authenticated, for EnforceLocks (the connection's own
+	// goroutines read sc and ident directly).
+	target identity.LockTarget
+	authed bool
+	chans  map[ssh.Channel]struct{} // open session channels, to tell their users why they end
 }
 
 // run owns the connection: handshake, then channels until the client goes.
@@ -363,6 +368,10 @@ func (c *serverConn) run() {
 	c.sc = sc
 	c.ident = id
 	c.perms = sc.Permissions.Extensions
+	c.mu.Lock()
+	c.target = identity.LockTarget{User: id.Name, Roles: id.Roles, Node: c.srv.cfg.NodeID, Login: sc.User()}
+	c.authed = true
+	c.mu.Unlock()
 	c.log = c.log.With("user", id.Name, "login", sc.User())
 	c.log.Info("ssh connection authenticated")
 

@@ -81,6 +81,8 @@ func (c *serverConn) handleSession(nch ssh.NewChannel) {
 		c.log.Debug("accept session channel", "err", err)
 		return
 	}
+	c.trackChannel(ch, true)
+	defer c.trackChannel(ch, false)
 	ctx, cancel := context.WithCancel(c.ctx)
 	s := &session{c: c, ch: ch, id: newSessionID(), ctx: ctx, cancel: cancel, startReplied: make(chan struct{})}
 	s.log = c.log.With("session", s.id)
