@@ -22,13 +22,13 @@ import (
 // loopback. Forwarding goes straight to the leader's ApplyLocal, as the
 // auth API's internal endpoint does over HTTPS.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	ca    *authtest.CA
 	mu    sync.Mutex
 	nodes map[string]*Node
 }
 
-func newTestCluster(t *testing.T) *testCluster {
+func newTestCluster(t testing.TB) *testCluster {
 	return &testCluster{t: t, ca: authtest.NewCA(t, "c1"), nodes: map[string]*Node{}}
 }
 
@@ -115,16 +115,20 @@ func userCmd(t testing.TB, name string, create bool) []byte {
 
 // threeVotersOneNonvoter starts a1 (bootstrap), adds a2 and a3 as voters
 // and n1 as a non-voter.
-func threeVotersOneNonvoter(t *testing.T) *testCluster {
+func threeVotersOneNonvoter(t testing.TB) *testCluster { return startCluster(t, "a2", "a3", "n1") }
+
+// startCluster starts a1 (bootstrap) and adds the others: voters, or a
+// non-voter for ids starting with n.
+func startCluster(t testing.TB, others ...string) *testCluster {
 	c := newTestCluster(t)
 	a1 := c.start("a1", true)
 	if err := a1.WaitLeader(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"a2", "a3", "n1"} {
+	for _, id := range others {
 		n := c.start(id, false)
 		var err error
-		if id == "n1" {
+		if id[0] == 'n' {
 			err = a1.AddNonvoter(id, n.Addr())
 		} else {
 			err = a1.AddVoter(id, n.Addr())

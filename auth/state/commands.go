@@ -222,15 +222,12 @@ func (s *Store) Apply(index uint64, cmd []byte) (any, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	// Apply to a shallow working copy of the maps the command may touch, so
-	// a failed command leaves no trace.
+	// Handlers check everything before they change anything, so a failed
+	// command leaves no trace (TestFailedCommandsLeaveNoTrace). They
+	// change the maps in place: copying a map of thousands of users per
+	// write held replicated writes to 1,600/s. Fields that are not maps
+	// are set on work and kept only on success.
 	work := s.data
-	work.Users = cloneMap(s.data.Users)
-	work.Roles = cloneMap(s.data.Roles)
-	work.Tokens = cloneMap(s.data.Tokens)
-	work.Nodes = cloneMap(s.data.Nodes)
-	work.AuthServers = cloneMap(s.data.AuthServers)
-	work.Locks = cloneMap(s.data.Locks)
 	res, evs, err := h(&work, cmd[1:])
 	if err == nil {
 		s.data = work
@@ -388,11 +385,6 @@ func applyDeleteToken(d *Data, c DeleteToken) (any, []Event, error) {
 }
 
 func applyConsumeToken(d *Data, c ConsumeToken) (any, []Event, error) {
-	for h, t := range d.Tokens { // garbage-collect old tokens
-		if c.Now.Sub(t.Expires) > 24*time.Hour {
-			delete(d.Tokens, h)
-		}
-	}
 	t, ok := d.Tokens[c.Hash]
 	switch {
 	case !ok:
@@ -405,6 +397,11 @@ func applyConsumeToken(d *Data, c ConsumeToken) (any, []Event, error) {
 		return nil, nil, &TokenError{Reason: fmt.Sprintf("join token %s is for a %s, not a %s", t.ID(), t.Kind, c.Kind)}
 	case t.Name != "" && t.Name != c.Name:
 		return nil, nil, &TokenError{Reason: fmt.Sprintf("join token %s is for the %s named %s, not %s", t.ID(), t.Kind, t.Name, c.Name)}
+	}
+	for h, old := range d.Tokens { // garbage-collect old tokens
+		if c.Now.Sub(old.Expires) > 24*time.Hour {
+			delete(d.Tokens, h)
+		}
 	}
 	t.UsedBy, t.UsedAt = c.Name, c.Now
 	d.Tokens[c.Hash] = t

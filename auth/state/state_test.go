@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -250,5 +251,58 @@ func TestResultsAndWaitApplied(t *testing.T) {
 	defer cancel()
 	if err := s.WaitApplied(ctx, 99); err == nil {
 		t.Fatal("WaitApplied for a future index returned nil")
+	}
+}
+
+// TestFailedCommandsLeaveNoTrace: handlers change maps in place, so each
+// must check everything before it changes anything. A failing command of
+// each kind must leave the whole state as it was.
+func TestFailedCommandsLeaveNoTrace(t *testing.T) {
+	now := time.Now().UTC()
+	s := New(nil)
+	mustApply(t, s, 1, TypeBootstrap, Bootstrap{Cluster: "c1"})
+	mustApply(t, s, 2, TypeUpsertUser, UpsertUser{User: User{Name: "alice"}})
+	mustApply(t, s, 3, TypeCreateToken, CreateToken{Token: Token{Hash: strings.Repeat("a", 64), Kind: identity.KindNode, Expires: now.Add(-48 * time.Hour)}})
+	mustApply(t, s, 4, TypeCreateToken, CreateToken{Token: Token{Hash: strings.Repeat("b", 64), Kind: identity.KindProxy, Name: "p1", Expires: now.Add(time.Hour)}})
+	failing := []struct {
+		typ  Type
+		body any
+	}{
+		{TypeBootstrap, Bootstrap{Cluster: "c2"}},
+		{TypeUpsertUser, UpsertUser{User: User{Name: "alice"}, Create: true}},
+		{TypeUpsertUser, UpsertUser{User: User{Name: "../x"}}},
+		{TypeDeleteUser, DeleteUser{Name: "nobody"}},
+		{TypeUpsertRole, UpsertRole{Role: identity.Role{Name: ""}}},
+		{TypeDeleteRole, DeleteRole{Name: "nobody"}},
+		{TypeCreateToken, CreateToken{Token: Token{Hash: "short", Kind: identity.KindNode}}},
+		{TypeDeleteToken, DeleteToken{ID: "ffffff"}},
+		// Would garbage-collect token a if it succeeded.
+		{TypeConsumeToken, ConsumeToken{Hash: strings.Repeat("b", 64), Kind: identity.KindProxy, Name: "p2", Now: now}},
+		{TypeUpsertNode, UpsertNode{Node: Node{ID: ""}}},
+		{TypeDeleteNode, DeleteNode{ID: "nobody"}},
+		{TypeSetNodeLabel, SetNodeLabels{ID: "nobody"}},
+		{TypeSetMeshKeys, SetMeshKeys{Keys: [][]byte{{1}}}},
+		{TypeUpsertAuthServer, UpsertAuthServer{Server: AuthServer{ID: "a"}}},
+		{TypeDeleteAuthServer, DeleteAuthServer{ID: "nobody"}},
+		{TypeTrustServerKeys, TrustServerKeys{ID: "nobody"}},
+		{TypeUpsertLock, UpsertLock{Lock: identity.Lock{ID: "l"}, Now: now}},
+		{TypeDeleteLock, DeleteLock{ID: "nobody"}},
+	}
+	for i, c := range failing {
+		before, _, _ := s.Snapshot()
+		cmd, _ := Encode(c.typ, c.body)
+		if _, err := s.Apply(uint64(10+i), cmd); err == nil {
+			t.Errorf("command type %d %+v did not fail", c.typ, c.body)
+			continue
+		}
+		after, _, _ := s.Snapshot()
+		var a, b snapshot
+		json.Unmarshal(before, &a)
+		json.Unmarshal(after, &b)
+		ja, _ := json.Marshal(a.Data)
+		jb, _ := json.Marshal(b.Data)
+		if string(ja) != string(jb) {
+			t.Errorf("failed command type %d changed the state", c.typ)
+		}
 	}
 }
