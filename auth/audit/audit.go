@@ -50,6 +50,7 @@ const (
 	AuthFailed     = "session.auth.failed"
 	CertAuthorityX = "ca.changed"
 	MeshKeyChanged = "mesh.key.changed"
+	BackupTaken    = "backup.taken"
 )
 
 // Event is one audit record.

@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"jumpgate.dev/jumpgate/auth/ca"
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/auth/raftnode"
 	"jumpgate.dev/jumpgate/auth/state"
@@ -95,13 +97,18 @@ var errNoLeader = errors.New("the auth cluster has no leader at the moment")
 // trusted sets.
 func (s *Server) keysTrusted() bool {
 	cas := s.cfg.Store.CAs()
-	tlsOK := false
-	for _, der := range cas.TLS {
-		if bytes.Equal(der, s.cfg.CA.TLSCACert()) {
-			tlsOK = true
+	for _, a := range []*ca.Authority{s.signer(false), s.signer(true)} {
+		tlsOK := false
+		for _, der := range cas.TLS {
+			if bytes.Equal(der, a.TLSCACert()) {
+				tlsOK = true
+			}
+		}
+		if !tlsOK || !containsKey(cas.UserSSH, a.UserCAPublic()) || !containsKey(cas.HostSSH, a.HostCAPublic()) {
+			return false
 		}
 	}
-	return tlsOK && containsKey(cas.UserSSH, s.cfg.CA.UserCAPublic()) && containsKey(cas.HostSSH, s.cfg.CA.HostCAPublic())
+	return true
 }
 
 func containsKey(lines []string, k ssh.PublicKey) bool {
@@ -248,8 +255,16 @@ func (s *Server) membership(w http.ResponseWriter, r *http.Request, caller ident
 		return
 	}
 	if err := s.onLeader(r.Context(), MembershipOp{Op: op.Op, ID: op.ID}); err != nil {
-		s.membershipErr(w, err)
-		return
+		// A server that is only in the registry (an old cluster's, after a
+		// restore) is removed from the registry alone.
+		_, registered := s.cfg.Store.AuthServer(op.ID)
+		var me *raftnode.MembershipError
+		var ae *APIError
+		notMember := (errors.As(err, &me) && strings.Contains(me.Reason, "is not a member")) || (errors.As(err, &ae) && strings.Contains(ae.Message, "is not a member"))
+		if !(op.Op == "remove" && registered && notMember) {
+			s.membershipErr(w, err)
+			return
+		}
 	}
 	if op.Op == "remove" {
 		if _, err := s.apply(state.TypeDeleteAuthServer, state.DeleteAuthServer{ID: op.ID}); err != nil && !errors.Is(err, state.ErrNotFound) {

@@ -45,6 +45,14 @@ type ServerConfig struct {
 	PeerClient func(addr string) (*Client, error)
 	// Keystore names the keystore backend (software, pkcs11).
 	Keystore string
+	// Signer returns the authority to sign user certificates (server
+	// false) or node, proxy and auth server certificates (server true)
+	// with: during a CA rotation they differ by phase. Nil: always CA.
+	Signer func(server bool) *ca.Authority
+	// OnRotate, if set, runs after this server moved the CA rotation to a
+	// new phase, before the answer: the server brings its own keys and
+	// certificates in line at once (the others do within moments).
+	OnRotate func()
 	CA       *ca.Authority
 	Audit    audit.Sink
 	Logger   *slog.Logger
@@ -126,6 +134,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/ping", s.ping)
 	s.mux.HandleFunc("POST /v1/login", s.require(s.login, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/join", s.join)
+	s.mux.HandleFunc("POST /v1/renew", s.require(s.renew, identity.KindNode, identity.KindProxy, identity.KindAuth))
 	s.mux.HandleFunc("GET /v1/watch", s.require(func(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
 		s.cfg.Hub.ServeWatch(w, r)
 	}, identity.KindProxy, identity.KindNode, identity.KindAdmin, identity.KindAuth))
@@ -145,9 +154,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/tokens", s.require(s.listTokens, identity.KindAdmin))
 	s.mux.HandleFunc("POST /v1/tokens", s.require(s.createToken, identity.KindAdmin))
 	s.mux.HandleFunc("DELETE /v1/tokens/{id}", s.require(s.deleteToken, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/ca", s.require(s.caStatus, identity.KindAdmin, identity.KindProxy))
+	s.mux.HandleFunc("POST /v1/ca/rotate", s.require(s.rotateCA, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/locks", s.require(s.listLocks, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/locks", s.require(s.createLock, identity.KindAdmin))
 	s.mux.HandleFunc("DELETE /v1/locks/{id}", s.require(s.deleteLock, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/backup", s.require(s.backup, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/auth/self", s.require(s.getSelf, identity.KindAuth, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/auth/servers", s.require(s.listAuthServers, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/auth/servers", s.require(s.membership, identity.KindAdmin))
@@ -425,25 +437,34 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, caller identity.I
 // TLS certificate for id.
 func (s *Server) issue(id identity.Identity, sshPub ssh.PublicKey, tlsPub any, ttl time.Duration, dns []string, ips []net.IP) (*Credentials, error) {
 	creds := &Credentials{Cluster: id.Cluster, Name: id.Name, Roles: id.Roles, Logins: id.Logins, Expires: s.cfg.Now().Add(ttl), CAs: s.caBundle()}
+	a := s.signer(id.Kind != identity.KindUser)
 	if sshPub != nil {
 		var cert *ssh.Certificate
 		var err error
 		if id.Kind == identity.KindUser {
-			cert, err = s.cfg.CA.SignUserSSH(sshPub, id, ttl)
+			cert, err = a.SignUserSSH(sshPub, id, ttl)
 		} else {
-			cert, err = s.cfg.CA.SignHostSSH(sshPub, id.Name, []string{id.Name, id.Name + "." + id.Cluster}, ttl)
+			cert, err = a.SignHostSSH(sshPub, id.Name, []string{id.Name, id.Name + "." + id.Cluster}, ttl)
 		}
 		if err != nil {
 			return nil, err
 		}
 		creds.SSHCert = string(ssh.MarshalAuthorizedKey(cert))
 	}
-	der, err := s.cfg.CA.SignTLS(ca.TLSRequest{Identity: id, PublicKey: tlsPub, TTL: ttl, DNSNames: dns, IPs: ips, Server: id.Kind == identity.KindProxy || id.Kind == identity.KindAuth})
+	der, err := a.SignTLS(ca.TLSRequest{Identity: id, PublicKey: tlsPub, TTL: ttl, DNSNames: dns, IPs: ips, Server: id.Kind == identity.KindProxy || id.Kind == identity.KindAuth})
 	if err != nil {
 		return nil, err
 	}
 	creds.TLSCert = ca.PEMCert(der)
 	return creds, nil
+}
+
+// signer is the authority for user (server false) or other certificates.
+func (s *Server) signer(server bool) *ca.Authority {
+	if s.cfg.Signer != nil {
+		return s.cfg.Signer(server)
+	}
+	return s.cfg.CA
 }
 
 // canSign refuses (503, so clients fail over to another auth server) when

@@ -46,6 +46,20 @@ type Config struct {
 	// TLS key, as replicated in state. Nil: a new one is created (bootstrap).
 	TLSCACert []byte // DER
 	Now       func() time.Time
+	// Generation selects the keys: each CA rotation moves the cluster to
+	// a new generation, and every auth server to a new key of each CA in
+	// its keystore (KeyName). 0 is the first.
+	Generation int
+}
+
+// KeyName is the keystore name of a CA key of a generation: the first
+// generation keeps the plain names ("user-ssh-ca"), later ones add
+// ".gN" ("user-ssh-ca.g2").
+func KeyName(base string, generation int) string {
+	if generation == 0 {
+		return base
+	}
+	return fmt.Sprintf("%s.g%d", base, generation)
 }
 
 // Authority signs certificates with one auth server's CA keys.
@@ -56,7 +70,12 @@ type Authority struct {
 	hostSSH ssh.Signer
 	tlsKey  crypto.Signer
 	tlsCA   *x509.Certificate
+
+	generation int
 }
+
+// Generation is the key generation the authority signs with.
+func (a *Authority) Generation() int { return a.generation }
 
 // New loads (or generates) the CA keys and the TLS CA certificate.
 func New(cfg Config) (*Authority, error) {
@@ -69,15 +88,15 @@ func New(cfg Config) (*Authority, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	a := &Authority{cluster: cfg.ClusterName, now: cfg.Now}
+	a := &Authority{cluster: cfg.ClusterName, now: cfg.Now, generation: cfg.Generation}
 	var err error
-	if a.userSSH, err = sshSigner(cfg.Keystore, KeyUserSSH); err != nil {
+	if a.userSSH, err = sshSigner(cfg.Keystore, KeyName(KeyUserSSH, cfg.Generation)); err != nil {
 		return nil, err
 	}
-	if a.hostSSH, err = sshSigner(cfg.Keystore, KeyHostSSH); err != nil {
+	if a.hostSSH, err = sshSigner(cfg.Keystore, KeyName(KeyHostSSH, cfg.Generation)); err != nil {
 		return nil, err
 	}
-	if a.tlsKey, err = cfg.Keystore.Signer(KeyTLS); err != nil {
+	if a.tlsKey, err = cfg.Keystore.Signer(KeyName(KeyTLS, cfg.Generation)); err != nil {
 		return nil, fmt.Errorf("ca: TLS key: %w", err)
 	}
 	if cfg.TLSCACert != nil {

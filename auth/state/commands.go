@@ -186,6 +186,8 @@ var table = map[Type]handler{
 	TypeNoop:             typed(applyNoop),
 	TypeUpsertLock:       typed(applyUpsertLock),
 	TypeDeleteLock:       typed(applyDeleteLock),
+	TypeRotateCA:         typed(applyRotateCA),
+	TypePublishNextKeys:  typed(applyPublishNextKeys),
 }
 
 func typed[T any](f func(d *Data, c T) (any, []Event, error)) handler {

@@ -85,6 +85,10 @@ type CAs struct {
 	UserSSH []string `json:"user_ssh"` // authorized_keys format
 	HostSSH []string `json:"host_ssh"` // authorized_keys format
 	TLS     [][]byte `json:"tls"`      // DER certificates
+	// Phase is the CA rotation's phase ("" outside a rotation). It is
+	// here so that every phase change reaches proxies and nodes as a CA
+	// event: they renew their certificates on it.
+	Phase string `json:"phase,omitempty"`
 }
 
 // AuthServer is one auth server as the cluster knows it: where it serves,
@@ -107,6 +111,10 @@ type AuthServer struct {
 	// keys follow the watch stream within a second, any server with
 	// trusted keys signs.
 	SignsServerCerts bool `json:"signs_server_certs,omitempty"`
+	// Generation is the key generation of Keys; NextKeys (of generation
+	// Rotation.Next) are the keys it made for a rotation under way.
+	Generation int        `json:"generation,omitempty"`
+	NextKeys   ServerKeys `json:"next_keys,omitzero"`
 	// Voter: the server was added to be a voter. It joins raft as a
 	// non-voter and is promoted once it has caught up, so that a new
 	// voter that cannot answer yet never costs the cluster its quorum.
@@ -132,6 +140,8 @@ type Data struct {
 	AuthServers map[string]AuthServer `json:"auth_servers,omitempty"`
 	// Locks by id.
 	Locks map[string]identity.Lock `json:"locks,omitempty"`
+	// Rotation is the CA rotation's state.
+	Rotation Rotation `json:"rotation,omitzero"`
 	// MeshKeys is the proxies' gossip keyring in creation order, and
 	// MeshPrimary the index of the key used to encrypt. Secret: it never
 	// appears in watch events.
@@ -222,7 +232,7 @@ func (s *Store) CAs() CAs {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	c := s.data.CAs
-	return CAs{UserSSH: append([]string(nil), c.UserSSH...), HostSSH: append([]string(nil), c.HostSSH...), TLS: append([][]byte(nil), c.TLS...)}
+	return CAs{UserSSH: append([]string(nil), c.UserSSH...), HostSSH: append([]string(nil), c.HostSSH...), TLS: append([][]byte(nil), c.TLS...), Phase: c.Phase}
 }
 
 // MeshKeys returns a copy of the proxies' gossip keyring, primary first,
@@ -367,7 +377,7 @@ func (s *Store) Restore(b []byte) error {
 
 // mergeData copies src into dst, keeping dst's non-nil maps when src has nil ones.
 func mergeData(dst *Data, src Data) {
-	dst.Cluster, dst.CAs, dst.MeshKeys, dst.MeshPrimary = src.Cluster, src.CAs, src.MeshKeys, src.MeshPrimary
+	dst.Cluster, dst.CAs, dst.MeshKeys, dst.MeshPrimary, dst.Rotation = src.Cluster, src.CAs, src.MeshKeys, src.MeshPrimary, src.Rotation
 	if src.Users != nil {
 		dst.Users = src.Users
 	}

@@ -14,6 +14,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,8 +34,10 @@ import (
 // other auth servers before its state machine has replayed the log (after
 // a restart of the whole cluster, nobody can replay without the others):
 const (
-	// ownCAFile: this server's self-signed TLS CA certificate (public).
-	ownCAFile = "tls-ca.pem"
+	// ownCAFile: this server's self-signed TLS CA certificate (public),
+	// of the key generation in ownGenFile (absent: 0).
+	ownCAFile  = "tls-ca.pem"
+	ownGenFile = "ca-generation"
 	// trustedCAFile: the cluster's trusted TLS CAs, rewritten on change.
 	trustedCAFile = "trusted-tls-ca.pem"
 	// joinedDir: the identity a joining server got from the cluster.
@@ -43,13 +48,18 @@ const (
 type authServer struct {
 	cfg       Config
 	dir       string
-	authority *ca.Authority
+	ks        keystore.Keystore
+	curA      atomic.Pointer[ca.Authority] // keys of the generation in force
+	nextA     atomic.Pointer[ca.Authority] // keys made for a rotation under way
 	store     *state.Store
 	hub       *authapi.Hub
 	rn        *raftnode.Node
 	api       *authapi.Server
 	cert      atomic.Pointer[tls.Certificate]
 	backend   string // keystore backend
+	adminDir  string
+	rotMu     sync.Mutex // serializes reconcileRotation; guards lastPhase
+	lastPhase string
 	// joinPool: the cluster's TLS CAs as the join answer gave them, for
 	// talking to the others before this server has the state.
 	joinPool atomic.Pointer[x509.CertPool]
@@ -60,7 +70,7 @@ type authServer struct {
 func (a *authServer) trusted() bool {
 	cas := a.store.CAs()
 	for _, der := range cas.TLS {
-		if bytes.Equal(der, a.authority.TLSCACert()) {
+		if bytes.Equal(der, a.cur().TLSCACert()) {
 			return true
 		}
 	}
@@ -86,7 +96,7 @@ func (a *authServer) roots() *x509.CertPool {
 	if jp := a.joinPool.Load(); jp != nil {
 		return jp
 	}
-	if own := a.authority; own != nil {
+	if own := a.cur(); own != nil {
 		c, _ := x509.ParseCertificate(own.TLSCACert())
 		pool.AddCert(c)
 	}
@@ -136,7 +146,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 	if err != nil {
 		return nil, err
 	}
-	a.backend = ks.Backend()
+	a.backend, a.ks = ks.Backend(), ks
 	a.hub = authapi.NewHub()
 	a.store = state.New(authapi.PublishState(a.hub, func() *state.Store { return a.store }))
 
@@ -149,15 +159,26 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 		if blk == nil {
 			return nil, fmt.Errorf("%s: not a PEM certificate", filepath.Join(a.dir, ownCAFile))
 		}
-		if a.authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks, TLSCACert: blk.Bytes}); err != nil {
+		gen := 0
+		if g, err := os.ReadFile(filepath.Join(a.dir, ownGenFile)); err == nil {
+			if gen, err = strconv.Atoi(strings.TrimSpace(string(g))); err != nil {
+				return nil, fmt.Errorf("%s: %w", filepath.Join(a.dir, ownGenFile), err)
+			}
+		}
+		au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks, TLSCACert: blk.Bytes, Generation: gen})
+		if err != nil {
 			return nil, err
 		}
+		a.curA.Store(au)
 	} else if joining {
-		// A new server: its own keys and CA, trusted by the cluster only
-		// after a CA rotation adds them.
-		if a.authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks}); err != nil {
+		// A new server: its own keys and CA. The cluster trusts them from
+		// the join on; it signs server certificates once a CA rotation
+		// has given every client its keys.
+		au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks})
+		if err != nil {
 			return nil, err
 		}
+		a.curA.Store(au)
 		if err := a.saveOwnCA(); err != nil {
 			return nil, err
 		}
@@ -184,7 +205,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 
 	// A joined server uses the certificate the cluster issued it (its
 	// own keys may not be trusted); the others sign their own.
-	if a.authority != nil && !joining {
+	if a.cur() != nil && !joining {
 		if err := a.issueOwnCert(); err != nil {
 			return nil, err
 		}
@@ -200,8 +221,9 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 
 	api, err := authapi.NewServer(authapi.ServerConfig{
 		ID: cfg.Auth.ID, Store: a.store, Hub: a.hub, Apply: rn.Apply, Raft: rn,
-		RaftStats: func() any { return rn.Stats() }, CA: a.authority, Audit: p.audit, Logger: p.log,
+		RaftStats: func() any { return rn.Stats() }, CA: a.cur(), Signer: a.signer, Audit: p.audit, Logger: p.log,
 		Version: version, UserCertTTL: cfg.Auth.UserCertTTL, Keystore: ks.Backend(),
+		OnRotate: func() { a.reconcileRotation() },
 		PeerClient: func(addr string) (*authapi.Client, error) {
 			return authapi.NewClient(authapi.ClientConfig{Addr: addr, Timeout: 10 * time.Second,
 				Trust:                authapi.TrustConfig{RootCAs: a.roots, Kinds: []identity.Kind{identity.KindAuth}},
@@ -233,8 +255,12 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 		return nil, err
 	}
 	adminDir := filepath.Join(cfg.DataDir, "admin")
+	a.adminDir = adminDir
+	a.lastPhase = a.store.Rotation().Phase
+	a.reconcileRotation()
+	p.goServe("auth CA rotation", func() error { a.rotationLoop(ctx); return nil })
 	if a.trusted() {
-		if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir, a.store.CAs().TLS); err != nil {
+		if err := writeAdminIdentity(a.signer(false), a.store.Cluster(), adminDir, a.store.CAs().TLS); err != nil {
 			return nil, err
 		}
 	}
@@ -251,12 +277,16 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 		// must not get a certificate that clients cannot check.
 		return nil, nil
 	}
-	return a.authority, nil
+	return a.signer(true), nil
 }
 
 func (a *authServer) saveOwnCA() error {
-	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.authority.TLSCACert()})
-	return writeFileAtomic(filepath.Join(a.dir, ownCAFile), b, 0o600)
+	cur := a.cur()
+	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cur.TLSCACert()})
+	if err := writeFileAtomic(filepath.Join(a.dir, ownCAFile), b, 0o600); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(a.dir, ownGenFile), []byte(strconv.Itoa(cur.Generation())+"\n"), 0o600)
 }
 
 // certHosts are the names and addresses in this server's certificate.
@@ -273,7 +303,7 @@ func (a *authServer) certHosts() []string {
 // issueOwnCert signs this server's certificate with its own key; only
 // for a server whose keys the cluster trusts (or is about to: bootstrap).
 func (a *authServer) issueOwnCert() error {
-	c, err := newServerCert(a.authority, identity.Identity{Kind: identity.KindAuth, Name: a.cfg.Auth.ID, Cluster: a.cfg.Auth.ClusterName}, a.certHosts(), 30*24*time.Hour)
+	c, err := newServerCert(a.signer(true), identity.Identity{Kind: identity.KindAuth, Name: a.cfg.Auth.ID, Cluster: a.cfg.Auth.ClusterName}, a.certHosts(), 30*24*time.Hour)
 	if err != nil {
 		return err
 	}
@@ -296,16 +326,18 @@ func (a *authServer) bootstrap(p *process, ks keystore.Keystore) error {
 	}
 	cfg := a.cfg
 	if a.store.Cluster() == "" {
-		if a.authority == nil {
-			var err error
-			if a.authority, err = ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks}); err != nil {
+		if a.cur() == nil {
+			au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks})
+			if err != nil {
 				return err
 			}
+			a.curA.Store(au)
 		}
+		cur := a.cur()
 		cas := state.CAs{
-			UserSSH: []string{string(ssh.MarshalAuthorizedKey(a.authority.UserCAPublic()))},
-			HostSSH: []string{string(ssh.MarshalAuthorizedKey(a.authority.HostCAPublic()))},
-			TLS:     [][]byte{a.authority.TLSCACert()},
+			UserSSH: []string{string(ssh.MarshalAuthorizedKey(cur.UserCAPublic()))},
+			HostSSH: []string{string(ssh.MarshalAuthorizedKey(cur.HostCAPublic()))},
+			TLS:     [][]byte{cur.TLSCACert()},
 		}
 		cmd, _ := state.Encode(state.TypeBootstrap, state.Bootstrap{Cluster: cfg.Auth.ClusterName, CAs: cas})
 		if _, err := a.rn.Apply(cmd); err != nil {
@@ -316,15 +348,18 @@ func (a *authServer) bootstrap(p *process, ks keystore.Keystore) error {
 		if a.store.Cluster() != cfg.Auth.ClusterName {
 			return fmt.Errorf("data dir %s belongs to cluster %s, not %s", cfg.DataDir, a.store.Cluster(), cfg.Auth.ClusterName)
 		}
-		if a.authority == nil {
+		if a.cur() == nil {
 			// A data dir from before auth HA: find our TLS CA in state.
 			var lastErr error
 			for _, der := range a.store.CAs().TLS {
-				if a.authority, lastErr = ca.New(ca.Config{ClusterName: a.store.Cluster(), Keystore: ks, TLSCACert: der}); lastErr == nil {
+				au, err := ca.New(ca.Config{ClusterName: a.store.Cluster(), Keystore: ks, TLSCACert: der})
+				if err == nil {
+					a.curA.Store(au)
 					break
 				}
+				lastErr = err
 			}
-			if a.authority == nil {
+			if a.cur() == nil {
 				return lastErr
 			}
 		}
@@ -374,9 +409,9 @@ func (a *authServer) join(ctx context.Context, p *process) error {
 	req := authapi.JoinRequest{Kind: identity.KindAuth, Name: cfg.Auth.ID, DNSNames: dnsOnly(a.certHosts()), IPs: ipsOnly(a.certHosts()),
 		Auth: &authapi.AuthJoin{APIAddr: cfg.Auth.AdvertiseAddr, RaftAddr: raftAddr, Region: cfg.Auth.Region,
 			Keys: state.ServerKeys{
-				UserSSH: string(ssh.MarshalAuthorizedKey(a.authority.UserCAPublic())),
-				HostSSH: string(ssh.MarshalAuthorizedKey(a.authority.HostCAPublic())),
-				TLS:     a.authority.TLSCACert(),
+				UserSSH: string(ssh.MarshalAuthorizedKey(a.cur().UserCAPublic())),
+				HostSSH: string(ssh.MarshalAuthorizedKey(a.cur().HostCAPublic())),
+				TLS:     a.cur().TLSCACert(),
 			}}}
 	id, err := loadOrJoin(ctx, p.log, filepath.Join(a.dir, joinedDir), cfg.Auth.JoinAddr, cfg.Auth.Token, cfg.Auth.CAPin, identity.KindAuth, req)
 	if err != nil {
@@ -400,13 +435,9 @@ func (a *authServer) join(ctx context.Context, p *process) error {
 // (addresses change across restarts).
 func (a *authServer) register(ctx context.Context) error {
 	want := state.AuthServer{ID: a.cfg.Auth.ID, APIAddr: a.cfg.Auth.AdvertiseAddr, RaftAddr: a.rn.Addr(), Region: a.cfg.Auth.Region,
-		Keys: state.ServerKeys{
-			UserSSH: string(ssh.MarshalAuthorizedKey(a.authority.UserCAPublic())),
-			HostSSH: string(ssh.MarshalAuthorizedKey(a.authority.HostCAPublic())),
-			TLS:     a.authority.TLSCACert(),
-		}, Backend: a.backend}
+		Keys: serverKeys(a.cur()), Generation: a.cur().Generation(), Backend: a.backend}
 	if cur, ok := a.store.AuthServer(want.ID); ok {
-		want.Voter = cur.Voter
+		want.Voter, want.NextKeys = cur.Voter, cur.NextKeys
 	}
 	// The server that created the cluster signs server certificates; one
 	// that joined keeps what the cluster says (see state.AuthServer).
@@ -435,6 +466,37 @@ func (a *authServer) register(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(wait):
 		}
+	}
+}
+
+// cur is the authority of the key generation in force for this server.
+func (a *authServer) cur() *ca.Authority { return a.curA.Load() }
+
+// signer is the authority to sign user certificates (server false) or
+// node, proxy and auth certificates (server true) with, by the CA
+// rotation's phase: the new keys sign user certificates from
+// update_clients on and the others from update_servers on.
+func (a *authServer) signer(server bool) *ca.Authority {
+	next := a.nextA.Load()
+	if next == nil {
+		return a.cur()
+	}
+	switch a.store.Rotation().Phase {
+	case state.PhaseUpdateServers:
+		return next
+	case state.PhaseUpdateClients:
+		if !server {
+			return next
+		}
+	}
+	return a.cur()
+}
+
+func serverKeys(au *ca.Authority) state.ServerKeys {
+	return state.ServerKeys{
+		UserSSH: string(ssh.MarshalAuthorizedKey(au.UserCAPublic())),
+		HostSSH: string(ssh.MarshalAuthorizedKey(au.HostCAPublic())),
+		TLS:     au.TLSCACert(),
 	}
 }
 
@@ -479,7 +541,7 @@ func (a *authServer) upkeep(ctx context.Context, adminDir string) {
 			if err := a.issueOwnCert(); err != nil {
 				a.log.Error("renew auth server certificate", "err", err)
 			}
-			if err := writeAdminIdentity(a.authority, a.store.Cluster(), adminDir, a.store.CAs().TLS); err != nil {
+			if err := writeAdminIdentity(a.signer(false), a.store.Cluster(), adminDir, a.store.CAs().TLS); err != nil {
 				a.log.Error("renew admin identity", "err", err)
 			}
 		}
@@ -513,4 +575,112 @@ func openKeystore(p *process, cfg Config, dir string) (keystore.Keystore, error)
 		p.log.Warn("created a keystore passphrase next to the keys; for production keep it elsewhere (auth.keystore_passphrase_file) or use an HSM", "file", passFile)
 	}
 	return keystore.NewSoftware(keystore.SoftwareConfig{Dir: filepath.Join(dir, "keys"), Passphrase: pass})
+}
+
+// rotationLoop keeps this server's keys in line with the CA rotation:
+// on every change of the CAs or the auth server registry, and every 5 s.
+func (a *authServer) rotationLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for ctx.Err() == nil {
+		ch, cancel := a.hub.Subscribe()
+	inner:
+		for {
+			select {
+			case <-ctx.Done():
+				cancel()
+				return
+			case <-t.C:
+				a.reconcileRotation()
+			case m, ok := <-ch:
+				if !ok {
+					break inner
+				}
+				if m.Type == "snapshot" || (m.Event != nil && (m.Event.Kind == state.KindCAs || m.Event.Kind == state.KindAuthServer)) {
+					a.reconcileRotation()
+				}
+			}
+		}
+		cancel()
+	}
+}
+
+// reconcileRotation makes this server's keys follow the rotation: in init
+// it makes and publishes its keys of the next generation; when the
+// rotation completes it switches to them; on every phase change it
+// reissues its own certificate and the local admin identity with the
+// keys the phase says.
+func (a *authServer) reconcileRotation() {
+	a.rotMu.Lock()
+	defer a.rotMu.Unlock()
+	me, ok := a.store.AuthServer(a.cfg.Auth.ID)
+	if !ok || a.cur() == nil {
+		return
+	}
+	r := a.store.Rotation()
+	if me.Generation != a.cur().Generation() && len(me.Keys.TLS) > 0 {
+		// The rotation completed: the keys of me.Generation are in force.
+		next := a.nextA.Load()
+		if next == nil || next.Generation() != me.Generation {
+			var err error
+			if next, err = ca.New(ca.Config{ClusterName: a.cfg.Auth.ClusterName, Keystore: a.ks, TLSCACert: me.Keys.TLS, Generation: me.Generation}); err != nil {
+				a.log.Error("CA rotation: load this server's keys in force", "generation", me.Generation, "err", err)
+				return
+			}
+		}
+		a.curA.Store(next)
+		a.nextA.Store(nil)
+		if err := a.saveOwnCA(); err != nil {
+			a.log.Error("CA rotation: save the TLS CA certificate", "err", err)
+		}
+		a.log.Info("CA rotation: now signing with the new keys", "generation", me.Generation)
+	}
+	switch r.Phase {
+	case state.PhaseInit, state.PhaseUpdateClients, state.PhaseUpdateServers:
+		if n := a.nextA.Load(); n == nil || n.Generation() != r.Next {
+			cfg := ca.Config{ClusterName: a.cfg.Auth.ClusterName, Keystore: a.ks, Generation: r.Next}
+			if len(me.NextKeys.TLS) > 0 {
+				cfg.TLSCACert = me.NextKeys.TLS
+			} else if r.Phase != state.PhaseInit {
+				a.log.Error("CA rotation: this server published no keys in init; roll the rotation back (jgctl ca rotate --phase=rollback)", "phase", r.Phase)
+				return
+			}
+			next, err := ca.New(cfg)
+			if err != nil {
+				a.log.Error("CA rotation: make this server's new keys", "generation", r.Next, "err", err)
+				return
+			}
+			if len(me.NextKeys.TLS) == 0 {
+				cmd, _ := state.Encode(state.TypePublishNextKeys, state.PublishNextKeys{ID: me.ID, Generation: r.Next, Keys: serverKeys(next)})
+				if _, err := a.rn.Apply(cmd); err != nil {
+					a.log.Warn("CA rotation: publish this server's new keys (will retry)", "err", err)
+					return
+				}
+				a.log.Info("CA rotation: made and published new keys", "generation", r.Next, "keystore", a.backend)
+			}
+			a.nextA.Store(next)
+		}
+	case state.PhaseStandby:
+		a.nextA.Store(nil) // rolled back, or completed above
+	}
+	if r.Phase != a.lastPhase {
+		a.lastPhase = r.Phase
+		a.reissue()
+	}
+}
+
+// reissue renews this server's own certificate (when it signs server
+// certificates) and the local admin identity with the keys the phase says.
+func (a *authServer) reissue() {
+	me, ok := a.store.AuthServer(a.cfg.Auth.ID)
+	if ok && me.SignsServerCerts && a.trusted() {
+		if err := a.issueOwnCert(); err != nil {
+			a.log.Error("CA rotation: reissue this server's certificate", "err", err)
+		}
+	}
+	if a.trusted() && a.adminDir != "" {
+		if err := writeAdminIdentity(a.signer(false), a.store.Cluster(), a.adminDir, a.store.CAs().TLS); err != nil {
+			a.log.Error("CA rotation: rewrite the admin identity", "err", err)
+		}
+	}
 }

@@ -21,7 +21,7 @@ var version = "dev"
 
 func main() {
 	root := &cobra.Command{Use: "jumpgate", Short: "Jumpgate access proxy daemon", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(startCmd(), demoCmd(), versionCmd())
+	root.AddCommand(startCmd(), demoCmd(), restoreCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "jumpgate:", err)
 		os.Exit(1)

@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/crypto/ssh"
 
 	"jumpgate.dev/jumpgate/auth/audit"
 	"jumpgate.dev/jumpgate/auth/authapi"
@@ -204,24 +203,25 @@ func checkNodeLocks(cache *authapi.Hub, nc NodeConfig, t identity.LockTarget, no
 func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Authority) error {
 	host, _, _ := net.SplitHostPort(cfg.Proxy.Listen)
 	hosts := append([]string{host, "localhost"}, cfg.Proxy.PublicAddrs...)
+	jitter, renewAfter, err := renewKnobs()
+	if err != nil {
+		return err
+	}
 	var (
-		cert     *tls.Certificate
-		pool     func() *x509.CertPool
+		live     *liveCreds
+		saved    *creds.Identity // joined: the identity in the data dir
+		self     = identity.Identity{Kind: identity.KindProxy, Name: cfg.Proxy.ID, Cluster: cfg.Auth.ClusterName}
 		authAddr = cfg.Proxy.AuthAddr
 		cluster  = cfg.Auth.ClusterName
 	)
 	if authority != nil {
-		// Same process as the auth server: issue directly.
-		id := identity.Identity{Kind: identity.KindProxy, Name: cfg.Proxy.ID, Cluster: cfg.Auth.ClusterName}
-		c, err := newServerCert(authority, id, hosts, 30*24*time.Hour)
+		// Same process as the auth server: issue directly (renewals go
+		// through auth, which knows the signer of the moment).
+		c, err := newServerCert(authority, self, hosts, 30*24*time.Hour)
 		if err != nil {
 			return err
 		}
-		cert = c
-		caPool := x509.NewCertPool()
-		caLeaf, _ := x509.ParseCertificate(authority.TLSCACert())
-		caPool.AddCert(caLeaf)
-		pool = func() *x509.CertPool { return caPool }
+		live = newLiveCreds(issued{TLS: c, CAs: [][]byte{authority.TLSCACert()}})
 		if authAddr == "" {
 			authAddr = cfg.Auth.Listen
 		}
@@ -233,15 +233,31 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		if err := id.WithChain(); err != nil {
 			return err
 		}
-		cert, pool, cluster = &id.TLS, id.RootCAs, id.Meta.Cluster
+		is, err := loadedIssued(id, false)
+		if err != nil {
+			return err
+		}
+		live, saved, cluster = newLiveCreds(is), id, id.Meta.Cluster
 	}
-	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }
+	getCert := live.GetCertificate
+	cache := authapi.NewHub()
+	trust := &serverTrust{creds: live, hub: cache}
+	pool := trust.Pool
 	upstream, err := authapi.NewClient(authapi.ClientConfig{Addr: authAddr, Addrs: cfg.Proxy.AuthAddrs, Trust: authapi.TrustConfig{RootCAs: pool, Kinds: []identity.Kind{identity.KindAuth}},
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }})
+		GetClientCertificate: live.GetClientCertificate})
 	if err != nil {
 		return err
 	}
-	cache := authapi.NewHub()
+	names := authapi.RenewRequest{DNSNames: dnsOnly(hosts), IPs: ipsOnly(hosts)}
+	var reissue func(context.Context) (issued, error)
+	if saved != nil {
+		reissue = savedRenewal(saved.Dir, saved.Meta, false, true, names, upstream.Renew)
+	} else {
+		reissue = unsavedRenewal(self, names, upstream.Renew)
+	}
+	rn := &renewer{kind: "proxy", creds: live, hub: cache, reissue: reissue, loaded: saved != nil, jitter: jitter, after: renewAfter,
+		log: p.log.With("component", "renew"), metrics: newRenewMetrics(p.reg)}
+	p.goServe("proxy renewal", func() error { rn.run(ctx); return nil })
 	p.goServe("proxy cache", func() error {
 		authapi.Follow(ctx, cache, upstream.OpenWatchFrom, func(err error) {
 			if err != nil {
@@ -480,14 +496,33 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	hostSigner, err := id.CertSigner()
+	jitter, renewAfter, err := renewKnobs()
 	if err != nil {
 		return err
 	}
+	is, err := loadedIssued(id, true)
+	if err != nil {
+		return err
+	}
+	live := newLiveCreds(is)
+	cache := authapi.NewHub()
+	trust := &serverTrust{creds: live, hub: cache}
+	proxyClient := func(addr string, more ...string) (*authapi.Client, error) {
+		return authapi.NewClient(authapi.ClientConfig{Addr: addr, Addrs: more, Trust: authapi.TrustConfig{RootCAs: trust.Pool, Kinds: []identity.Kind{identity.KindProxy}},
+			GetClientCertificate: live.GetClientCertificate})
+	}
+	// Renewals go through the configured proxies, the first that answers.
+	renewVia, err := proxyClient(cfg.Node.Proxies[0], cfg.Node.Proxies[1:]...)
+	if err != nil {
+		return err
+	}
+	rn := &renewer{kind: "node", creds: live, hub: cache, loaded: true, jitter: jitter, after: renewAfter,
+		reissue: savedRenewal(id.Dir, id.Meta, true, false, authapi.RenewRequest{}, renewVia.Renew),
+		log:     p.log.With("component", "renew"), metrics: newRenewMetrics(p.reg)}
+	p.goServe("node renewal", func() error { rn.run(ctx); return nil })
 	var clients []*authapi.Client
 	for _, addr := range cfg.Node.Proxies {
-		cl, err := authapi.NewClient(authapi.ClientConfig{Addr: addr, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}},
-			GetClientCertificate: id.GetClientCertificate})
+		cl, err := proxyClient(addr)
 		if err != nil {
 			return err
 		}
@@ -506,7 +541,6 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		next.Add(^uint32(0)) // stay on the proxy that answered
 		return resp, nil
 	}
-	cache := authapi.NewHub()
 	p.goServe("node cache", func() error {
 		authapi.Follow(ctx, cache, openWatch, func(err error) {
 			if err != nil {
@@ -523,7 +557,7 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	}
 	srv, err := sshd.New(sshd.Config{
 		NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
-		HostSigner: func() (ssh.Signer, error) { return hostSigner, nil },
+		HostSigner: live.HostSigner,
 		UserCAs:    cache.UserCAs,
 		Authorize: func(user identity.Identity, login string) error {
 			if err := identity.CheckLogin(user.Roles, cache.Role, id.Meta.Name, labels, login); err != nil {
@@ -547,11 +581,8 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	ag, err := agent.New(agent.Config{
 		ProxyAddrs: cfg.Node.Proxies, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
 		Labels:               func() map[string]string { return labels },
-		GetClientCertificate: id.GetClientCertificate, RootCAs: id.RootCAs,
-		Discover: nodeDiscovery(cfg.Node.Proxies, func(addr string) (*authapi.Client, error) {
-			return authapi.NewClient(authapi.ClientConfig{Addr: addr, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}},
-				GetClientCertificate: id.GetClientCertificate})
-		}),
+		GetClientCertificate: live.GetClientCertificate, RootCAs: trust.Pool,
+		Discover:        nodeDiscovery(cfg.Node.Proxies, func(addr string) (*authapi.Client, error) { return proxyClient(addr) }),
 		ConnectionCount: cfg.Node.ConnectionCount,
 		Transport:       cfg.Node.TunnelTransport,
 		Logger:          p.log.With("component", "agent"), Metrics: p.reg,

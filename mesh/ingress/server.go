@@ -45,6 +45,8 @@ func (f NodeDialerFunc) DialNode(ctx context.Context, node string, user identity
 type Upstream interface {
 	Login(ctx context.Context, req authapi.LoginRequest) (*authapi.Credentials, error)
 	Join(ctx context.Context, req authapi.JoinRequest) (*authapi.Credentials, error)
+	// Renew renews a node's certificates (req.For names it).
+	Renew(ctx context.Context, req authapi.RenewRequest) (*authapi.Credentials, error)
 }
 
 // OfflineError is implemented by dial errors that mean "the node has no
@@ -202,6 +204,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("GET /v1/ping", s.ping)
 	mux.HandleFunc("POST /v1/login", s.login)
 	mux.HandleFunc("POST /v1/join", s.join)
+	mux.HandleFunc("POST /v1/renew", s.renew)
 	mux.HandleFunc("GET /v1/watch", s.watch)
 	mux.HandleFunc("GET /v1/nodes", s.nodes)
 	mux.HandleFunc("GET /v1/mesh/proxies", s.meshProxies)
