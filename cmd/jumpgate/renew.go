@@ -48,14 +48,14 @@ import (
 // (10s), so that a CA change does not bring every node of a large cluster
 // to auth at once, and retries failures with backoff (1s doubling to 1m).
 // A node renews through a proxy (POST /v1/renew on the proxy, which
-// vouches for it to auth), a proxy with auth (POST /v1/renew). A proxy in
-// the same process as an auth server gets its first certificate from that
-// server's authority and renews with auth's /v1/renew like the others
-// (the authority it started with may no longer be the one that signs
-// server certificates once a CA rotation is under way), keeping it in
-// memory only. Otherwise the result is saved where join saved it; it is
-// swapped into liveCreds,
-// which every server and client of the process reads per handshake:
+// vouches for it to auth); a proxy renews with auth (POST /v1/renew). A
+// proxy in the same process as an auth server gets its first certificate
+// from that server's authority but renews with /v1/renew like the others,
+// because the authority it started with may no longer be the one that
+// signs server certificates once a CA rotation is under way; its
+// certificate lives in memory only. Every other renewal is saved where
+// join saved it. The result is swapped into liveCreds, which every server
+// and client of the process reads per handshake:
 // established connections and sessions are not touched.
 
 // Renewal knobs, read from the environment by cmd only. They exist for
