@@ -26,6 +26,9 @@ type testCluster struct {
 	ca    *authtest.CA
 	mu    sync.Mutex
 	nodes map[string]*Node
+	// cut holds the ids of partitioned members: their handshakes fail in
+	// both directions (see partition).
+	cut sync.Map
 }
 
 func newTestCluster(t testing.TB) *testCluster {
@@ -41,6 +44,7 @@ func (c *testCluster) node(id string) *Node {
 func (c *testCluster) start(id string, bootstrap bool) *Node {
 	c.t.Helper()
 	cert := c.ca.Issue(c.t, identity.Identity{Kind: identity.KindAuth, Name: id, Cluster: "c1"})
+	empty := x509.NewCertPool()
 	n, err := Open(Config{
 		ID:        id,
 		Dir:       filepath.Join(c.t.TempDir(), id),
@@ -50,7 +54,12 @@ func (c *testCluster) start(id string, bootstrap bool) *Node {
 		TLS: &TLS{
 			Cluster:     "c1",
 			Certificate: func() (*tls.Certificate, error) { return cert, nil },
-			RootCAs:     func() *x509.CertPool { return c.ca.Pool() },
+			RootCAs: func() *x509.CertPool {
+				if _, cut := c.cut.Load(id); cut {
+					return empty // trusts no one, so no handshake with it completes
+				}
+				return c.ca.Pool()
+			},
 		},
 		Forward: func(ctx context.Context, leader string, cmd []byte) (uint64, error) {
 			l := c.node(leader)
@@ -78,6 +87,21 @@ func (c *testCluster) stop(id string) {
 	c.mu.Unlock()
 	if n != nil {
 		n.Close()
+	}
+}
+
+// partition cuts id off from the others (or heals it): every handshake
+// from or to it fails, and the pooled connections are closed.
+func (c *testCluster) partition(id string, cut bool) {
+	if cut {
+		c.cut.Store(id, true)
+	} else {
+		c.cut.Delete(id)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		n.transport.CloseStreams()
 	}
 }
 
@@ -307,3 +331,77 @@ func TestTransportRefusesStrangers(t *testing.T) {
 	n := c.node("a2")
 	authtest.WaitFor(t, 5*time.Second, "a2 replicates after strangers", func() bool { _, ok := n.cfg.Store.User("after-garbage"); return ok })
 }
+
+// TestPartitionAndRejoin cuts a follower voter off, then the leader, then
+// loses the non-voter: the majority keeps accepting writes each time,
+// the cut-off leader accepts none, and every member has every write once
+// it is back.
+func TestPartitionAndRejoin(t *testing.T) {
+	c := threeVotersOneNonvoter(t)
+	deadline := func() time.Time { return time.Now().Add(15 * time.Second) }
+	var names []string
+	write := func(via *Node, name string) {
+		t.Helper()
+		if err := retry(via, userCmd(t, name, true), deadline()); err != nil {
+			t.Fatalf("write %s via %s: %v", name, via.cfg.ID, err)
+		}
+		names = append(names, name)
+	}
+	leaderNot := func(not string) *Node {
+		var l *Node
+		authtest.WaitFor(t, 15*time.Second, "a leader other than "+not, func() bool {
+			l = c.leader()
+			return l != nil && l.cfg.ID != not && !isCut(c, l.cfg.ID)
+		})
+		return l
+	}
+	write(c.leader(), "before")
+
+	// A follower voter partitioned away: the other two commit.
+	l := c.leader()
+	follower := "a2"
+	if l.cfg.ID == "a2" {
+		follower = "a3"
+	}
+	c.partition(follower, true)
+	write(leaderNot(follower), "while-follower-cut")
+	c.partition(follower, false)
+
+	// The leader partitioned away: the others elect a new one and go on;
+	// the old one cannot commit.
+	old := c.leader()
+	c.partition(old.cfg.ID, true)
+	nl := leaderNot(old.cfg.ID)
+	write(nl, "while-leader-cut")
+	f := old.raft.Apply(userCmd(t, "lost", true), 2*time.Second)
+	if f.Error() == nil {
+		t.Fatal("a partitioned leader committed a write")
+	}
+	c.partition(old.cfg.ID, false)
+
+	// The non-voter's region lost: writes go on; it catches up on return.
+	c.partition("n1", true)
+	write(leaderNot(""), "while-nonvoter-cut")
+	c.partition("n1", false)
+
+	l = leaderNot("")
+	if err := l.Barrier(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a1", "a2", "a3", "n1"} {
+		n := c.node(id)
+		authtest.WaitFor(t, 15*time.Second, id+" has every write", func() bool {
+			for _, name := range names {
+				if _, ok := n.cfg.Store.User(name); !ok {
+					return false
+				}
+			}
+			return true
+		})
+		if _, ok := n.cfg.Store.User("lost"); ok {
+			t.Fatalf("%s has the write the partitioned leader could not commit", id)
+		}
+	}
+}
+
+func isCut(c *testCluster, id string) bool { _, cut := c.cut.Load(id); return cut }
