@@ -338,11 +338,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		return err
 	}
 	p.goServe("proxy locks", func() error {
-		cache.WatchLocks(ctx, func(locks []identity.Lock) {
-			if n := ing.EnforceLocks(locks); n > 0 {
-				p.log.Info("locks ended live sessions", "sessions", n)
-			}
-		})
+		cache.WatchLocks(ctx, newLockWatcher(p, "proxy", ing.EnforceLocks).update)
 		return nil
 	})
 	ln, err := net.Listen("tcp", cfg.Proxy.Listen)
@@ -571,11 +567,7 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		return err
 	}
 	p.goServe("node locks", func() error {
-		cache.WatchLocks(ctx, func(locks []identity.Lock) {
-			if n := srv.EnforceLocks(locks); n > 0 {
-				p.log.Info("locks ended live connections", "connections", n)
-			}
-		})
+		cache.WatchLocks(ctx, newLockWatcher(p, "node", srv.EnforceLocks).update)
 		return nil
 	})
 	ag, err := agent.New(agent.Config{
