@@ -243,7 +243,13 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	cache := authapi.NewHub()
 	trust := &serverTrust{creds: live, hub: cache}
 	pool := trust.Pool
-	upstream, err := authapi.NewClient(authapi.ClientConfig{Addr: authAddr, Addrs: cfg.Proxy.AuthAddrs, Trust: authapi.TrustConfig{RootCAs: pool, Kinds: []identity.Kind{identity.KindAuth}},
+	authAddrs := append([]string{authAddr}, cfg.Proxy.AuthAddrs...)
+	if len(authAddrs) > 1 {
+		// Nearest first: the one that answers a TCP connect soonest.
+		authAddrs = nearestFirst(ctx, authAddrs, time.Second)
+		p.log.Info("auth servers, nearest first", "auth", authAddrs)
+	}
+	upstream, err := authapi.NewClient(authapi.ClientConfig{Addr: authAddrs[0], Addrs: authAddrs[1:], Trust: authapi.TrustConfig{RootCAs: pool, Kinds: []identity.Kind{identity.KindAuth}},
 		GetClientCertificate: live.GetClientCertificate})
 	if err != nil {
 		return err
@@ -261,9 +267,9 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	p.goServe("proxy cache", func() error {
 		authapi.Follow(ctx, cache, upstream.OpenWatchFrom, func(err error) {
 			if err != nil {
-				p.log.Warn("watch stream from auth broke; retrying", "auth", authAddr, "err", err)
+				p.log.Warn("watch stream from auth broke; retrying", "auth", upstream.Addr(), "err", err)
 			} else {
-				p.log.Info("proxy cache in sync with auth", "auth", authAddr)
+				p.log.Info("proxy cache in sync with auth", "auth", upstream.Addr())
 			}
 		})
 		return nil
