@@ -99,18 +99,59 @@ func TestSnapshotRestore(t *testing.T) {
 }
 
 func FuzzApply(f *testing.F) {
+	now := time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
 	for _, c := range []struct {
 		t Type
 		b any
-	}{{TypeBootstrap, Bootstrap{Cluster: "c"}}, {TypeUpsertRole, UpsertRole{Role: identity.Role{Name: "r"}}}, {TypeDeleteToken, DeleteToken{ID: "abcdef"}}} {
+	}{
+		{TypeBootstrap, Bootstrap{Cluster: "c"}},
+		{TypeUpsertRole, UpsertRole{Role: identity.Role{Name: "r"}}},
+		{TypeDeleteToken, DeleteToken{ID: "abcdef"}},
+		{TypeUpsertLock, UpsertLock{Lock: identity.Lock{ID: "l1", User: "alice"}, Now: now}},
+		{TypeDeleteLock, DeleteLock{ID: "l1"}},
+		{TypeUpsertAuthServer, UpsertAuthServer{Server: AuthServer{ID: "a2", APIAddr: "x:1", RaftAddr: "x:2"}}},
+		{TypeTrustServerKeys, TrustServerKeys{ID: "a1"}},
+		{TypeRotateCA, RotateCA{Phase: PhaseUpdateClients, Now: now}},
+		{TypePublishNextKeys, PublishNextKeys{ID: "a1", Generation: 1, Keys: keysN("a1-1")}},
+		{TypeConsumeToken, ConsumeToken{Hash: strings.Repeat("a", 64), Kind: identity.KindNode, Name: "n", Now: now}},
+	} {
 		cmd, _ := Encode(c.t, c.b)
 		f.Add(cmd)
 	}
 	f.Fuzz(func(t *testing.T, cmd []byte) {
+		// A cluster mid-rotation, with a server, a token and a lock.
 		s := New(nil)
-		_, _ = s.Apply(1, cmd)
-		if _, _, err := s.Snapshot(); err != nil {
-			t.Fatal(err)
+		for i, c := range []struct {
+			t Type
+			b any
+		}{
+			{TypeBootstrap, Bootstrap{Cluster: "c"}},
+			{TypeUpsertAuthServer, UpsertAuthServer{Server: AuthServer{ID: "a1", APIAddr: "x:1", RaftAddr: "x:2", Keys: keysN("a1-0")}}},
+			{TypeCreateToken, CreateToken{Token: Token{Hash: strings.Repeat("a", 64), Kind: identity.KindNode, Expires: now.Add(time.Hour)}}},
+			{TypeUpsertLock, UpsertLock{Lock: identity.Lock{ID: "l0", Role: "r"}, Now: now}},
+			{TypeRotateCA, RotateCA{Phase: PhaseInit, Now: now}},
+		} {
+			setup, _ := Encode(c.t, c.b)
+			if _, err := s.Apply(uint64(i+1), setup); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before, _, _ := s.Snapshot()
+		_, err := s.Apply(10, cmd)
+		after, _, serr := s.Snapshot()
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		if err != nil {
+			// A failed command leaves no trace (apart from the index).
+			var a, b snapshot
+			json.Unmarshal(before, &a)
+			json.Unmarshal(after, &b)
+			ja, _ := json.Marshal(a.Data)
+			jb, _ := json.Marshal(b.Data)
+			if string(ja) != string(jb) {
+				t.Fatalf("command %x failed (%v) but changed the state", cmd, err)
+			}
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -90,4 +91,22 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		_ = c.CheckAndSetDefaults()
 	})
+}
+
+// TestExampleConfig: the example in examples/ parses and passes the checks.
+func TestExampleConfig(t *testing.T) {
+	b, err := os.ReadFile("../../examples/jumpgate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		t.Fatalf("examples/jumpgate.yaml: %v", err)
+	}
+	if err := c.CheckAndSetDefaults(); err != nil {
+		t.Fatalf("examples/jumpgate.yaml: %v", err)
+	}
+	if c.Auth.Keystore.Backend != "pkcs11" || c.Auth.RaftListen != "10.0.0.10:3026" || len(c.Proxy.AuthAddrs) != 2 {
+		t.Fatalf("examples/jumpgate.yaml parsed as %+v", c.Auth)
+	}
 }
