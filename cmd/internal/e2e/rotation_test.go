@@ -105,6 +105,33 @@ func TestCARotation(t *testing.T) {
 		t.Fatalf("jg ssh after the rotation: exit %d: %s", code, out)
 	}
 	testOpenSSH(t, c, alice)
+
+	// A second rotation, by hand, rolled back from update_servers (after
+	// nodes renewed with the new keys): back on generation 1, and
+	// everything still works, old sessions and new.
+	c.jgctl("ca", "rotate", "--phase=init")
+	waitFor(t, "new keys published", 20*time.Second, func() bool {
+		return strings.Contains(c.jgctl("ca", "status"), "yes")
+	})
+	c.jgctl("ca", "rotate", "--phase=update_clients")
+	alice = c.login("alice", "alice-password")
+	c.jgctl("ca", "rotate", "--phase=update_servers")
+	time.Sleep(2 * time.Second) // nodes renew (jitter 200 ms)
+	if out, code := c.run("", alice, "jg", "ssh", "node2", "--", "echo", "mid-rotation"); code != 0 || !strings.Contains(out, "mid-rotation") {
+		t.Fatalf("jg ssh in update_servers: exit %d: %s", code, out)
+	}
+	c.jgctl("ca", "rotate", "--phase=rollback")
+	time.Sleep(2 * time.Second) // nodes renew with the old keys again
+	c.jgctl("ca", "rotate", "--phase=standby")
+	if st := c.caStatus(); st.PhaseName != "standby" || st.Rotation.Current != 1 || len(st.Pins) != len(after.Pins) || st.Pins[0] != after.Pins[0] {
+		t.Fatalf("after the rollback: %+v (before it: %+v)", st, after)
+	}
+	alice = c.login("alice", "alice-password")
+	waitFor(t, "jg ssh after the rollback", 20*time.Second, func() bool {
+		out, code := c.run("", alice, "jg", "ssh", "node2", "--", "echo", "rolled-back")
+		return code == 0 && strings.Contains(out, "rolled-back")
+	})
+
 	tok := c.token()
 	c.start("node3", "--roles=node", "--node-name=node3", "--data-dir="+filepath.Join(c.dir, "node3"), "--proxy="+c.proxy, "--token="+tok.Token, "--ca-pin="+tok.CAPin)
 	c.waitOnline("node3")
