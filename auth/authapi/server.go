@@ -163,6 +163,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/auth/self", s.require(s.getSelf, identity.KindAuth, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/auth/servers", s.require(s.listAuthServers, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/auth/servers", s.require(s.membership, identity.KindAdmin))
+	s.mux.HandleFunc("POST /v1/internal/presence", s.require(s.internalPresence, identity.KindAuth))
 	s.mux.HandleFunc("POST /v1/internal/apply", s.require(s.internalApply, identity.KindAuth))
 	s.mux.HandleFunc("POST /v1/internal/membership", s.require(s.internalMembership, identity.KindAuth))
 	return s, nil
@@ -619,6 +620,7 @@ func (s *Server) postPresence(w http.ResponseWriter, r *http.Request, caller ide
 	s.mu.Lock()
 	s.presence[rep.Proxy] = presence{report: rep, expires: now.Add(ttl), seen: now}
 	s.mu.Unlock()
+	s.sharePresence(rep)
 	// Labels a node reports over its tunnel update the inventory.
 	for _, np := range rep.Nodes {
 		n, ok := s.cfg.Store.Node(np.ID)

@@ -122,6 +122,12 @@ func TestAuthHA(t *testing.T) {
 	ntok := c.token()
 	c.start("node1", "--roles=node", "--node-name=node1", "--data-dir="+filepath.Join(c.dir, "node1"), "--proxy="+c.proxy, "--token="+ntok.Token, "--ca-pin="+ntok.CAPin)
 	c.waitOnline("node1")
+	// Every auth server knows where node1's tunnel is, not only the one
+	// p1 reports to: presence reports are shared.
+	waitFor(t, "node1 online as seen by the non-voter", 30*time.Second, func() bool {
+		out, code := c.run("", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + servers[3].api}, "jgctl", "nodes", "ls", "--json")
+		return code == 0 && strings.Contains(out, `"online": true`)
+	})
 	rf := filepath.Join(c.dir, "roles.yaml")
 	os.WriteFile(rf, []byte(fmt.Sprintf("kind: role\nname: dev\nallow:\n  logins: [%s]\n  node_labels: {\"*\": \"*\"}\n", c.userLogin)), 0o600)
 	c.jgctl("roles", "apply", "-f", rf)
