@@ -60,6 +60,7 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the work directory (configs, logs) after the run")
 	sessionsOnly := flag.Int("sessions", 0, "only hold this many concurrent sessions through one proxy and report their memory")
 	hold := flag.Bool("hold", false, "set up, print how to use each path, and wait for Ctrl-C instead of measuring")
+	controlOnly := flag.Bool("control", false, "only run the control-plane section (lock propagation, login time) on a cluster of its own and print it")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	p, ok := modes[*mode]
@@ -72,6 +73,14 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *controlOnly {
+		cr, err := runControl(ctx, absBin, controlModes[*mode], "", *keep)
+		if err != nil {
+			log.Fatalf("control plane: %v", err)
+		}
+		fmt.Print(cr.markdown())
+		return
+	}
 
 	env, err := setup(ctx, absBin)
 	if env != nil {
@@ -97,6 +106,9 @@ func main() {
 	res, err := run(ctx, env, p)
 	if err != nil {
 		log.Fatalf("benchmark: %v", err)
+	}
+	if res.Control, err = runControl(ctx, absBin, controlModes[*mode], env.dir, *keep); err != nil {
+		log.Fatalf("control plane: %v", err)
 	}
 	res.Mode = *mode
 	res.Params = p

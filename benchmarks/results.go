@@ -19,6 +19,7 @@ type results struct {
 	ProxyCPU map[string][]float64
 	NodeCPU  map[string][]float64
 	Sessions []sessionResult
+	Control  *controlResult // nil: not measured
 }
 
 // target is one goal from the performance issue, as a ratio of two medians.
@@ -114,6 +115,10 @@ func (r *results) markdown() string {
 		}
 	}
 
+	if r.Control != nil {
+		b.WriteString(r.Control.markdown())
+	}
+
 	fmt.Fprintf(&b, "\n## Targets\n\n| Target | Measured | Result |\n|---|---:|---|\n")
 	for _, t := range targets {
 		s := r.series(t.Metric)
@@ -130,8 +135,11 @@ func (r *results) markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", t.What, got, verdict)
 	}
+	if r.Control != nil {
+		b.WriteString(r.Control.targetRows())
+	}
 
 	fmt.Fprintf(&b, "\n## Not measured yet\n\n")
-	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: with and without the resumable layer (rolling upgrades), 1,000 concurrent sessions in quick mode (BENCH=full runs them), 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and the control plane (certificate issuance per second with software keys and SoftHSM2, login p99, raft writes per second, lock propagation, GeoIP ranking). Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
+	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: with and without the resumable layer (rolling upgrades), 1,000 concurrent sessions in quick mode (BENCH=full runs them), 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and the rest of the control plane (certificate issuance per second with software keys and SoftHSM2, raft writes per second, GeoIP ranking). Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
 	return b.String()
 }
