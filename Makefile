@@ -53,6 +53,7 @@ bench: deps build
 # (gossip convergence and failure detection for 10-100 proxies, directory bandwidth) once each.
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./tunnel/... ./mesh/peer/...
+	$(GO) test -run '^$$' -bench . -benchtime 3000x ./auth/raftnode/ ./auth/ca/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./mesh/meshtest/...
 
 vet:

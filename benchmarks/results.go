@@ -140,6 +140,6 @@ func (r *results) markdown() string {
 	}
 
 	fmt.Fprintf(&b, "\n## Not measured yet\n\n")
-	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: with and without the resumable layer (rolling upgrades), 1,000 concurrent sessions in quick mode (BENCH=full runs them), 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and the rest of the control plane (certificate issuance per second with software keys and SoftHSM2, raft writes per second, GeoIP ranking). Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
+	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: with and without the resumable layer (rolling upgrades), 1,000 concurrent sessions in quick mode (BENCH=full runs them), 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and GeoIP ranking. Certificate issuance per second (software keys and SoftHSM2) and raft writes per second (3 voters, 1 and 64 writers) are Go benchmarks in auth/ca and auth/raftnode. Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
 	return b.String()
 }
