@@ -20,6 +20,19 @@
 // the last at most DefaultHopTimeout: a holder that died but is not yet
 // known dead costs a few seconds of one dial, not a failed session.
 //
+// # Discovery
+//
+// Rank orders the proxies a client should use (GET /v1/discover): dead
+// ones out, draining ones last, alive before suspect, then nearest first by
+// great-circle distance from the client's GeoIP location in bands of
+// BandKm (within a band the less loaded first), or, without a location,
+// the proxy the client reached and then its RTT to the others. Each entry
+// says why it is where it is.
+//
+// ChooseHome is the client's side: from RTTs it measured it keeps its home
+// proxy unless another is clearly better (more than SwitchMinGain faster
+// and a third faster), so jittery links do not make it flap.
+//
 // # Distance
 //
 // Distance is the great-circle (haversine) distance between two points on a
