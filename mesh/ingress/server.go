@@ -80,6 +80,10 @@ type Config struct {
 	Proxies func() []authapi.MeshProxy
 	// PublicAddr is where clients and agents reach this proxy.
 	PublicAddr string
+	// Discover answers GET /v1/discover: the proxies ranked for the
+	// client making r (its address, behind trusted load balancers, is
+	// the caller's to work out). Nil: this proxy alone.
+	Discover func(r *http.Request) *authapi.Discovery
 	Version    string
 	Audit      audit.Sink
 	Logger     *slog.Logger
@@ -208,6 +212,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("GET /v1/watch", s.watch)
 	mux.HandleFunc("GET /v1/nodes", s.nodes)
 	mux.HandleFunc("GET /v1/mesh/proxies", s.meshProxies)
+	mux.HandleFunc("GET /v1/discover", s.discover)
 	s.httpL = newChanListener()
 	s.http = &http.Server{
 		Handler:           http.MaxBytesHandler(mux, 1<<20),
@@ -555,6 +560,21 @@ func (s *Server) meshProxies(w http.ResponseWriter, r *http.Request) {
 		out = []authapi.MeshProxy{{ID: s.cfg.ProxyID, PublicAddr: s.cfg.PublicAddr, State: "active", Health: "alive"}}
 	}
 	authapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// discover needs no identity: a client asks before it has logged in.
+func (s *Server) discover(w http.ResponseWriter, r *http.Request) {
+	var d *authapi.Discovery
+	if s.cfg.Discover != nil {
+		d = s.cfg.Discover(r)
+	}
+	if d == nil {
+		d = &authapi.Discovery{Proxy: s.cfg.ProxyID, Client: authapi.DiscoveryClient{IP: r.RemoteAddr, Source: "socket"},
+			Proxies: []authapi.DiscoveredProxy{{ID: s.cfg.ProxyID, PublicAddr: s.cfg.PublicAddr, Health: "alive", State: "active", DistanceKm: -1, Reason: "the only proxy this one knows"}},
+			Why: "this proxy is not in a mesh", GeoIP: "none"}
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	authapi.WriteJSON(w, http.StatusOK, d)
 }
 
 func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
