@@ -128,6 +128,8 @@ type ClientConfig struct {
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Timeout bounds each non-streaming request (default 30s).
 	Timeout time.Duration
+	// LocalAddr, if set, is the local IP address connections leave from.
+	LocalAddr string
 }
 
 // Client calls the auth API.
@@ -156,14 +158,27 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
+	if cfg.LocalAddr != "" && net.ParseIP(cfg.LocalAddr) == nil {
+		return nil, fmt.Errorf("authapi: local address %q: want an IP address", cfg.LocalAddr)
+	}
 	tr := &http.Transport{
 		TLSClientConfig:     ClientTLS(cfg.Trust, cfg.GetClientCertificate, "h2", "http/1.1"),
 		ForceAttemptHTTP2:   true,
 		TLSHandshakeTimeout: 10 * time.Second,
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		DialContext:         localDialer(cfg.LocalAddr).DialContext,
 		IdleConnTimeout:     90 * time.Second,
 	}
 	return &Client{base: bases[0], bases: bases, hc: &http.Client{Transport: tr}, timeout: cfg.Timeout}, nil
+}
+
+// localDialer is the dialer of a client whose connections leave from ip
+// ("" for any).
+func localDialer(ip string) *net.Dialer {
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
+	if a := net.ParseIP(ip); a != nil {
+		d.LocalAddr = &net.TCPAddr{IP: a}
+	}
+	return d
 }
 
 // Close releases idle connections.

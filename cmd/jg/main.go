@@ -118,7 +118,7 @@ func loginCmd() *cobra.Command {
 				pw = string(b)
 			}
 			trust := authapi.TrustConfig{CAPin: pin, Insecure: insecure, Kinds: []identity.Kind{identity.KindProxy}}
-			if old, err := creds.Load(home()); err == nil && old.Meta.Proxy == proxy && pin == "" {
+			if old, err := creds.Load(home()); err == nil && pin == "" && !insecure {
 				trust.RootCAs = old.RootCAs // trust the cluster we already know
 				trust.CAPin = old.Meta.CAPin
 			}
@@ -126,7 +126,26 @@ func loginCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cl, err := authapi.NewClient(authapi.ClientConfig{Addr: proxy, Trust: trust})
+			// Ask the proxy given for the proxies nearest to us, measure
+			// the best few and settle on a home proxy; log in through it.
+			loginAddr := proxy
+			entry, err := authapi.NewClient(authapi.ClientConfig{Addr: proxy, Trust: trust, LocalAddr: bindAddr()})
+			if err != nil {
+				return err
+			}
+			cur, _ := loadHome()
+			h, _, herr := chooseHome(cmd.Context(), entry, proxy, cur)
+			entry.Close()
+			if herr != nil {
+				fmt.Fprintf(os.Stderr, "jg: %v: logging in through %s\n", herr, proxy)
+			} else {
+				loginAddr = h.Addr
+			}
+			var more []string
+			if loginAddr != proxy {
+				more = []string{proxy}
+			}
+			cl, err := authapi.NewClient(authapi.ClientConfig{Addr: loginAddr, Addrs: more, Trust: trust, LocalAddr: bindAddr()})
 			if err != nil {
 				return err
 			}
@@ -135,8 +154,18 @@ func loginCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("login: %w", err)
 			}
-			if err := creds.Save(home(), k, c, creds.Meta{Kind: string(identity.KindUser), Proxy: proxy, CAPin: trust.CAPin}); err != nil {
+			used := cl.Addr()
+			if err := creds.Save(home(), k, c, creds.Meta{Kind: string(identity.KindUser), Proxy: used, CAPin: trust.CAPin}); err != nil {
 				return err
+			}
+			if h != nil && used == h.Addr {
+				h.Cluster = c.Cluster
+				if err := saveHome(h); err != nil {
+					return err
+				}
+				fmt.Printf("Home proxy: %s (%s), RTT %.1f ms: %s.\n", h.ID, orDash(h.Region), h.RTTms, h.Why)
+			} else {
+				os.Remove(homeFile())
 			}
 			fmt.Printf("Logged in to cluster %s as %s (roles: %s; logins: %s), valid until %s.\n",
 				c.Cluster, c.Name, strings.Join(c.Roles, ", "), strings.Join(c.Logins, ", "), c.Expires.Local().Format("2006-01-02 15:04 MST"))
@@ -163,7 +192,8 @@ func logoutCmd() *cobra.Command {
 }
 
 func proxyClient(id *creds.Identity) (*authapi.Client, error) {
-	return authapi.NewClient(authapi.ClientConfig{Addr: id.Meta.Proxy, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, GetClientCertificate: id.GetClientCertificate})
+	backgroundRecheck(id)
+	return authapi.NewClient(authapi.ClientConfig{Addr: id.Meta.Proxy, LocalAddr: bindAddr(), Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, GetClientCertificate: id.GetClientCertificate})
 }
 
 func lsCmd() *cobra.Command {
@@ -233,7 +263,7 @@ var debug bool
 // dial opens a byte stream to node's SSH server through the proxy.
 func dial(ctx context.Context, id *creds.Identity, node, login string) (net.Conn, error) {
 	tcfg := authapi.ClientTLS(authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, id.GetClientCertificate, ingress.ALPNDial)
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}, Config: tcfg}
+	d := &tls.Dialer{NetDialer: netDialer(10 * time.Second), Config: tcfg}
 	c, err := d.DialContext(ctx, "tcp", id.Meta.Proxy)
 	if err != nil {
 		return nil, fmt.Errorf("connect to proxy %s: %w", id.Meta.Proxy, err)
@@ -364,6 +394,7 @@ func sshCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			backgroundRecheck(id)
 			conn, err := dial(cmd.Context(), id, node, login)
 			if err != nil {
 				return err
@@ -398,6 +429,20 @@ func statusCmd() *cobra.Command {
 		}
 		fmt.Printf("Cluster: %s\nProxy:   %s\nUser:    %s\nRoles:   %s\nLogins:  %s\nCerts:   %s (until %s)\n",
 			id.Meta.Cluster, id.Meta.Proxy, id.Meta.Name, strings.Join(id.Meta.Roles, ", "), strings.Join(id.Meta.Logins, ", "), valid, id.Leaf.NotAfter.Local().Format(time.RFC1123))
+		// Re-check the home proxy (a few TCP connects): switch only to a
+		// clearly better one.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h, switched, err := recheckHome(ctx, id)
+		if h != nil {
+			printHome(h)
+			if switched {
+				fmt.Printf("Moved home to %s.\n", h.ID)
+			}
+		}
+		if err != nil {
+			fmt.Printf("Home:    re-check failed: %v\n", err)
+		}
 		return nil
 	}}
 }

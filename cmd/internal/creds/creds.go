@@ -229,3 +229,23 @@ func (id *Identity) WithChain() error {
 	}
 	return nil
 }
+
+// SetProxy records addr as the proxy the identity in dir uses (a client
+// that moved its home proxy), rewriting identity.json alone, atomically.
+func SetProxy(dir, addr string) error {
+	p := filepath.Join(dir, "identity.json")
+	mj, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	var m Meta
+	if err := json.Unmarshal(mj, &m); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	m.Proxy = addr
+	out, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(p+".tmp", append(out, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p+".tmp", p)
+}
