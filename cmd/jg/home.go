@@ -118,14 +118,20 @@ func chooseHome(ctx context.Context, cl *authapi.Client, entry string, cur *home
 	if len(probe) == 0 && len(d.Proxies) > 0 {
 		probe = d.Proxies[:1] // everything is draining: still somewhere to go
 	}
-	curID := ""
+	// Hysteresis runs against the current home, or, with none, against
+	// discovery's first choice: measured RTTs overrule the map only when
+	// another proxy is clearly faster.
+	curID, hadHome := "", false
 	if cur != nil && cur.Cluster != "" {
 		if p, ok := byID[cur.ID]; ok && p.State != "draining" {
-			curID = cur.ID
+			curID, hadHome = cur.ID, true
 			if !containsProxy(probe, cur.ID) {
 				probe = append(probe, p)
 			}
 		}
+	}
+	if curID == "" && len(probe) > 0 {
+		curID = probe[0].ID
 	}
 	rtts := map[string]time.Duration{}
 	var mu sync.Mutex
@@ -158,7 +164,7 @@ func chooseHome(ctx context.Context, cl *authapi.Client, entry string, cur *home
 	if len(d.Proxies) > 0 && d.Proxies[0].ID == id && d.Why != "" {
 		h.Why += "; discovery: " + d.Why
 	}
-	return h, switched && curID != "", nil
+	return h, switched && hadHome, nil
 }
 
 func containsProxy(ps []authapi.DiscoveredProxy, id string) bool {
@@ -226,7 +232,7 @@ func backgroundRecheck(id *creds.Identity) {
 
 // printHome prints the home proxy section of jg status.
 func printHome(h *homeState) {
-	fmt.Printf("Home:    %s (%s) %s, RTT %.1f ms, checked %s\n", h.ID, orDash(h.Region), h.Addr, h.RTTms, h.Checked.Local().Format(time.DateTime))
+	fmt.Printf("Home:    %s (%s) %s, RTT %.2f ms, checked %s\n", h.ID, orDash(h.Region), h.Addr, h.RTTms, h.Checked.Local().Format(time.DateTime))
 	fmt.Printf("Why:     %s\n", h.Why)
 	if len(h.Probed) > 1 {
 		ids := make([]string, 0, len(h.Probed))
@@ -239,7 +245,7 @@ func printHome(h *homeState) {
 			if i > 0 {
 				s += ", "
 			}
-			s += fmt.Sprintf("%s %.1f ms", id, h.Probed[id])
+			s += fmt.Sprintf("%s %.2f ms", id, h.Probed[id])
 		}
 		fmt.Printf("Probed:  %s\n", s)
 	}

@@ -163,7 +163,7 @@ func loginCmd() *cobra.Command {
 				if err := saveHome(h); err != nil {
 					return err
 				}
-				fmt.Printf("Home proxy: %s (%s), RTT %.1f ms: %s.\n", h.ID, orDash(h.Region), h.RTTms, h.Why)
+				fmt.Printf("Home proxy: %s (%s), RTT %.2f ms: %s.\n", h.ID, orDash(h.Region), h.RTTms, h.Why)
 			} else {
 				os.Remove(homeFile())
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -137,6 +138,42 @@ type ProxyConfig struct {
 	Region    string     `yaml:"region"`
 	Location  *Location  `yaml:"location"`
 	Mesh      MeshConfig `yaml:"mesh"`
+	// Discovery: how GET /v1/discover locates clients.
+	Discovery DiscoveryConfig `yaml:"discovery"`
+}
+
+// DiscoveryConfig tells a proxy where its clients are.
+//
+//	discovery:
+//	  geoip_db: /var/lib/GeoIP/GeoLite2-City.mmdb   # or a DB-IP Lite City .mmdb; reloaded when it changes
+//	  proxy_protocol: required        # off (default), optional or required: PROXY v1/v2 headers
+//	  load_balancers: [10.0.0.0/24]   # who may send them
+//	  trusted_hops: [10.0.1.0/24]     # HTTP proxies whose X-Forwarded-For is believed
+//
+// Without a database, discovery ranks by latency. A PROXY header or an
+// X-Forwarded-For from anyone not listed is ignored (and logged).
+type DiscoveryConfig struct {
+	GeoIPDB       string   `yaml:"geoip_db"`
+	ProxyProtocol string   `yaml:"proxy_protocol"`
+	LoadBalancers []string `yaml:"load_balancers"`
+	TrustedHops   []string `yaml:"trusted_hops"`
+}
+
+// prefixes parses CIDRs (a bare address is a /32 or /128).
+func prefixes(what string, list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is neither a CIDR nor an IP address", what, s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // Location is a point on Earth in degrees.
@@ -317,6 +354,22 @@ func (c *Config) CheckAndSetDefaults() error {
 		}
 		if err := identity.CheckName(c.Proxy.Region); err != nil {
 			return fmt.Errorf("proxy: region: %w", err)
+		}
+		switch d := &c.Proxy.Discovery; d.ProxyProtocol {
+		case "":
+			d.ProxyProtocol = "off"
+		case "off", "optional", "required":
+		default:
+			return fmt.Errorf("proxy.discovery.proxy_protocol %q: want off, optional or required", d.ProxyProtocol)
+		}
+		if _, err := prefixes("proxy.discovery.load_balancers", c.Proxy.Discovery.LoadBalancers); err != nil {
+			return err
+		}
+		if _, err := prefixes("proxy.discovery.trusted_hops", c.Proxy.Discovery.TrustedHops); err != nil {
+			return err
+		}
+		if c.Proxy.Discovery.ProxyProtocol != "off" && len(c.Proxy.Discovery.LoadBalancers) == 0 {
+			return errors.New("proxy.discovery.proxy_protocol is on but load_balancers is empty: list the load balancers allowed to send PROXY headers")
 		}
 		if l := c.Proxy.Location; l != nil && (l.Lat < -90 || l.Lat > 90 || l.Lon < -180 || l.Lon > 180) {
 			return fmt.Errorf("proxy: location %v,%v: latitude must be within ±90 and longitude within ±180", l.Lat, l.Lon)

@@ -101,6 +101,14 @@ func startCmd() *cobra.Command {
 			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
 			set("region", &cfg.Proxy.Region, f.Proxy.Region)
 			set("region", &cfg.Auth.Region, f.Proxy.Region)
+			set("geoip-db", &cfg.Proxy.Discovery.GeoIPDB, f.Proxy.Discovery.GeoIPDB)
+			set("proxy-protocol", &cfg.Proxy.Discovery.ProxyProtocol, f.Proxy.Discovery.ProxyProtocol)
+			if fl.Changed("load-balancers") {
+				cfg.Proxy.Discovery.LoadBalancers = f.Proxy.Discovery.LoadBalancers
+			}
+			if fl.Changed("trusted-hops") {
+				cfg.Proxy.Discovery.TrustedHops = f.Proxy.Discovery.TrustedHops
+			}
 			set("gossip-listen", &cfg.Proxy.Mesh.GossipListen, f.Proxy.Mesh.GossipListen)
 			set("peer-listen", &cfg.Proxy.Mesh.PeerListen, f.Proxy.Mesh.PeerListen)
 			set("advertise-addr", &cfg.Proxy.Mesh.AdvertiseAddr, f.Proxy.Mesh.AdvertiseAddr)
@@ -154,6 +162,10 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Proxy.Listen, "proxy-listen", "127.0.0.1:3080", "proxy address: TLS on TCP, tunnels on UDP (and over TCP)")
 	fl.StringSliceVar(&f.Proxy.PublicAddrs, "public-addr", nil, "names and IPs clients use to reach this proxy (go into its certificate)")
 	fl.StringVar(&f.Proxy.Region, "region", "", "this proxy's region (default \"default\")")
+	fl.StringVar(&f.Proxy.Discovery.GeoIPDB, "geoip-db", "", "GeoIP City database (.mmdb, MaxMind or DB-IP Lite) for nearest-proxy discovery; reloaded when it changes")
+	fl.StringVar(&f.Proxy.Discovery.ProxyProtocol, "proxy-protocol", "", "PROXY protocol v1/v2 on the proxy port: off (default), optional or required (with --load-balancers)")
+	fl.StringSliceVar(&f.Proxy.Discovery.LoadBalancers, "load-balancers", nil, "CIDRs of load balancers allowed to send PROXY headers")
+	fl.StringSliceVar(&f.Proxy.Discovery.TrustedHops, "trusted-hops", nil, "CIDRs of HTTP proxies whose X-Forwarded-For is believed")
 	fl.StringVar(&location, "location", "", "this proxy's location as LAT,LON in degrees")
 	fl.StringVar(&f.Proxy.Mesh.GossipListen, "gossip-listen", "", "mesh membership address, TCP and UDP (mesh off when empty)")
 	fl.StringVar(&f.Proxy.Mesh.PeerListen, "peer-listen", "", "proxy-to-proxy QUIC address (UDP)")

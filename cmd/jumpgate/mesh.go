@@ -221,6 +221,21 @@ func (pm *proxyMesh) online(node string) bool {
 }
 
 // proxies lists the live proxies of the mesh for nodes and users.
+// setLoad gossips this proxy's load (live sessions), which discovery
+// weighs among equally near proxies. Unchanged, it sends nothing.
+func (pm *proxyMesh) setLoad(sessions int) {
+	if pm.gossip == nil {
+		return
+	}
+	load := uint32(min(max(sessions, 0), 1<<31))
+	if pm.gossip.Self().Load == load {
+		return
+	}
+	if err := pm.gossip.SetMeta(func(m *gossip.Meta) { m.Load = load }); err != nil {
+		pm.log.Debug("gossip load", "err", err)
+	}
+}
+
 func (pm *proxyMesh) proxies() []authapi.MeshProxy {
 	if pm.gossip == nil {
 		return nil

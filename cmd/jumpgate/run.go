@@ -29,6 +29,7 @@ import (
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/cmd/internal/creds"
 	"jumpgate.dev/jumpgate/mesh/ingress"
+	"jumpgate.dev/jumpgate/mesh/ingress/realip"
 	"jumpgate.dev/jumpgate/node/sshd"
 	"jumpgate.dev/jumpgate/tunnel/agent"
 	"jumpgate.dev/jumpgate/tunnel/proto"
@@ -331,9 +332,19 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	// not know yet.
 	p.goServe("tunnel server", func() error { return tsrv.Serve(udp) })
 	p.onShutdown(func(ctx context.Context) { tsrv.Shutdown(ctx) }) //nolint:errcheck
-	ing, err := ingress.New(ingress.Config{
+	var ing *ingress.Server
+	disc, err := newDiscovery(p, cfg, m, publicAddr, func() int {
+		if ing == nil {
+			return 0
+		}
+		return ing.Sessions()
+	})
+	if err != nil {
+		return err
+	}
+	ing, err = ingress.New(ingress.Config{
 		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
-		Proxies: m.proxies, PublicAddr: publicAddr,
+		Proxies: m.proxies, PublicAddr: publicAddr, Discover: disc.discover,
 		Dialer: ingress.NodeDialerFunc(m.dial),
 		// Tunnels over TCP, from agents whose network blocks UDP, arrive
 		// on the TLS port; the tunnel server takes them over.
@@ -351,6 +362,13 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return fmt.Errorf("proxy listen (TCP %s): %w", cfg.Proxy.Listen, err)
 	}
+	if d := cfg.Proxy.Discovery; d.ProxyProtocol != "off" {
+		lbs, _ := prefixes("load_balancers", d.LoadBalancers)
+		if ln, err = realip.Listen(ln, realip.Config{Trusted: lbs, Required: d.ProxyProtocol == "required", Logger: p.log.With("component", "realip"), Metrics: p.reg}); err != nil {
+			return err
+		}
+		p.log.Info("PROXY protocol on the proxy port", "mode", d.ProxyProtocol, "load_balancers", d.LoadBalancers)
+	}
 	p.goServe("proxy ingress", func() error { return ing.Serve(ln) })
 	p.onShutdown(func(ctx context.Context) { ing.Shutdown(ctx) }) //nolint:errcheck
 	p.goServe("presence", func() error {
@@ -363,6 +381,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedSince})
 			}
 			rep.Mesh = m.report(ing.Sessions())
+			m.setLoad(ing.Sessions())
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if err := upstream.ReportPresence(rctx, rep); err != nil && ctx.Err() == nil {
 				p.log.Warn("report tunnels to auth", "err", err)

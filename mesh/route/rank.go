@@ -183,9 +183,9 @@ func ChooseHome(current string, rtts map[string]time.Duration) (home string, swi
 	}
 	gain := cur - rtts[best]
 	if gain > SwitchMinGain && rtts[best]*3 < cur*2 {
-		return best, true, fmt.Sprintf("%s is %s faster than %s (%s vs %s)", best, gain.Round(time.Millisecond/10), current, rtts[best].Round(time.Millisecond/10), cur.Round(time.Millisecond/10))
+		return best, true, fmt.Sprintf("%s is %s faster than %s (%s vs %s)", best, gain.Round(time.Microsecond), current, rtts[best].Round(time.Microsecond), cur.Round(time.Microsecond))
 	}
-	return current, false, fmt.Sprintf("keeping %s (%s): %s at %s is not clearly better (needs > %s and a third faster)", current, cur.Round(time.Millisecond/10), best, rtts[best].Round(time.Millisecond/10), SwitchMinGain)
+	return current, false, fmt.Sprintf("keeping %s (%s): %s at %s is not clearly better (needs > %s and a third faster)", current, cur.Round(time.Microsecond), best, rtts[best].Round(time.Microsecond), SwitchMinGain)
 }
 
 func orNone(s string) string {
