@@ -84,10 +84,10 @@ type Config struct {
 	// client making r (its address, behind trusted load balancers, is
 	// the caller's to work out). Nil: this proxy alone.
 	Discover func(r *http.Request) *authapi.Discovery
-	Version    string
-	Audit      audit.Sink
-	Logger     *slog.Logger
-	Metrics    prometheus.Registerer
+	Version  string
+	Audit    audit.Sink
+	Logger   *slog.Logger
+	Metrics  prometheus.Registerer
 	// HandshakeTimeout bounds the TLS handshake and the dial line (10s).
 	HandshakeTimeout time.Duration
 	// DialTimeout bounds reaching the node (15s).
@@ -571,7 +571,7 @@ func (s *Server) discover(w http.ResponseWriter, r *http.Request) {
 	if d == nil {
 		d = &authapi.Discovery{Proxy: s.cfg.ProxyID, Client: authapi.DiscoveryClient{IP: r.RemoteAddr, Source: "socket"},
 			Proxies: []authapi.DiscoveredProxy{{ID: s.cfg.ProxyID, PublicAddr: s.cfg.PublicAddr, Health: "alive", State: "active", DistanceKm: -1, Reason: "the only proxy this one knows"}},
-			Why: "this proxy is not in a mesh", GeoIP: "none"}
+			Why:     "this proxy is not in a mesh", GeoIP: "none"}
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	authapi.WriteJSON(w, http.StatusOK, d)

@@ -157,4 +157,3 @@ func TestNearestProxy(t *testing.T) {
 		t.Fatalf("jg status after proxy-ap died: exit %d: %s", code, out)
 	}
 }
-
