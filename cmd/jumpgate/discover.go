@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,30 @@ type discovery struct {
 	proxyProtocol bool
 	log           *slog.Logger
 	decisions     *prometheus.CounterVec
+
+	mu     sync.Mutex // guards points
+	points map[string]cachedPoint
+}
+
+// cachedPoint keeps a proxy's position on the unit sphere between
+// requests: working it out is most of what ranking 50 proxies costs.
+type cachedPoint struct {
+	lat, lon float64
+	p        route.Point
+}
+
+func (d *discovery) point(id string, lat, lon float64) route.Point {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c, ok := d.points[id]; ok && c.lat == lat && c.lon == lon {
+		return c.p
+	}
+	if d.points == nil || len(d.points) > 4096 {
+		d.points = map[string]cachedPoint{}
+	}
+	p := route.PointOf(lat, lon)
+	d.points[id] = cachedPoint{lat, lon, p}
+	return p
 }
 
 func newDiscovery(p *process, cfg Config, mesh *proxyMesh, publicAddr string, sessions func() int) (*discovery, error) {
@@ -112,7 +137,7 @@ func (d *discovery) discover(r *http.Request) *authapi.Discovery {
 		}
 	}
 	ranked := route.Rank(client, d.candidates())
-	for _, rp := range ranked {
+	for i, rp := range ranked {
 		health, state := "alive", "active"
 		switch rp.Health {
 		case route.Suspect:
@@ -122,14 +147,14 @@ func (d *discovery) discover(r *http.Request) *authapi.Discovery {
 			state = "draining"
 		}
 		out.Proxies = append(out.Proxies, authapi.DiscoveredProxy{ID: rp.ID, Region: rp.Region, PublicAddr: rp.PublicAddr, Health: health, State: state,
-			Load: rp.Load, DistanceKm: rp.DistanceKm, RTTms: float64(rp.RTT.Microseconds()) / 1000, Reason: rp.Reason})
+			Load: rp.Load, DistanceKm: rp.DistanceKm, RTTms: float64(rp.RTT.Microseconds()) / 1000, Reason: route.Explain(client, ranked, i)})
 	}
 	clientRegion, proxyRegion := "unknown", "none"
 	if out.Client.Continent != "" {
 		clientRegion = out.Client.Continent
 	}
 	if len(ranked) > 0 {
-		out.Why = ranked[0].ID + ": " + ranked[0].Reason
+		out.Why = ranked[0].ID + ": " + out.Proxies[0].Reason
 		proxyRegion = ranked[0].Region
 	}
 	d.decisions.WithLabelValues(clientRegion, proxyRegion).Inc()
@@ -149,6 +174,9 @@ func (d *discovery) candidates() []route.Candidate {
 		}
 		c := route.Candidate{ID: m.ID, Region: m.Region, PublicAddr: m.PublicAddr, Lat: m.Lat, Lon: m.Lon, HasCoords: m.HasCoords,
 			Draining: m.State == gossip.StateDraining, Load: m.Load, RTT: m.RTT, Self: m.Self}
+		if m.HasCoords {
+			c.Point = d.point(m.ID, m.Lat, m.Lon)
+		}
 		switch m.Health {
 		case gossip.HealthAlive:
 			c.Health = route.Alive

@@ -20,6 +20,15 @@ func threeRegions() []Candidate {
 	}
 }
 
+// explained is Rank with every Reason filled.
+func explained(c ClientLocation, cands []Candidate) []Ranked {
+	rs := Rank(c, cands)
+	for i := range rs {
+		rs[i].Reason = Explain(c, rs, i)
+	}
+	return rs
+}
+
 func rankIDs(rs []Ranked) string {
 	var s []string
 	for _, r := range rs {
@@ -35,7 +44,7 @@ func TestRank(t *testing.T) {
 			t.Fatalf("from Tokyo: %s", got)
 		}
 	}
-	rs := Rank(frankfurt, threeRegions())
+	rs := explained(frankfurt, threeRegions())
 	if rs[0].ID != "proxy-eu" || rs[0].DistanceKm > 1 || !strings.Contains(rs[0].Reason, "Frankfurt") {
 		t.Fatalf("from Frankfurt: %+v", rs[0])
 	}
@@ -43,7 +52,7 @@ func TestRank(t *testing.T) {
 	// The nearest draining: last. The nearest dead: gone.
 	c := threeRegions()
 	c[2].Draining = true
-	if got := rankIDs(Rank(tokyo, c)); !strings.HasSuffix(got, "proxy-ap") || !strings.Contains(Rank(tokyo, c)[2].Reason, "draining") {
+	if got := rankIDs(Rank(tokyo, c)); !strings.HasSuffix(got, "proxy-ap") || !strings.Contains(explained(tokyo, c)[2].Reason, "draining") {
 		t.Fatalf("nearest draining: %s", got)
 	}
 	c = threeRegions()
@@ -61,7 +70,7 @@ func TestRank(t *testing.T) {
 	// Two proxies in one city: the less loaded first.
 	c = append(threeRegions(), Candidate{ID: "proxy-eu-2", Lat: 50.0, Lon: 8.5, HasCoords: true, Load: 1})
 	c[1].Load = 50
-	if got := Rank(frankfurt, c); got[0].ID != "proxy-eu-2" || got[1].ID != "proxy-eu" || !strings.Contains(got[1].Reason, "less loaded") {
+	if got := explained(frankfurt, c); got[0].ID != "proxy-eu-2" || got[1].ID != "proxy-eu" || !strings.Contains(got[1].Reason, "less loaded") {
 		t.Fatalf("same band by load: %s / %q", rankIDs(got), got[1].Reason)
 	}
 
@@ -145,4 +154,18 @@ func TestHomeDoesNotFlap(t *testing.T) {
 		t.Fatalf("the jitter is too small to test anything: lowest-RTT would have switched only %d times", naive)
 	}
 	t.Logf("0 switches with hysteresis; %d without", naive)
+}
+
+// BenchmarkRank50: discovery's ranking for a 50-proxy mesh (with the
+// proxies' points precomputed, as discovery keeps them).
+func BenchmarkRank50(b *testing.B) {
+	cands := make([]Candidate, 50)
+	for i := range cands {
+		cands[i] = Candidate{ID: "proxy-" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Lat: float64(i%90) - 45, Lon: float64(i*7%360) - 180, HasCoords: true, Load: uint32(i % 5)}
+		cands[i].Point = PointOf(cands[i].Lat, cands[i].Lon) // discovery keeps these between requests
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		Rank(tokyo, cands)
+	}
 }
