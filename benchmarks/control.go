@@ -20,7 +20,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/identity"
 )
 
 // controlParams is what a mode runs in the control-plane section.
@@ -59,7 +63,11 @@ type controlResult struct {
 	Login       []float64 // `jg login` through a joined proxy, process start to exit
 	Version     []float64 // `jg version`: the cost of starting a `jg` process
 	FirstLogin  float64   // the auth server's first login, not in Login
-	Took        time.Duration
+	// Discovery: GET /v1/discover on one proxy from discoveryClients
+	// goroutines, each over its own kept-alive TLS connection.
+	DiscoveryRate float64   // requests per second
+	Discovery     []float64 // one request's latency
+	Took          time.Duration
 }
 
 // ctlProc is one proxy or node of the control-plane cluster.
@@ -116,6 +124,10 @@ func runControl(ctx context.Context, bin string, p controlParams, parent string,
 		return nil, err
 	}
 	log.Printf("control plane: jg login p50 %.1f ms p99 %.1f ms; jg version p50 %.1f ms", percentile(r.Login, 50), percentile(r.Login, 99), percentile(r.Version, 50))
+	if err := c.measureDiscovery(ctx, r, 3*time.Second); err != nil {
+		return nil, err
+	}
+	log.Printf("control plane: discovery %.0f requests/s, p99 %.2f ms", r.DiscoveryRate, percentile(r.Discovery, 99))
 	r.Took = time.Since(start) // stopping the cluster (in defer) is not counted
 	return r, nil
 }
@@ -528,6 +540,7 @@ func (c *controlResult) rows() []controlRow {
 		{"`jgctl lock` (process start to exit)", c.LockCmd, 0, ""},
 		{"`jg login` through a proxy (process start to exit)", c.Login, 0, ""},
 		{"`jg version` (process start baseline)", c.Version, 0, ""},
+		{fmt.Sprintf("`GET /v1/discover` on one proxy, %d clients (%.0f requests/s)", discoveryClients, c.DiscoveryRate), c.Discovery, 0, ""},
 	}
 }
 
@@ -575,4 +588,57 @@ func (c *controlResult) targetRows() string {
 		fmt.Fprintf(&b, "| %s | %.1f ms | %s |\n", r.targetT, p99, p99Verdict(p99, r.target))
 	}
 	return b.String()
+}
+
+// discoveryClients is how many clients ask for discovery at once.
+const discoveryClients = 8
+
+// measureDiscovery has discoveryClients clients ask proxy1's discovery as
+// fast as they can for d. The control cluster's proxies run without a
+// mesh, so this is the HTTPS and JSON cost of discovery, not ranking
+// (BenchmarkLookupAndRank50 in cmd/jumpgate measures that).
+func (c *ctlCluster) measureDiscovery(ctx context.Context, r *controlResult, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range discoveryClients {
+		cl, err := authapi.NewClient(authapi.ClientConfig{Addr: c.proxies[0], Trust: authapi.TrustConfig{CAPin: c.caPin, Kinds: []identity.Kind{identity.KindProxy}}})
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer cl.Close()
+			var lat []float64
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				_, err := cl.Discover(ctx)
+				if ctx.Err() != nil {
+					break
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("discovery: %w", err)
+					}
+					mu.Unlock()
+					return
+				}
+				lat = append(lat, ms(time.Since(t0)))
+			}
+			mu.Lock()
+			r.Discovery = append(r.Discovery, lat...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	r.DiscoveryRate = float64(len(r.Discovery)) / time.Since(start).Seconds()
+	return nil
 }
