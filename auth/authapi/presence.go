@@ -46,6 +46,13 @@ func (s *Server) internalPresence(w http.ResponseWriter, r *http.Request, _ iden
 		WriteError(w, http.StatusBadRequest, "presence report: proxy: "+err.Error())
 		return
 	}
+	s.storePresence(rep)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// storePresence keeps a proxy's report for its TTL (30 s when missing or
+// over 5 minutes).
+func (s *Server) storePresence(rep PresenceReport) {
 	ttl := time.Duration(rep.TTL)
 	if ttl <= 0 || ttl > 5*time.Minute {
 		ttl = 30 * time.Second
@@ -54,5 +61,4 @@ func (s *Server) internalPresence(w http.ResponseWriter, r *http.Request, _ iden
 	s.mu.Lock()
 	s.presence[rep.Proxy] = presence{report: rep, expires: now.Add(ttl), seen: now}
 	s.mu.Unlock()
-	w.WriteHeader(http.StatusNoContent)
 }
