@@ -16,10 +16,11 @@ build:
 demo: build
 	$(BIN)/jumpgate demo
 
-# deps installs what the tests need on a fresh Debian machine (root or sudo).
+# deps installs what the tests need on a fresh Debian machine (root or sudo). Node.js and npm
+# run the OpenID Connect provider of TestSSO (its npm modules are cached in ~/.cache/jumpgate-e2e).
 deps:
 	@need=""; \
-	for p in ssh:openssh-client sshd:openssh-server softhsm2-util:softhsm2 pkcs11-tool:opensc; do \
+	for p in ssh:openssh-client sshd:openssh-server softhsm2-util:softhsm2 pkcs11-tool:opensc node:nodejs npm:npm; do \
 	  b=$${p%%:*}; pkg=$${p#*:}; \
 	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || need="$$need $$pkg"; \
 	done; \

@@ -65,6 +65,9 @@ type ServerConfig struct {
 	NodeCertTTL time.Duration
 	// MaxBodyBytes bounds request bodies (1 MiB).
 	MaxBodyBytes int64
+	// SSO, if set, lets users log in through an OpenID Connect provider
+	// (see sso.go).
+	SSO *SSOConfig
 }
 
 func (c *ServerConfig) checkAndSetDefaults() error {
@@ -131,9 +134,16 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), presence: map[string]presence{}, failures: map[string]loginFailures{}}
+	sso, err := newSSO(s)
+	if err != nil {
+		return nil, err
+	}
 	s.mux.HandleFunc("GET /v1/ping", s.ping)
 	s.mux.HandleFunc("POST /v1/login", s.require(s.login, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/join", s.join)
+	s.mux.HandleFunc("POST /v1/sso/start", s.require(sso.start, identity.KindProxy))
+	s.mux.HandleFunc("POST /v1/sso/callback", s.require(sso.callback, identity.KindProxy))
+	s.mux.HandleFunc("POST /v1/sso/result", s.require(sso.result, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/renew", s.require(s.renew, identity.KindNode, identity.KindProxy, identity.KindAuth))
 	s.mux.HandleFunc("GET /v1/watch", s.require(func(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
 		s.cfg.Hub.ServeWatch(w, r)
@@ -612,14 +622,7 @@ func (s *Server) postPresence(w http.ResponseWriter, r *http.Request, caller ide
 		return
 	}
 	rep.Proxy = caller.Name // a proxy reports for itself only
-	ttl := time.Duration(rep.TTL)
-	if ttl <= 0 || ttl > 5*time.Minute {
-		ttl = 30 * time.Second
-	}
-	now := s.cfg.Now()
-	s.mu.Lock()
-	s.presence[rep.Proxy] = presence{report: rep, expires: now.Add(ttl), seen: now}
-	s.mu.Unlock()
+	s.storePresence(rep)
 	s.sharePresence(rep)
 	// Labels a node reports over its tunnel update the inventory.
 	for _, np := range rep.Nodes {

@@ -80,7 +80,7 @@ func loadIdentity() (*creds.Identity, error) {
 
 func loginCmd() *cobra.Command {
 	var proxy, userName, pin, ttl string
-	var stdin, insecure bool
+	var stdin, insecure, sso bool
 	c := &cobra.Command{
 		Use:   "login",
 		Short: "Log in and store short-lived certificates under ~/.jumpgate",
@@ -93,17 +93,22 @@ func loginCmd() *cobra.Command {
 					return errors.New("--proxy=HOST:PORT is required")
 				}
 			}
-			if userName == "" {
-				return errors.New("--user is required")
+			if sso && userName != "" {
+				return errSSOUser
+			}
+			if userName == "" && !sso {
+				return errors.New("--user is required (or --sso to log in through the cluster's SSO provider)")
 			}
 			var pw string
-			if stdin {
+			switch {
+			case sso: // the provider asks for the password, in the browser
+			case stdin:
 				line, err := bufio.NewReader(os.Stdin).ReadString('\n')
 				if err != nil && line == "" {
 					return fmt.Errorf("read password from stdin: %w", err)
 				}
 				pw = strings.TrimRight(line, "\r\n")
-			} else {
+			default:
 				tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 				if err != nil {
 					return errors.New("no terminal to ask for the password: use --password-stdin")
@@ -141,6 +146,16 @@ func loginCmd() *cobra.Command {
 			} else {
 				loginAddr = h.Addr
 			}
+			if sso {
+				// The browser comes back to the proxy given (the one
+				// registered with the provider); the certificates are
+				// used through the home proxy like a password login's.
+				c, err := ssoLogin(cmd.Context(), proxy, trust, k, ttl)
+				if err != nil {
+					return err
+				}
+				return saveLogin(k, c, loginAddr, trust.CAPin, h)
+			}
 			var more []string
 			if loginAddr != proxy {
 				more = []string{proxy}
@@ -154,22 +169,7 @@ func loginCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("login: %w", err)
 			}
-			used := cl.Addr()
-			if err := creds.Save(home(), k, c, creds.Meta{Kind: string(identity.KindUser), Proxy: used, CAPin: trust.CAPin}); err != nil {
-				return err
-			}
-			if h != nil && used == h.Addr {
-				h.Cluster = c.Cluster
-				if err := saveHome(h); err != nil {
-					return err
-				}
-				fmt.Printf("Home proxy: %s (%s), RTT %.2f ms: %s.\n", h.ID, orDash(h.Region), h.RTTms, h.Why)
-			} else {
-				os.Remove(homeFile())
-			}
-			fmt.Printf("Logged in to cluster %s as %s (roles: %s; logins: %s), valid until %s.\n",
-				c.Cluster, c.Name, strings.Join(c.Roles, ", "), strings.Join(c.Logins, ", "), c.Expires.Local().Format("2006-01-02 15:04 MST"))
-			return nil
+			return saveLogin(k, c, cl.Addr(), trust.CAPin, h)
 		},
 	}
 	c.Flags().StringVar(&proxy, "proxy", "", "proxy address, host:port")
@@ -178,7 +178,28 @@ func loginCmd() *cobra.Command {
 	c.Flags().StringVar(&pin, "ca-pin", "", "cluster CA pin (sha256:...), needed the first time unless the proxy has a publicly trusted certificate")
 	c.Flags().BoolVar(&insecure, "insecure", false, "do not verify the proxy's certificate (never in production)")
 	c.Flags().StringVar(&ttl, "ttl", "", "ask for a shorter certificate lifetime (e.g. 1h)")
+	c.Flags().BoolVar(&sso, "sso", false, "log in through the cluster's SSO (OpenID Connect) provider in a browser")
 	return c
+}
+
+// saveLogin stores the certificates of a login through proxy used, and
+// the home proxy h if that is where the login went.
+func saveLogin(k *creds.Keys, c *authapi.Credentials, used, pin string, h *homeState) error {
+	if err := creds.Save(home(), k, c, creds.Meta{Kind: string(identity.KindUser), Proxy: used, CAPin: pin}); err != nil {
+		return err
+	}
+	if h != nil && used == h.Addr {
+		h.Cluster = c.Cluster
+		if err := saveHome(h); err != nil {
+			return err
+		}
+		fmt.Printf("Home proxy: %s (%s), RTT %.2f ms: %s.\n", h.ID, orDash(h.Region), h.RTTms, h.Why)
+	} else {
+		os.Remove(homeFile())
+	}
+	fmt.Printf("Logged in to cluster %s as %s (roles: %s; logins: %s), valid until %s.\n",
+		c.Cluster, c.Name, strings.Join(c.Roles, ", "), strings.Join(c.Logins, ", "), c.Expires.Local().Format("2006-01-02 15:04 MST"))
+	return nil
 }
 
 func logoutCmd() *cobra.Command {

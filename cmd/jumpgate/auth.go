@@ -142,6 +142,10 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
 		return nil, err
 	}
+	sso, err := ssoConfig(cfg.Auth.OIDC)
+	if err != nil {
+		return nil, err
+	}
 	ks, err := openKeystore(p, cfg, a.dir)
 	if err != nil {
 		return nil, err
@@ -223,7 +227,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 		ID: cfg.Auth.ID, Store: a.store, Hub: a.hub, Apply: rn.Apply, Raft: rn,
 		RaftStats: func() any { return rn.Stats() }, CA: a.cur(), Signer: a.signer, Audit: p.audit, Logger: p.log,
 		Version: version, UserCertTTL: cfg.Auth.UserCertTTL, Keystore: ks.Backend(),
-		OnRotate: func() { a.reconcileRotation() },
+		OnRotate: func() { a.reconcileRotation() }, SSO: sso,
 		PeerClient: func(addr string) (*authapi.Client, error) {
 			return authapi.NewClient(authapi.ClientConfig{Addr: addr, Timeout: 10 * time.Second,
 				Trust:                authapi.TrustConfig{RootCAs: a.roots, Kinds: []identity.Kind{identity.KindAuth}},
@@ -278,6 +282,24 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 		return nil, nil
 	}
 	return a.signer(true), nil
+}
+
+// ssoConfig turns auth.oidc into the API server's SSO config, reading the
+// client secret (nil: no SSO).
+func ssoConfig(o *OIDCConfig) (*authapi.SSOConfig, error) {
+	if o == nil {
+		return nil, nil
+	}
+	secret, err := keystore.LoadSecret(o.ClientSecretFile, "")
+	if err != nil {
+		return nil, fmt.Errorf("auth.oidc: client secret: %w", err)
+	}
+	c := &authapi.SSOConfig{Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret, Scopes: o.Scopes,
+		UsernameClaim: o.UsernameClaim, GroupsClaim: o.GroupsClaim, MaxTTL: o.MaxTTL}
+	for _, m := range o.Roles {
+		c.Roles = append(c.Roles, authapi.SSORoleMapping{Group: m.Group, Roles: m.Roles})
+	}
+	return c, nil
 }
 
 func (a *authServer) saveOwnCA() error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,11 @@ import (
 //	  listen: 127.0.0.1:3025
 //	  keystore_passphrase_file: /etc/jumpgate/keystore.pass
 //	  user_cert_ttl: 12h
+//	  oidc:                             # single sign-on: jg login --sso (see OIDCConfig)
+//	    issuer: https://login.example.com
+//	    client_id: jumpgate
+//	    client_secret_file: /etc/jumpgate/oidc-secret
+//	    roles: [{group: sre, roles: [dev]}]
 //	proxy:
 //	  id: proxy-eu-1
 //	  listen: 0.0.0.0:3080              # TLS on TCP (clients, and tunnels of UDP-blocked nodes) and tunnels (QUIC) on UDP, same port
@@ -100,6 +106,72 @@ type AuthConfig struct {
 	JoinAddr string `yaml:"join_addr"`
 	Token    string `yaml:"token"`
 	CAPin    string `yaml:"ca_pin"`
+	// OIDC lets users log in through an OpenID Connect provider.
+	OIDC *OIDCConfig `yaml:"oidc"`
+}
+
+// OIDCConfig configures single sign-on (`jg login --sso`) through an
+// OpenID Connect provider. Register Jumpgate with the provider as a
+// confidential web client with one redirect URI per proxy,
+// https://PROXY_PUBLIC_ADDR/v1/sso/callback: the browser comes back to the
+// proxy the user started from.
+//
+//	oidc:
+//	  issuer: https://login.example.com
+//	  client_id: jumpgate
+//	  client_secret_file: /etc/jumpgate/oidc-secret  # mode 0600
+//	  scopes: [openid, email, profile, groups]       # the default
+//	  username_claim: email                          # the default
+//	  groups_claim: groups                           # the default
+//	  roles:                                         # a user in none of these groups is refused
+//	    - {group: sre, roles: [dev, prod]}
+//	    - {group: contractors, roles: [staging]}
+//	  max_ttl: 8h                                    # default auth.user_cert_ttl
+type OIDCConfig struct {
+	Issuer           string            `yaml:"issuer"`
+	ClientID         string            `yaml:"client_id"`
+	ClientSecretFile string            `yaml:"client_secret_file"`
+	Scopes           []string          `yaml:"scopes"`
+	UsernameClaim    string            `yaml:"username_claim"`
+	GroupsClaim      string            `yaml:"groups_claim"`
+	Roles            []OIDCRoleMapping `yaml:"roles"`
+	MaxTTL           time.Duration     `yaml:"max_ttl"`
+}
+
+// OIDCRoleMapping gives the members of a provider group Jumpgate roles.
+type OIDCRoleMapping struct {
+	Group string   `yaml:"group"`
+	Roles []string `yaml:"roles"`
+}
+
+func (o *OIDCConfig) check() error {
+	u, err := url.Parse(o.Issuer)
+	switch {
+	case o.Issuer == "":
+		return errors.New("auth.oidc: issuer is required (the provider's issuer URL)")
+	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
+		return fmt.Errorf("auth.oidc: issuer %q: want the provider's https:// URL", o.Issuer)
+	case o.ClientID == "":
+		return errors.New("auth.oidc: client_id is required")
+	case o.ClientSecretFile == "":
+		return errors.New("auth.oidc: client_secret_file is required (a file of mode 0600 holding the client secret)")
+	case len(o.Roles) == 0:
+		return errors.New("auth.oidc: roles is required: map at least one provider group to Jumpgate roles ({group: sre, roles: [dev]})")
+	case o.MaxTTL < 0:
+		return fmt.Errorf("auth.oidc: max_ttl %s: want a positive duration", o.MaxTTL)
+	}
+	for i, m := range o.Roles {
+		if m.Group == "" || len(m.Roles) == 0 {
+			return fmt.Errorf("auth.oidc: roles[%d]: give a group and at least one role", i)
+		}
+		for _, r := range m.Roles {
+			if err := identity.CheckName(r); err != nil {
+				return fmt.Errorf("auth.oidc: roles[%d]: role: %w", i, err)
+			}
+		}
+	}
+	// Scopes and claims left empty take authapi.SSOConfig's defaults.
+	return nil
 }
 
 // KeystoreConfig chooses the CA keystore: "software" (default: keys in
@@ -319,6 +391,11 @@ func (c *Config) CheckAndSetDefaults() error {
 		}
 		if c.Auth.JoinAddr != "" {
 			if err := checkHostPort("auth.join_addr", c.Auth.JoinAddr); err != nil {
+				return err
+			}
+		}
+		if c.Auth.OIDC != nil {
+			if err := c.Auth.OIDC.check(); err != nil {
 				return err
 			}
 		}
