@@ -55,6 +55,7 @@ bench: deps build
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./tunnel/... ./mesh/peer/...
 	$(GO) test -run '^$$' -bench . -benchtime 3000x ./auth/raftnode/ ./auth/ca/
+	$(GO) test -run '^$$' -bench . ./mesh/route/ ./mesh/geo/ ./mesh/ingress/realip/ ./cmd/jumpgate/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./mesh/meshtest/...
 
 vet:
