@@ -337,6 +337,15 @@ func (s *Server) internalMembership(w http.ResponseWriter, r *http.Request, _ id
 	WriteJSON(w, http.StatusOK, struct{}{})
 }
 
+// PeerClientFor returns a client, with this server's identity, for
+// another auth server's API at addr.
+func (s *Server) PeerClientFor(addr string) (*Client, error) {
+	if s.cfg.PeerClient == nil {
+		return nil, errors.New("this auth server cannot reach other auth servers")
+	}
+	return s.cfg.PeerClient(addr)
+}
+
 // leaderClient returns a client for the leader's API.
 func (s *Server) leaderClient() (*Client, error) {
 	if s.cfg.Raft == nil || s.cfg.PeerClient == nil {

@@ -28,6 +28,7 @@ import (
 	"jumpgate.dev/jumpgate/auth/keystore"
 	"jumpgate.dev/jumpgate/auth/raftnode"
 	"jumpgate.dev/jumpgate/auth/state"
+	"jumpgate.dev/jumpgate/cmd/internal/creds"
 )
 
 // Files an auth server keeps beside raft's, so that it can talk to the
@@ -46,20 +47,23 @@ const (
 
 // authServer is the running auth role.
 type authServer struct {
-	cfg       Config
-	dir       string
-	ks        keystore.Keystore
-	curA      atomic.Pointer[ca.Authority] // keys of the generation in force
-	nextA     atomic.Pointer[ca.Authority] // keys made for a rotation under way
-	store     *state.Store
-	hub       *authapi.Hub
-	rn        *raftnode.Node
-	api       *authapi.Server
-	cert      atomic.Pointer[tls.Certificate]
-	backend   string // keystore backend
-	adminDir  string
-	rotMu     sync.Mutex // serializes reconcileRotation; guards lastPhase
-	lastPhase string
+	cfg      Config
+	dir      string
+	ks       keystore.Keystore
+	curA     atomic.Pointer[ca.Authority] // keys of the generation in force
+	nextA    atomic.Pointer[ca.Authority] // keys made for a rotation under way
+	store    *state.Store
+	hub      *authapi.Hub
+	rn       *raftnode.Node
+	api      *authapi.Server
+	cert     atomic.Pointer[tls.Certificate]
+	backend  string // keystore backend
+	adminDir string
+	// renewAfter (JUMPGATE_RENEW_AFTER): renew own certificate this long
+	// after issue instead of at two thirds of its life.
+	renewAfter time.Duration
+	rotMu      sync.Mutex // serializes reconcileRotation; guards lastPhase
+	lastPhase  string
 	// joinPool: the cluster's TLS CAs as the join answer gave them, for
 	// talking to the others before this server has the state.
 	joinPool atomic.Pointer[x509.CertPool]
@@ -546,7 +550,14 @@ func (a *authServer) promoteSelf(ctx context.Context) error {
 // upkeep renews this server's certificate (when it signs its own) and the
 // local admin identity, and keeps the trusted CAs on disk current.
 func (a *authServer) upkeep(ctx context.Context, adminDir string) {
-	renew := time.NewTicker(6 * time.Hour)
+	every := 6 * time.Hour
+	if _, after, err := renewKnobs(); err == nil && after > 0 {
+		// JUMPGATE_RENEW_AFTER (tests, operations): renew that long after
+		// the certificate was issued, and check often enough to.
+		a.renewAfter = after
+		every = max(after/2, time.Second)
+	}
+	renew := time.NewTicker(every)
 	defer renew.Stop()
 	save := time.NewTicker(10 * time.Second)
 	defer save.Stop()
@@ -560,7 +571,7 @@ func (a *authServer) upkeep(ctx context.Context, adminDir string) {
 			if !a.trusted() {
 				continue
 			}
-			if err := a.issueOwnCert(); err != nil {
+			if err := a.renewOwnCert(ctx); err != nil {
 				a.log.Error("renew auth server certificate", "err", err)
 			}
 			if err := writeAdminIdentity(a.signer(false), a.store.Cluster(), adminDir, a.store.CAs().TLS); err != nil {
@@ -568,6 +579,74 @@ func (a *authServer) upkeep(ctx context.Context, adminDir string) {
 			}
 		}
 	}
+}
+
+// renewOwnCert renews this server's certificate: with its own keys when
+// it signs server certificates, else (a server that joined and has seen
+// no CA rotation yet) from a peer that does, once two thirds of the
+// certificate's lifetime have passed.
+func (a *authServer) renewOwnCert(ctx context.Context) error {
+	if me, ok := a.store.AuthServer(a.cfg.Auth.ID); ok && me.SignsServerCerts {
+		return a.issueOwnCert()
+	}
+	cur := a.cert.Load()
+	if cur == nil || cur.Leaf == nil {
+		return errors.New("no current certificate to renew")
+	}
+	life := cur.Leaf.NotAfter.Sub(cur.Leaf.NotBefore)
+	due := cur.Leaf.NotAfter.Add(-life / 3)
+	if a.renewAfter > 0 {
+		due = cur.Leaf.NotBefore.Add(a.renewAfter)
+	}
+	if time.Now().Before(due) {
+		return nil
+	}
+	k, err := creds.NewKeys()
+	if err != nil {
+		return err
+	}
+	req := authapi.RenewRequest{TLSPublic: k.TLSPublic(), DNSNames: dnsOnly(a.certHosts()), IPs: ipsOnly(a.certHosts())}
+	var lastErr error
+	for _, peer := range a.store.AuthServers() {
+		if peer.ID == a.cfg.Auth.ID || !peer.SignsServerCerts {
+			continue
+		}
+		c, err := a.api.PeerClientFor(peer.APIAddr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		got, err := c.Renew(rctx, req)
+		cancel()
+		c.Close()
+		if err != nil {
+			lastErr = fmt.Errorf("renew at %s: %w", peer.ID, err)
+			continue
+		}
+		dir := filepath.Join(a.dir, joinedDir)
+		old, err := creds.Load(dir)
+		if err != nil {
+			return err
+		}
+		if err := creds.Save(dir, k, got, old.Meta); err != nil {
+			return err
+		}
+		id, err := creds.Load(dir)
+		if err != nil {
+			return err
+		}
+		if err := id.WithChain(); err != nil {
+			return err
+		}
+		a.cert.Store(&id.TLS)
+		a.log.Info("renewed this auth server's certificate", "from", peer.ID, "until", id.Leaf.NotAfter)
+		return nil
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no auth server that signs server certificates is registered: run a CA rotation (jgctl ca rotate), after which this server signs its own")
+	}
+	return lastErr
 }
 
 // openKeystore opens the CA keystore.

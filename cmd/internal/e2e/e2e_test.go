@@ -61,7 +61,10 @@ func freeAddr(t *testing.T) string {
 	return ""
 }
 
-func (c *cluster) start(name string, args ...string) {
+func (c *cluster) start(name string, args ...string) { c.t.Helper(); c.startEnv(name, nil, args...) }
+
+// startEnv is start with more environment for this process only.
+func (c *cluster) startEnv(name string, env []string, args ...string) {
 	c.t.Helper()
 	logf, err := os.Create(filepath.Join(c.dir, name+".log"))
 	if err != nil {
@@ -69,7 +72,7 @@ func (c *cluster) start(name string, args ...string) {
 	}
 	cmd := exec.Command(filepath.Join(c.bin, "jumpgate"), append([]string{"start", "--log-level=debug"}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), c.env...)
+	cmd.Env = append(append(os.Environ(), c.env...), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
