@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -296,6 +297,23 @@ type NodeConfig struct {
 	// suite, which separates the mesh's cost from the SSH server's; a node in
 	// production is reachable only through its tunnels.
 	BenchSSHListen string `yaml:"bench_ssh_listen"`
+}
+
+// loadConfigFile reads and parses the config file at path ("" for none:
+// an empty Config, flags only).
+func loadConfigFile(path string) (Config, error) {
+	if path == "" {
+		return Config{}, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
 }
 
 // ParseConfig reads a YAML config strictly: unknown keys are errors (a

@@ -45,15 +45,9 @@ func startCmd() *cobra.Command {
   jumpgate start --roles=node --node-name=db1 --labels=env=prod --proxy=proxy.example.com:3080 --token=... --ca-pin=sha256:...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var cfg Config
-			if configPath != "" {
-				data, err := os.ReadFile(configPath)
-				if err != nil {
-					return err
-				}
-				if cfg, err = ParseConfig(data); err != nil {
-					return fmt.Errorf("%s: %w", configPath, err)
-				}
+			cfg, err := loadConfigFile(configPath)
+			if err != nil {
+				return err
 			}
 			fl := cmd.Flags()
 			set := func(name string, dst *string, v string) {

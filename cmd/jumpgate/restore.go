@@ -47,15 +47,9 @@ that jumpgate start will use.`,
   jumpgate restore --backup jumpgate-2026-03-01.json --config /etc/jumpgate.yaml   # keystore on an HSM`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var cfg Config
-			if configPath != "" {
-				data, err := os.ReadFile(configPath)
-				if err != nil {
-					return err
-				}
-				if cfg, err = ParseConfig(data); err != nil {
-					return fmt.Errorf("%s: %w", configPath, err)
-				}
+			cfg, err := loadConfigFile(configPath)
+			if err != nil {
+				return err
 			}
 			fl := cmd.Flags()
 			set := func(name string, dst *string, v string) {
