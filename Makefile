@@ -20,7 +20,7 @@ demo: build
 # run the OpenID Connect provider of TestSSO (its npm modules are cached in ~/.cache/jumpgate-e2e).
 deps:
 	@need=""; \
-	for p in ssh:openssh-client sshd:openssh-server softhsm2-util:softhsm2 pkcs11-tool:opensc node:nodejs npm:npm; do \
+	for p in ssh:openssh-client sshd:openssh-server softhsm2-util:softhsm2 pkcs11-tool:opensc node:nodejs npm:npm promtool:prometheus; do \
 	  b=$${p%%:*}; pkg=$${p#*:}; \
 	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || need="$$need $$pkg"; \
 	done; \
