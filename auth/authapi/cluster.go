@@ -215,12 +215,11 @@ func (s *Server) askPeer(ctx context.Context, id string) AuthServerStatus {
 		st.Error = "not in the auth server registry: its API address is unknown"
 		return st
 	}
-	c, err := s.cfg.PeerClient(a.APIAddr)
+	c, err := s.peerClient(a.APIAddr)
 	if err != nil {
 		st.Error = err.Error()
 		return st
 	}
-	defer c.Close()
 	var got AuthServerStatus
 	if err := c.do(ctx, http.MethodGet, "/v1/auth/self", nil, &got); err != nil {
 		st.Error = err.Error()
@@ -302,7 +301,6 @@ func (s *Server) onLeader(ctx context.Context, op MembershipOp) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
 	return c.do(ctx, http.MethodPost, "/v1/internal/membership", op, nil)
 }
 
@@ -338,12 +336,34 @@ func (s *Server) internalMembership(w http.ResponseWriter, r *http.Request, _ id
 }
 
 // PeerClientFor returns a client, with this server's identity, for
-// another auth server's API at addr.
-func (s *Server) PeerClientFor(addr string) (*Client, error) {
+// another auth server's API at addr. It is shared: do not Close it.
+func (s *Server) PeerClientFor(addr string) (*Client, error) { return s.peerClient(addr) }
+
+// peerClient returns the client for the auth server at addr, made once and
+// kept, so that forwarded writes, membership calls and presence reports
+// reuse its connections instead of a TLS handshake each. Its certificate
+// and trusted CAs are read per handshake, so renewals need no new client.
+func (s *Server) peerClient(addr string) (*Client, error) {
 	if s.cfg.PeerClient == nil {
 		return nil, errors.New("this auth server cannot reach other auth servers")
 	}
-	return s.cfg.PeerClient(addr)
+	s.peersMu.Lock()
+	defer s.peersMu.Unlock()
+	if c, ok := s.peers[addr]; ok {
+		return c, nil
+	}
+	c, err := s.cfg.PeerClient(addr)
+	if err != nil {
+		return nil, err
+	}
+	if s.peers == nil || len(s.peers) >= 64 {
+		for _, old := range s.peers { // addresses changed: start afresh
+			old.Close()
+		}
+		s.peers = map[string]*Client{}
+	}
+	s.peers[addr] = c
+	return c, nil
 }
 
 // leaderClient returns a client for the leader's API.
@@ -359,7 +379,7 @@ func (s *Server) leaderClient() (*Client, error) {
 	if !ok {
 		return nil, &raftnode.RetryableError{Err: fmt.Errorf("the leader %s is not in the auth server registry yet", id)}
 	}
-	return s.cfg.PeerClient(a.APIAddr)
+	return s.peerClient(a.APIAddr)
 }
 
 // ForwardApply sends a command to the leader's internal apply endpoint and
@@ -372,11 +392,10 @@ func (s *Server) ForwardApply(ctx context.Context, leaderID string, cmd []byte) 
 	if !ok {
 		return 0, &raftnode.RetryableError{Err: fmt.Errorf("the leader %s is not in the auth server registry yet", leaderID)}
 	}
-	c, err := s.cfg.PeerClient(a.APIAddr)
+	c, err := s.peerClient(a.APIAddr)
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+c.Addr()+"/v1/internal/apply", bytes.NewReader(cmd))
 	if err != nil {
 		return 0, err

@@ -2,7 +2,6 @@ package authapi
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"net/http"
 	"time"
@@ -35,12 +34,7 @@ func (s *Server) createLock(w http.ResponseWriter, r *http.Request, caller ident
 		return
 	}
 	now := s.cfg.Now().UTC()
-	raw := make([]byte, 6)
-	if _, err := rand.Read(raw); err != nil {
-		WriteError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	l := identity.Lock{ID: hex.EncodeToString(raw), User: req.User, Role: req.Role, Node: req.Node, Login: req.Login, Message: req.Message, Created: now, CreatedBy: caller.Name}
+	l := identity.Lock{ID: hex.EncodeToString(randomBytes(6)), User: req.User, Role: req.Role, Node: req.Node, Login: req.Login, Message: req.Message, Created: now, CreatedBy: caller.Name}
 	if req.TTL < 0 {
 		WriteError(w, http.StatusBadRequest, "lock ttl must not be negative")
 		return

@@ -22,11 +22,10 @@ func (s *Server) sharePresence(rep PresenceReport) {
 			continue
 		}
 		go func() {
-			c, err := s.cfg.PeerClient(a.APIAddr)
+			c, err := s.peerClient(a.APIAddr)
 			if err != nil {
 				return
 			}
-			defer c.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			if err := c.do(ctx, http.MethodPost, "/v1/internal/presence", rep, nil); err != nil {

@@ -112,6 +112,9 @@ type Server struct {
 	cfg ServerConfig
 	mux *http.ServeMux
 
+	peersMu sync.Mutex         // guards peers
+	peers   map[string]*Client // by API address; see peerClient
+
 	mu       sync.Mutex // guards following
 	presence map[string]presence
 	failures map[string]loginFailures
@@ -951,12 +954,7 @@ func (s *Server) createTokenFor(w http.ResponseWriter, caller identity.Identity,
 		WriteError(w, http.StatusBadRequest, "join tokens may live at most 7 days (168h)")
 		return
 	}
-	raw := make([]byte, 16)
-	if _, err := rand.Read(raw); err != nil {
-		WriteError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	secret := hex.EncodeToString(raw)
+	secret := hex.EncodeToString(randomBytes(16))
 	now := s.cfg.Now().UTC()
 	tok := state.Token{Hash: HashToken(secret), Kind: req.Kind, Name: req.Name, Voter: req.Voter, Labels: req.Labels, Expires: now.Add(ttl), Created: now}
 	if _, err := s.apply(state.TypeCreateToken, state.CreateToken{Token: tok}); err != nil {

@@ -291,10 +291,15 @@ func (o *sso) oauth2Config(p *oidc.Provider, redirect string) *oauth2.Config {
 	return &oauth2.Config{ClientID: o.cfg.ClientID, ClientSecret: o.cfg.ClientSecret, Endpoint: p.Endpoint(), RedirectURL: redirect, Scopes: o.cfg.Scopes}
 }
 
-func randomString(n int) string {
+func randomString(n int) string { return base64.RawURLEncoding.EncodeToString(randomBytes(n)) }
+
+// randomBytes returns n random bytes. crypto/rand.Read never returns an
+// error (since Go 1.24 it crashes the program if the system cannot give
+// randomness), so there is nothing for callers to handle.
+func randomBytes(n int) []byte {
 	b := make([]byte, n)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return base64.RawURLEncoding.EncodeToString(b)
+	_, _ = rand.Read(b)
+	return b
 }
 
 // checkClientCallback accepts only jg's loopback listener, so that auth

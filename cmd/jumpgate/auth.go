@@ -619,7 +619,6 @@ func (a *authServer) renewOwnCert(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		got, err := c.Renew(rctx, req)
 		cancel()
-		c.Close()
 		if err != nil {
 			lastErr = fmt.Errorf("renew at %s: %w", peer.ID, err)
 			continue

@@ -177,14 +177,7 @@ func (d *discovery) candidates() []route.Candidate {
 		if m.HasCoords {
 			c.Point = d.point(m.ID, m.Lat, m.Lon)
 		}
-		switch m.Health {
-		case gossip.HealthAlive:
-			c.Health = route.Alive
-		case gossip.HealthSuspect:
-			c.Health = route.Suspect
-		default:
-			c.Health = route.Gone
-		}
+		c.Health = routeHealth(m.Health)
 		if m.Self {
 			c.Load = uint32(d.sessions())
 		}

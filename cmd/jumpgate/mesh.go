@@ -322,20 +322,23 @@ func (pm *proxyMesh) dial(ctx context.Context, node string, user identity.Identi
 
 // lookup describes a proxy for routing, from gossip and the live peer
 // connections.
+// routeHealth is a member's gossip health as routing ranks it.
+func routeHealth(h gossip.Health) route.Health {
+	switch h {
+	case gossip.HealthAlive:
+		return route.Alive
+	case gossip.HealthSuspect:
+		return route.Suspect
+	}
+	return route.Gone
+}
+
 func (pm *proxyMesh) lookup(id string) (route.Proxy, bool) {
 	m, ok := pm.gossip.Member(id)
 	if !ok {
 		return route.Proxy{}, false
 	}
-	p := route.Proxy{ID: id, PeerAddr: m.PeerAddr, Draining: m.State == gossip.StateDraining, RTT: m.RTT}
-	switch m.Health {
-	case gossip.HealthAlive:
-		p.Health = route.Alive
-	case gossip.HealthSuspect:
-		p.Health = route.Suspect
-	default:
-		p.Health = route.Gone
-	}
+	p := route.Proxy{ID: id, PeerAddr: m.PeerAddr, Draining: m.State == gossip.StateDraining, RTT: m.RTT, Health: routeHealth(m.Health)}
 	if rtt, ok := pm.peers.RTT(id); ok && rtt > 0 {
 		p.RTT = rtt // the live QUIC connection's smoothed RTT beats the probe's
 	}
