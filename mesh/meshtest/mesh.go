@@ -327,14 +327,22 @@ func (m *Mesh) unconverged() string {
 // RTT to every other, so that routing orders holders by RTT.
 func (m *Mesh) WaitRTTs(timeout time.Duration) {
 	m.t.Helper()
-	authtest.WaitFor(m.t, timeout, "every proxy to measure its RTT to every other", func() bool {
+	// A first probe on a busy machine (a -race build, CI) can come back
+	// late, and one late sample can order two peers wrongly: wait until
+	// every smoothed RTT is near the emulated one, not merely measured.
+	authtest.WaitFor(m.t, timeout, "every proxy to measure its RTT to every other, near the emulated RTT", func() bool {
 		run := m.Running()
 		for _, p := range run {
 			for _, q := range run {
 				if q == p {
 					continue
 				}
-				if mem, ok := p.Gossip().Member(q.id); !ok || mem.RTT == 0 {
+				mem, ok := p.Gossip().Member(q.id)
+				if !ok || mem.RTT == 0 {
+					return false
+				}
+				want := m.wan.RTT(p.region, q.region)
+				if mem.RTT > want+max(50*time.Millisecond, want/2) {
 					return false
 				}
 			}
