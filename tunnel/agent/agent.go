@@ -174,6 +174,11 @@ type Agent struct {
 	// sawUp and sawDown record, for the re-homing loop, that a tunnel came
 	// up, or went down or was refused, since it last looked.
 	sawUp, sawDown bool
+	// drainHints are proxies that told this agent they drain (a Drain
+	// message, tunnel protocol 2), until when the hint holds: the re-homing
+	// loop treats them as draining at once, without waiting for discovery
+	// to say so.
+	drainHints map[string]time.Time
 }
 
 var _ net.Listener = (*Agent)(nil)
@@ -497,7 +502,7 @@ func (a *Agent) holdTunnel(ctx context.Context, rs runState, sl *slot, tun trans
 
 	// served has one reader: this function, or retire's goroutine.
 	served := make(chan error, 1)
-	go func() { served <- a.serve(ctx, tun, ack.Version, sl.addr, lt) }()
+	go func() { served <- a.serve(ctx, tun, ack.Version, sl.addr, ack.ProxyID, lt) }()
 	var retry *time.Timer // nil: no move to QUIC to try
 	if a.cfg.Transport == TransportAuto && tun.Transport() == transport.TCP {
 		retry = time.NewTimer(time.Until(sl.quicRetryAt))
@@ -916,7 +921,7 @@ func (a *Agent) verifyProxy(cs tls.ConnectionState) error {
 // the Hello, each dial is a stream with its own goroutine, and closing the
 // connection (on ctx) ends the accept loop. An errgroup would add a second
 // goroutine per tunnel that only waits.
-func (a *Agent) serve(ctx context.Context, tun transport.Conn, version int, addr string, lt *liveTunnel) error {
+func (a *Agent) serve(ctx context.Context, tun transport.Conn, version int, addr, proxyID string, lt *liveTunnel) error {
 	var handlers sync.WaitGroup
 	defer handlers.Wait()
 	closed := make(chan struct{})
@@ -944,7 +949,7 @@ func (a *Agent) serve(ctx context.Context, tun transport.Conn, version int, addr
 		a.mu.Lock()
 		lt.open++
 		a.mu.Unlock()
-		handlers.Go(func() { a.handleStream(tun, st, version, a.releaser(lt)) })
+		handlers.Go(func() { a.handleStream(tun, st, version, proxyID, a.releaser(lt)) })
 	}
 }
 
@@ -983,9 +988,22 @@ func (a *Agent) releaser(lt *liveTunnel) func() {
 
 // handleStream reads a DialRequest and offers the stream to Accept. Every
 // path ends with the Conn closed, refused or aborted, which calls release.
-func (a *Agent) handleStream(tun transport.Conn, st transport.Stream, version int, release func()) {
+func (a *Agent) handleStream(tun transport.Conn, st transport.Stream, version int, proxyID string, release func()) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.AcceptTimeout))
-	req, err := proto.Expect[proto.DialRequest](st)
+	m, err := proto.ReadMessage(st)
+	var req proto.DialRequest
+	switch m := m.(type) {
+	case nil:
+	case proto.DialRequest:
+		req = m
+	case proto.Drain:
+		c := &Conn{st: st, version: version, release: release}
+		c.abort() // nothing to answer: the stream was the message
+		a.proxyDraining(proxyID, m)
+		return
+	default:
+		err = fmt.Errorf("%w: expected DialRequest or Drain, got %s", proto.ErrMalformed, m.Type())
+	}
 	if err != nil {
 		c := &Conn{st: st, version: version, release: release}
 		switch {
@@ -1042,6 +1060,31 @@ func (a *Agent) handleStream(tun transport.Conn, st transport.Stream, version in
 		a.metrics.dials.WithLabelValues(dialAborted).Inc()
 		c.abort()
 	}
+}
+
+// drainHintTTL is how long a Drain message marks its proxy as draining
+// here: past it, discovery alone decides (a proxy that drained and came
+// back is active again).
+const drainHintTTL = 10 * time.Minute
+
+// proxyDraining takes a Drain message from proxyID: the re-homing loop
+// moves the tunnel to another proxy now (see rehomer.reconcile) and asks
+// discovery for the current list.
+func (a *Agent) proxyDraining(proxyID string, m proto.Drain) {
+	a.metrics.drainNotices.Inc()
+	if a.cfg.Discover == nil {
+		a.log.Warn("proxy is draining, but this agent has fixed proxy addresses (no discovery): its tunnel stays until the proxy closes it", "proxy", proxyID, "reason", m.Reason)
+		return
+	}
+	a.log.Info("proxy is draining: moving the tunnel to another proxy", "proxy", proxyID, "reason", m.Reason, "deadline", m.Deadline)
+	a.mu.Lock()
+	if a.drainHints == nil {
+		a.drainHints = make(map[string]time.Time)
+	}
+	a.drainHints[proxyID] = time.Now().Add(drainHintTTL)
+	a.sawDown = true // discover again now
+	a.kick()
+	a.mu.Unlock()
 }
 
 // Accept returns the next connection dialed through a tunnel. It answers

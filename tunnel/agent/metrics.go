@@ -45,6 +45,7 @@ type metrics struct {
 	connects         *prometheus.CounterVec
 	dials            *prometheus.CounterVec
 	rehomes          *prometheus.CounterVec
+	drainNotices     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -85,6 +86,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "jumpgate_tunnel_agent_rehomes_total",
 			Help: "Tunnels given up to move to another proxy (or closed as extra), by reason (dead, failing, draining, surplus).",
 		}, []string{"reason"}),
+		drainNotices: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jumpgate_tunnel_agent_drain_notices_total",
+			Help: "Drain messages received from proxies (tunnel protocol 2): each makes the agent move that tunnel to another proxy.",
+		}),
 	}
 	for _, tr := range []string{transport.QUIC, transport.TCP} {
 		m.tunnels.WithLabelValues(tr)
@@ -99,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.rehomes.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connectedProxies, m.tunnels, m.fallbacks, m.restores, m.desiredProxies, m.pendingDials, m.connects, m.dials, m.rehomes} {
+		for _, c := range []prometheus.Collector{m.connectedProxies, m.tunnels, m.fallbacks, m.restores, m.desiredProxies, m.pendingDials, m.connects, m.dials, m.rehomes, m.drainNotices} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register tunnel agent metrics: %w", err)
 			}

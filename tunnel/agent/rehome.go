@@ -314,6 +314,18 @@ func (r *rehomer) reconcile() time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 
+	// 0. A proxy that sent a Drain message is draining, whatever the last
+	// discovery said.
+	for id, until := range a.drainHints {
+		if !now.Before(until) {
+			delete(a.drainHints, id)
+			continue
+		}
+		if i, ok := r.byID[id]; ok {
+			r.cands[i].Draining = true
+		}
+	}
+
 	// 1. Slots whose proxy left the list (dead) or is draining are
 	// vacated: closed at once if they have no tunnel, else kept until a
 	// replacement is up and nothing uses them (step 6).

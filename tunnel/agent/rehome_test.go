@@ -455,6 +455,44 @@ func TestRehomeOffDrainingProxy(t *testing.T) {
 	}
 }
 
+// TestRehomeOnDrainMessage: the proxy's Drain message (tunnel protocol 2)
+// moves the tunnel even while discovery still lists the proxy as active,
+// and the draining proxy refuses new tunnels.
+func TestRehomeOnDrainMessage(t *testing.T) {
+	servertest.CheckLeaks(t)
+	ca := servertest.NewCA(t, "prod CA")
+	m := newMesh()
+	p1, a1 := up(t, ca, "p1")
+	p2, a2 := up(t, ca, "p2")
+	p3, a3 := up(t, ca, "p3")
+	m.set(m.listed(p1, a1, 10*time.Millisecond), m.listed(p2, a2, 20*time.Millisecond), m.listed(p3, a3, 30*time.Millisecond))
+	cfg, logs, reg := meshConfig(t, ca, m, a1, a2)
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, a)
+	echoAccepted(a)
+	waitTunnels(t, a, "p1", "p2")
+	if n := p2.srv.Drain("test", time.Now().Add(time.Minute)); n != 1 {
+		t.Fatalf("Drain told %d agents, want 1", n)
+	}
+	waitTunnels(t, a, "p1", "p3")
+	if v := metric(t, reg, "jumpgate_tunnel_agent_drain_notices_total", ""); v != 1 {
+		t.Fatalf("drain notices = %v, want 1", v)
+	}
+	if v := rehomes(t, reg, "draining"); v != 1 {
+		t.Fatalf("rehomes{draining} = %v, want 1", v)
+	}
+	if n := logs.Count("proxy is draining: moving the tunnel to another proxy", "proxy=p2"); n != 1 {
+		t.Fatalf("logged the drain notice %d times, want 1", n)
+	}
+	if l := p2.srv.Load(); l.Tunnels != 0 || !p2.srv.Draining() {
+		t.Fatalf("p2 after the move: %+v, draining %v", l, p2.srv.Draining())
+	}
+	dialThrough(t, p3)
+}
+
 func TestRehomeKeepsHealthyTunnels(t *testing.T) {
 	ca := servertest.NewCA(t, "prod CA")
 	m := newMesh()

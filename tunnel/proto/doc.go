@@ -115,5 +115,17 @@
 // chosen, it carries the sender's highest version and is read whatever that
 // is.
 //
-// Version 1 is the only version so far.
+// Version 2 adds [Drain]: on a tunnel whose chosen version is 2 or more, a
+// draining proxy opens a stream whose first frame is a Drain (instead of a
+// DialRequest) and closes it:
+//
+//	agent                                              proxy
+//	  |<-------------------------------------- Drain -----|  {version, reason, deadline}
+//	  |   (stream closed; the agent opens a tunnel to     |
+//	  |    another proxy, then closes this one once no    |
+//	  |    dialed connection uses it)                     |
+//
+// A version 1 agent is never sent a Drain: it learns that the proxy drains
+// from discovery (the proxy's gossiped state) at its next refresh, or when
+// the proxy closes the tunnel at the end of its drain.
 package proto

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // ALPN is the TLS application protocol of tunnel connections. Its suffix is
@@ -15,7 +16,7 @@ const ALPN = "jumpgate-tunnel/1"
 
 // Versions this implementation speaks: MinVersion through Version.
 const (
-	Version    = 1
+	Version    = 2
 	MinVersion = 1
 )
 
@@ -35,6 +36,7 @@ const (
 	TypeDialRequest  Type = 3 // proxy → agent, first frame of every later stream
 	TypeDialResponse Type = 4 // agent → proxy, answer to DialRequest
 	TypeClose        Type = 5 // either side, TCP transport only: why it closes the connection
+	TypeDrain        Type = 6 // proxy → agent, version 2: first frame of a stream saying the proxy drains
 )
 
 func (t Type) String() string {
@@ -49,6 +51,8 @@ func (t Type) String() string {
 		return "DialResponse"
 	case TypeClose:
 		return "Close"
+	case TypeDrain:
+		return "Drain"
 	}
 	return fmt.Sprintf("type %d", byte(t))
 }
@@ -81,7 +85,8 @@ var (
 	ErrMalformed          = errors.New("malformed message")
 )
 
-// Message is one of Hello, HelloAck, DialRequest, DialResponse and Close.
+// Message is one of Hello, HelloAck, DialRequest, DialResponse, Close and
+// Drain.
 type Message interface {
 	Type() Type
 	validate() error
@@ -152,6 +157,22 @@ type Close struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
+// Drain tells an agent that the proxy is draining (version 2 and later):
+// it is leaving the mesh, so the agent should open a tunnel to another
+// proxy now and close this one once that is up. The proxy sends it as the
+// first and only frame of a stream it opens, then closes the stream; the
+// agent answers nothing.
+type Drain struct {
+	Version int `json:"version"`
+	// Reason says why, for the agent's log ("upgrade", "jgctl proxy drain").
+	Reason string `json:"reason,omitempty"`
+	// Deadline is when the proxy will close its remaining tunnels (RFC 3339).
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// Type implements Message.
+func (Drain) Type() Type { return TypeDrain }
+
 // Type implements Message.
 func (Hello) Type() Type { return TypeHello }
 
@@ -183,6 +204,16 @@ func (m HelloAck) validate() error { return checkVersion(TypeHelloAck, m.Version
 func (m DialRequest) validate() error { return checkVersion(TypeDialRequest, m.Version) }
 
 func (m DialResponse) validate() error { return checkVersion(TypeDialResponse, m.Version) }
+
+func (m Drain) validate() error {
+	if err := checkVersion(TypeDrain, m.Version); err != nil {
+		return err
+	}
+	if m.Version < 2 {
+		return fmt.Errorf("%w: Drain needs version 2, the tunnel speaks %d", ErrMalformed, m.Version)
+	}
+	return nil
+}
 
 func (m Close) validate() error {
 	if m.Version < MinVersion {
@@ -315,6 +346,8 @@ func Decode(t Type, body []byte) (Message, error) {
 		m, err = unmarshal[DialResponse](body)
 	case TypeClose:
 		m, err = unmarshal[Close](body)
+	case TypeDrain:
+		m, err = unmarshal[Drain](body)
 	default:
 		return nil, fmt.Errorf("%w %d: this side speaks tunnel protocol %d through %d (is the peer newer?)", ErrUnknownType, byte(t), MinVersion, Version)
 	}

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 func validMessages() []Message {
@@ -22,6 +23,15 @@ func validMessages() []Message {
 		DialResponse{Version: 1, Error: "node is not accepting connections"},
 		Close{Version: 1, Code: CloseReplaced, Reason: "replaced by a newer tunnel from node web-1 (10.0.0.9:4711)"},
 		Close{Version: 3, Code: CloseNormal},
+		Drain{Version: 2, Reason: "upgrade", Deadline: time.Date(2026, 11, 21, 18, 0, 0, 0, time.UTC)},
+		Drain{Version: 2},
+	}
+}
+
+func TestDrainNeedsVersion2(t *testing.T) {
+	b, _ := Encode(Drain{Version: 1, Reason: "x"})
+	if _, err := ReadMessage(bytes.NewReader(b)); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "Drain needs version 2") {
+		t.Fatalf("a version 1 Drain: %v", err)
 	}
 }
 
@@ -82,9 +92,9 @@ func TestErrors(t *testing.T) {
 		{"short body", frame(1, `{"version":1,"node_id":"n"}`)[:10], io.ErrUnexpectedEOF, "read Hello frame body (27 bytes)"},
 		{"too large", []byte{1, 0xff, 0xff, 0xff, 0xff}, ErrFrameTooLarge, "announces 4294967295 bytes, a frame carries at most 65536"},
 		{"just too large", []byte{3, 0, 1, 0, 1}, ErrFrameTooLarge, "DialRequest frame announces 65537 bytes"},
-		{"unknown type", frame(9, `{}`), ErrUnknownType, "unknown message type 9: this side speaks tunnel protocol 1 through 1"},
+		{"unknown type", frame(9, `{}`), ErrUnknownType, "unknown message type 9: this side speaks tunnel protocol 1 through 2"},
 		{"type zero", frame(0, `{}`), ErrUnknownType, "unknown message type 0"},
-		{"newer version", frame(3, `{"version":2}`), ErrUnsupportedVersion, "DialRequest has version 2, this side speaks 1 through 1"},
+		{"newer version", frame(3, `{"version":3}`), ErrUnsupportedVersion, "DialRequest has version 3, this side speaks 1 through 2"},
 		{"no version", frame(4, `{"ok":true}`), ErrMalformed, "DialResponse without a version"},
 		{"hello without node", frame(1, `{"version":1}`), ErrMalformed, "Hello without node_id"},
 		{"close without version", frame(5, `{"code":1,"reason":"r"}`), ErrMalformed, "Close without a version"},

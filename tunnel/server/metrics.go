@@ -33,6 +33,7 @@ const (
 	reasonHelloTimeout = "hello_timeout"
 	reasonVersion      = "version"
 	reasonShutdown     = "shutting_down"
+	reasonDraining     = "draining"
 	reasonBadTransport = "bad_transport" // TCP only: not TLS 1.3 with our ALPN, or no yamux inside
 )
 
@@ -74,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, tr := range []string{transport.QUIC, transport.TCP} {
 		m.tunnels.WithLabelValues(tr)
-		for _, r := range []string{reasonNoCert, reasonUntrusted, reasonBadIdentity, reasonWrongKind, reasonWrongCluster, reasonNodeMismatch, reasonBadHello, reasonHelloTimeout, reasonVersion, reasonShutdown, reasonBadTransport} {
+		for _, r := range []string{reasonNoCert, reasonUntrusted, reasonBadIdentity, reasonWrongKind, reasonWrongCluster, reasonNodeMismatch, reasonBadHello, reasonHelloTimeout, reasonVersion, reasonShutdown, reasonDraining, reasonBadTransport} {
 			if r == reasonBadTransport && tr == transport.QUIC {
 				continue // quic-go drops what is not QUIC
 			}

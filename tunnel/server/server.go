@@ -102,6 +102,7 @@ type Server struct {
 	nodes      map[string][]*tunnel
 	transports []*quic.Transport
 	drainWake  chan struct{} // closed when a stream or tunnel ends during Shutdown
+	draining   bool          // Drain was called: new tunnels are refused
 }
 
 // tunnel is one connection from an agent that passed the handshake.
@@ -113,8 +114,9 @@ type tunnel struct {
 	version  int
 
 	// guarded by Server.mu
-	live    bool // registered and serving dials
-	streams int  // dialed conns not yet closed
+	live      bool // registered and serving dials
+	streams   int  // dialed conns not yet closed
+	drainSent bool // a Drain message was sent on it
 }
 
 // New checks cfg and returns a Server. Start it with Serve.
@@ -429,6 +431,10 @@ func (s *Server) handshake(tun transport.Conn) (*tunnel, error) {
 		instance: hello.InstanceID,
 		slot:     hello.Slot,
 		version:  version,
+	}
+	if s.Draining() {
+		s.refuse(log, tun, st, reasonDraining, fmt.Sprintf("proxy %s is draining (leaving the mesh for maintenance): open the tunnel to another proxy", s.cfg.ProxyID))
+		return nil, ErrShuttingDown
 	}
 	if !s.register(t) {
 		s.refuse(log, tun, st, reasonShutdown, s.shutdownReason())
