@@ -57,3 +57,16 @@ func (c *Client) Discover(ctx context.Context) (*Discovery, error) {
 	defer cancel()
 	return &out, c.do(ctx, "GET", "/v1/discover", nil, &out)
 }
+
+// Drain asks the proxy this client talks to to drain (admins only).
+func (c *Client) Drain(ctx context.Context, req DrainRequest) (*DrainStatus, error) {
+	var out DrainStatus
+	return &out, c.do(ctx, "POST", "/v1/drain", req, &out)
+}
+
+// DrainStatus returns the proxy's drain progress (admins only); an error
+// with status 404 when it is not draining.
+func (c *Client) DrainStatus(ctx context.Context) (*DrainStatus, error) {
+	var out DrainStatus
+	return &out, c.do(ctx, "GET", "/v1/drain", nil, &out)
+}

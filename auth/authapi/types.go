@@ -133,6 +133,38 @@ type ProxyMesh struct {
 	// prefix, not the key), so a rotation can wait until every proxy has
 	// the new key.
 	KeyIDs []string `json:"key_ids,omitempty"`
+	// Drain is the drain in progress; nil when the proxy is not draining.
+	Drain *DrainStatus `json:"drain,omitempty"`
+}
+
+// DrainRequest asks a proxy to drain (POST /v1/drain on the proxy, admins
+// only): leave the mesh for maintenance without dropping sessions.
+type DrainRequest struct {
+	// Timeout bounds the drain: when it passes, the proxy exits whatever
+	// is left. Zero: the proxy's default (5 minutes).
+	Timeout identity.Duration `json:"timeout,omitempty"`
+	Reason  string            `json:"reason,omitempty"`
+}
+
+// DrainStatus is a proxy's drain progress (GET /v1/drain on the proxy, and
+// in presence reports for jgctl proxies ls).
+type DrainStatus struct {
+	Started  time.Time `json:"started"`
+	Deadline time.Time `json:"deadline"`
+	Reason   string    `json:"reason,omitempty"`
+	// Phase: "rehoming" (agents move their tunnels to other proxies),
+	// "moving" (resumable clients are asked to move), "waiting" (for what
+	// is left to end or the deadline), "done" (the proxy is exiting).
+	Phase string `json:"phase"`
+	// Sessions and Tunnels are what the proxy still forwards and holds;
+	// Resumable is how many of the sessions can move on their own.
+	Sessions  int `json:"sessions"`
+	Resumable int `json:"resumable"`
+	Tunnels   int `json:"tunnels"`
+	// Moved counts clients asked to move; Agents, agents told to move
+	// their tunnels.
+	Moved  int `json:"moved"`
+	Agents int `json:"agents"`
 }
 
 // PeerView is another proxy as one proxy sees it.

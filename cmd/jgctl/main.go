@@ -336,9 +336,9 @@ func proxiesCmd(g *globals) *cobra.Command {
 			for _, p := range proxies {
 				rows = append(rows, proxyRow(p, proxies))
 			}
-			return table("PROXY\tREGION\tSTATE\tHEALTH\tVERSION\tTUNNELS\tSESSIONS\tPEER RTT\tLAST REPORT", rows)
+			return table("PROXY\tREGION\tSTATE\tHEALTH\tVERSION\tTUNNELS\tSESSIONS\tDRAIN\tPEER RTT\tLAST REPORT", rows)
 		})}
-	p.AddCommand(ls)
+	p.AddCommand(ls, drainCmd(g))
 	return p
 }
 
@@ -386,7 +386,11 @@ func proxyRow(p authapi.ProxyState, all []authapi.ProxyState) []string {
 	if time.Since(p.LastSeen) > time.Minute {
 		last += " (not reporting)"
 	}
-	return []string{p.ID, region, state, health, ver, fmt.Sprint(p.Tunnels), sessions, rtts, last}
+	drain := "-"
+	if m := p.Mesh; m != nil && m.Drain != nil {
+		drain = drainProgress(m.Drain)
+	}
+	return []string{p.ID, region, state, health, ver, fmt.Sprint(p.Tunnels), sessions, drain, rtts, last}
 }
 
 func meshCmd(g *globals) *cobra.Command {

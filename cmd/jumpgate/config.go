@@ -213,6 +213,11 @@ type ProxyConfig struct {
 	Mesh      MeshConfig `yaml:"mesh"`
 	// Discovery: how GET /v1/discover locates clients.
 	Discovery DiscoveryConfig `yaml:"discovery"`
+	// DrainTimeout, when set, makes SIGTERM drain the proxy first (as
+	// `jgctl proxy drain` does) for at most this long, then exit; a second
+	// signal stops at once. Zero (the default): SIGTERM shuts down after
+	// --shutdown-timeout. Give systemd a TimeoutStopSec above it.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
 
 // DiscoveryConfig tells a proxy where its clients are.
@@ -297,7 +302,16 @@ type NodeConfig struct {
 	// suite, which separates the mesh's cost from the SSH server's; a node in
 	// production is reachable only through its tunnels.
 	BenchSSHListen string `yaml:"bench_ssh_listen"`
+	// ResumeWindow is how long the node keeps a session whose client lost
+	// its path (a proxy drained or died) for the client to resume it
+	// through another proxy. Default 5 minutes.
+	ResumeWindow time.Duration `yaml:"resume_window"`
 }
+
+// defaultResumeWindow is node.resume_window's default: longer than jg's
+// own default window (2 minutes), so that the client gives up first and
+// says so.
+const defaultResumeWindow = 5 * time.Minute
 
 // loadConfigFile reads and parses the config file at path ("" for none:
 // an empty Config, flags only).
@@ -431,6 +445,9 @@ func (c *Config) CheckAndSetDefaults() error {
 			return fmt.Errorf("auth.keystore.backend %q: want software or pkcs11", ks.Backend)
 		}
 	}
+	if c.Proxy.DrainTimeout < 0 {
+		return fmt.Errorf("proxy.drain_timeout %v: must not be negative (0 turns drain-on-SIGTERM off)", c.Proxy.DrainTimeout)
+	}
 	if c.Has("proxy") {
 		if c.Proxy.ID == "" {
 			return errors.New("proxy: id is required (--proxy-id)")
@@ -513,6 +530,12 @@ func (c *Config) CheckAndSetDefaults() error {
 			// Watch streams carry a heartbeat every 10 s: a minute is six
 			// missed in a row.
 			c.Node.LockStaleAfter = time.Minute
+		}
+		switch {
+		case c.Node.ResumeWindow < 0:
+			return fmt.Errorf("node.resume_window %v: must not be negative", c.Node.ResumeWindow)
+		case c.Node.ResumeWindow == 0:
+			c.Node.ResumeWindow = defaultResumeWindow
 		}
 		if err := identity.CheckName(c.Node.Name); err != nil {
 			return fmt.Errorf("node: name: %w", err)

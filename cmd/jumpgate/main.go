@@ -116,6 +116,12 @@ func startCmd() *cobra.Command {
 				}
 				cfg.Proxy.Location = &l
 			}
+			if fl.Changed("drain-timeout") {
+				cfg.Proxy.DrainTimeout = f.Proxy.DrainTimeout
+			}
+			if fl.Changed("resume-window") {
+				cfg.Node.ResumeWindow = f.Node.ResumeWindow
+			}
 			if fl.Changed("public-addr") {
 				cfg.Proxy.PublicAddrs = f.Proxy.PublicAddrs
 			}
@@ -187,7 +193,9 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Node.CAPin, "ca-pin", "", "cluster CA pin, sha256:... (first start only)")
 	fl.StringVar(&f.Node.BenchSSHListen, "bench-ssh-listen", "", "benchmarks only: also serve the node's SSH server on this loopback address")
 	_ = fl.MarkHidden("bench-ssh-listen")
-	fl.DurationVar(&drain, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for live sessions")
+	fl.DurationVar(&drain, "shutdown-timeout", 10*time.Second, "how long shutting down waits for live sessions")
+	fl.DurationVar(&f.Proxy.DrainTimeout, "drain-timeout", 0, "proxy: on SIGTERM, drain first (agents and resumable sessions move to other proxies) for at most this long; 0: no drain")
+	fl.DurationVar(&f.Node.ResumeWindow, "resume-window", 0, "node: how long a session whose client lost its path waits to be resumed (default 5m)")
 	return c
 }
 

@@ -45,7 +45,14 @@ type process struct {
 	ready   []func() error              // readiness checks for /readyz
 	wg      sync.WaitGroup
 	errc    chan error
+	// stop is closed to end the process normally (a finished drain).
+	stop     chan struct{}
+	stopOnce sync.Once
+	// drainer is the proxy's, when it runs one; nil otherwise.
+	drainer *drainer
 }
+
+func (p *process) exit() { p.stopOnce.Do(func() { close(p.stop) }) }
 
 func (p *process) onShutdown(f func(ctx context.Context)) { p.cleanup = append(p.cleanup, f) }
 
@@ -76,7 +83,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, shutdownTimeout time
 		return err
 	}
 	defer af.Close()
-	p := &process{log: log, reg: prometheus.NewRegistry(), errc: make(chan error, 1)}
+	p := &process{log: log, reg: prometheus.NewRegistry(), errc: make(chan error, 1), stop: make(chan struct{})}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jumpgate_build_info", Help: "Always 1; labels say the running version and roles."}, []string{"version", "roles"})
 	p.reg.MustRegister(buildInfo)
@@ -111,7 +118,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, shutdownTimeout time
 	log.Info("jumpgate started", "roles", cfg.Roles, "version", version, "data_dir", cfg.DataDir)
 	select {
 	case <-ctx.Done():
+		err = nil
+		if p.drainer != nil && cfg.Proxy.DrainTimeout > 0 {
+			err = drainOnSignal(p, cfg.Proxy.DrainTimeout)
+		}
 		log.Info("shutting down", "timeout", shutdownTimeout)
+	case <-p.stop:
+		log.Info("shutting down after the drain", "timeout", shutdownTimeout)
 		err = nil
 	case err = <-p.errc:
 		log.Error("fatal", "err", err)
@@ -342,7 +355,10 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return err
 	}
+	var dr *drainer
 	ing, err = ingress.New(ingress.Config{
+		StartDrain:  func(req authapi.DrainRequest) (authapi.DrainStatus, error) { return dr.Start(req) },
+		DrainStatus: func() *authapi.DrainStatus { return dr.Status() },
 		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
 		Proxies: m.proxies, PublicAddr: publicAddr, Discover: disc.discover,
 		Dialer: ingress.NodeDialerFunc(m.dial),
@@ -354,6 +370,9 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return err
 	}
+	dr = newDrainer(p, cfg.Proxy.ID, tsrv, m, disc, kick, p.exit)
+	dr.ing = ing
+	p.drainer = dr
 	p.goServe("proxy locks", func() error {
 		cache.WatchLocks(ctx, newLockWatcher(p, "proxy", ing.EnforceLocks).update)
 		return nil
@@ -381,6 +400,9 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedSince})
 			}
 			rep.Mesh = m.report(ing.Sessions())
+			if rep.Mesh != nil {
+				rep.Mesh.Drain = dr.Status()
+			}
 			m.setLoad(ing.Sessions())
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if err := upstream.ReportPresence(rctx, rep); err != nil && ctx.Err() == nil {
@@ -403,6 +425,9 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		}
 	})
 	p.ready = append(p.ready, func() error {
+		if st := dr.Status(); st != nil {
+			return fmt.Errorf("proxy: draining (%s): %d sessions and %d tunnels left", st.Phase, st.Sessions, st.Tunnels)
+		}
 		select {
 		case <-cache.Ready():
 			return nil

@@ -13,10 +13,12 @@
 //
 // # Dial protocol (ALPN jumpgate-dial/1)
 //
-//	client → proxy   one line of JSON: {"v":1,"node":"node1","login":"alice"}\n
+//	client → proxy   one line of JSON: {"v":2,"node":"node1","login":"alice","resume":true}\n
 //	proxy  → client  one line of JSON: {"v":1,"ok":true,"node":"node1","path":"local"}\n
 //	                 (path "peer proxy-3" when another proxy holds the tunnel)
 //	                 or {"v":1,"code":"denied","error":"access denied: ..."}\n
+//	                 or, from a draining proxy, {"v":2,"code":"draining","error":"...",
+//	                     "redirect":"host:port","redirect_id":"proxy-2"}\n
 //	then             raw bytes both ways: the client's SSH connection, end to
 //	                 end with the node. The proxy never sees inside it.
 //
@@ -24,7 +26,13 @@
 // answers a request with a newer v with code "version". Codes: "denied"
 // (roles), "unknown" (no such node), "offline" (no tunnel), "version",
 // "bad_request", "unavailable" (the proxy is not ready), "unreachable" (a
-// proxy holds the node's tunnel but none could be reached), "error".
+// proxy holds the node's tunnel but none could be reached), "draining" (the
+// proxy is leaving the mesh; dial the redirect), "error".
+//
+// Version 2 adds "resume" to the request (the client runs tunnel/resume's
+// resumable stream under SSH, so a draining proxy may end the connection
+// early: the client moves to another proxy and resumes) and "redirect" to a
+// draining refusal. The proxy answers in the request's version.
 package ingress
 
 import (
@@ -42,8 +50,14 @@ const (
 	ALPNHTTP = "http/1.1"
 )
 
-// DialVersion is the dial protocol version this package speaks.
-const DialVersion = 1
+// Dial protocol versions this package speaks: MinDialVersion through
+// DialVersion. A proxy answers in the version of the request, so an older
+// jg never sees a field it does not know; a jg that gets code "version"
+// from an older proxy asks again in version 1.
+const (
+	DialVersion    = 2
+	MinDialVersion = 1
+)
 
 // MaxLineBytes bounds a dial request or response line.
 const MaxLineBytes = 4096
@@ -53,6 +67,11 @@ type DialRequest struct {
 	V     int    `json:"v"`
 	Node  string `json:"node"`
 	Login string `json:"login,omitempty"`
+	// Resume (version 2): the client runs the resumable stream
+	// (tunnel/resume) under SSH, so a draining proxy may end the
+	// connection early and the client moves to another proxy without
+	// losing the session.
+	Resume bool `json:"resume,omitempty"`
 }
 
 // DialResponse is the proxy's answer.
@@ -63,6 +82,10 @@ type DialResponse struct {
 	Path  string `json:"path,omitempty"` // "local": this proxy holds the tunnel
 	Code  string `json:"code,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Redirect and RedirectID (version 2, with code "draining"): a
+	// healthy proxy to dial instead.
+	Redirect   string `json:"redirect,omitempty"`
+	RedirectID string `json:"redirect_id,omitempty"`
 }
 
 // Dial error codes.
@@ -74,6 +97,7 @@ const (
 	CodeBadRequest  = "bad_request"
 	CodeUnavailable = "unavailable"
 	CodeUnreachable = "unreachable"
+	CodeDraining    = "draining"
 	CodeError       = "error"
 )
 
@@ -134,11 +158,14 @@ func ParseDialRequest(r *bufio.Reader) (DialRequest, *DialResponse) {
 	if err := ReadLine(r, &req); err != nil {
 		return req, &DialResponse{V: DialVersion, Code: CodeBadRequest, Error: "not a Jumpgate dial request: " + err.Error()}
 	}
-	if req.V != DialVersion {
-		return req, &DialResponse{V: DialVersion, Code: CodeVersion, Error: fmt.Sprintf("dial protocol version %d is not supported by this proxy (it speaks %d): upgrade the proxy or use a matching jg", req.V, DialVersion)}
+	if req.V < MinDialVersion || req.V > DialVersion {
+		return req, &DialResponse{V: MinDialVersion, Code: CodeVersion, Error: fmt.Sprintf("dial protocol version %d is not supported by this proxy (it speaks %d through %d): upgrade the proxy or use a matching jg", req.V, MinDialVersion, DialVersion)}
+	}
+	if req.V < 2 && req.Resume {
+		return req, &DialResponse{V: req.V, Code: CodeBadRequest, Error: "resume needs dial protocol version 2"}
 	}
 	if req.Node == "" || len(req.Node) > 255 {
-		return req, &DialResponse{V: DialVersion, Code: CodeBadRequest, Error: "dial request names no node"}
+		return req, &DialResponse{V: req.V, Code: CodeBadRequest, Error: "dial request names no node"}
 	}
 	return req, nil
 }

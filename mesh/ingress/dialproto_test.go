@@ -12,7 +12,11 @@ func TestParseDialRequest(t *testing.T) {
 		in, code string
 	}{
 		{`{"v":1,"node":"node1","login":"alice"}` + "\n", ""},
-		{`{"v":2,"node":"node1"}` + "\n", CodeVersion},
+		{`{"v":2,"node":"node1"}` + "\n", ""},
+		{`{"v":2,"node":"node1","resume":true}` + "\n", ""},
+		{`{"v":1,"node":"node1","resume":true}` + "\n", CodeBadRequest},
+		{`{"v":3,"node":"node1"}` + "\n", CodeVersion},
+		{`{"v":0,"node":"node1"}` + "\n", CodeVersion},
 		{`{"v":1}` + "\n", CodeBadRequest},
 		{`{"v":1,"node":"n","extra":1}` + "\n", CodeBadRequest},
 		{"SSH-2.0-OpenSSH_9.2\r\n", CodeBadRequest},
@@ -52,7 +56,7 @@ func FuzzParseDialRequest(f *testing.F) {
 	f.Add(bytes.Repeat([]byte("{"), 5000))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, resp := ParseDialRequest(bufio.NewReaderSize(bytes.NewReader(b), 512))
-		if resp == nil && (req.Node == "" || req.V != DialVersion) {
+		if resp == nil && (req.Node == "" || req.V < MinDialVersion || req.V > DialVersion || (req.Resume && req.V < 2)) {
 			t.Fatalf("accepted invalid request %+v", req)
 		}
 		if resp != nil && resp.Code == "" {

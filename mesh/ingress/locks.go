@@ -21,6 +21,8 @@ type liveSession struct {
 	client, node net.Conn
 	remote       string
 	cutOnce      sync.Once
+	resume       bool      // the client runs the resumable stream (dial v2)
+	moveOnce     sync.Once // MoveResumable
 }
 
 func (s *Server) trackLive(ls *liveSession, open bool) {

@@ -92,6 +92,11 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// DialTimeout bounds reaching the node (15s).
 	DialTimeout time.Duration
+	// StartDrain and DrainStatus serve POST and GET /v1/drain (admins
+	// only): cmd/ runs the drain (see Server.Drain for the ingress part).
+	// Nil: the proxy cannot be drained through its API.
+	StartDrain  func(authapi.DrainRequest) (authapi.DrainStatus, error)
+	DrainStatus func() *authapi.DrainStatus
 	// Protocols routes more ALPN protocols to handlers that take over the
 	// connection once its TLS handshake is done (a client certificate, if
 	// the client gave one, verified against the cluster's CA pool). cmd/
@@ -149,6 +154,7 @@ type Server struct {
 	httpL   *chanListener
 	metrics *metrics
 	active  atomic.Int64 // sessions being forwarded
+	drain   drainState
 
 	ctx    context.Context // cancelled by Close: ends every session
 	cancel context.CancelFunc
@@ -167,19 +173,21 @@ type metrics struct {
 	sessions prometheus.Gauge
 	bytes    *prometheus.CounterVec
 	tlsFail  prometheus.Counter
+	moves    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		dials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_dials_total", Help: "Client dials to nodes by outcome (ok, denied, unknown, offline, unreachable, version, bad_request, error) and path (local: a tunnel held here; peer: through the proxy holding it)."}, []string{"outcome", "path"}),
+		dials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_dials_total", Help: "Client dials to nodes by outcome (ok, denied, unknown, offline, unreachable, draining, version, bad_request, error) and path (local: a tunnel held here; peer: through the proxy holding it)."}, []string{"outcome", "path"}),
 		dialTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jumpgate_proxy_dial_duration_seconds", Help: "Time from a client's dial request to the node stream being open.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jumpgate_proxy_sessions_active", Help: "Client connections currently forwarded to nodes."}),
 		bytes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_forwarded_bytes_total", Help: "Bytes forwarded between clients and nodes, by direction (to_node, to_client)."}, []string{"direction"}),
 		tlsFail:  prometheus.NewCounter(prometheus.CounterOpts{Name: "jumpgate_proxy_tls_handshake_failures_total", Help: "Client connections that failed the TLS handshake (garbage, wrong CA, expired certificate)."}),
+		moves:    prometheus.NewCounter(prometheus.CounterOpts{Name: "jumpgate_proxy_session_moves_total", Help: "Resumable client sessions this proxy asked to move to another proxy while draining."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.dials, m.dialTime, m.sessions, m.bytes, m.tlsFail)
+		reg.MustRegister(m.dials, m.dialTime, m.sessions, m.bytes, m.tlsFail, m.moves)
 	}
 	return m
 }
@@ -216,6 +224,8 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("GET /v1/nodes", s.nodes)
 	mux.HandleFunc("GET /v1/mesh/proxies", s.meshProxies)
 	mux.HandleFunc("GET /v1/discover", s.discover)
+	mux.HandleFunc("POST /v1/drain", s.startDrain)
+	mux.HandleFunc("GET /v1/drain", s.drainStatus)
 	s.httpL = newChanListener()
 	s.http = &http.Server{
 		Handler:           http.MaxBytesHandler(mux, 1<<20),
@@ -352,9 +362,13 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		refuse(bad)
 		return
 	}
+	if r := s.drainRefusal(req, remote); r != nil {
+		refuse(r)
+		return
+	}
 	chains := tc.ConnectionState().VerifiedChains
 	if len(chains) == 0 {
-		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: "no valid client certificate: run jg login"})
+		refuse(&DialResponse{V: req.V, Code: CodeDenied, Error: "no valid client certificate: run jg login"})
 		return
 	}
 	user, err := identity.FromX509(chains[0][0])
@@ -365,23 +379,23 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		err = fmt.Errorf("certificate is for cluster %s, this proxy serves %s: run jg login", user.Cluster, s.cfg.Cache.Cluster())
 	}
 	if err != nil {
-		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: err.Error()})
+		refuse(&DialResponse{V: req.V, Code: CodeDenied, Error: err.Error()})
 		return
 	}
 	ev.User, ev.Roles = user.Name, user.Roles
 	node, ok := s.cfg.Cache.Node(req.Node)
 	if !ok {
 		ev.Type = audit.DialFailed
-		refuse(&DialResponse{V: DialVersion, Code: CodeUnknown, Error: fmt.Sprintf("node %s is not known to cluster %s: jg ls lists the nodes you can reach", req.Node, s.cfg.Cache.Cluster())})
+		refuse(&DialResponse{V: req.V, Code: CodeUnknown, Error: fmt.Sprintf("node %s is not known to cluster %s: jg ls lists the nodes you can reach", req.Node, s.cfg.Cache.Cluster())})
 		return
 	}
 	if err := identity.CanReachNode(user.Roles, s.cfg.Cache.Role, node.ID, node.Labels); err != nil {
-		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: err.Error()})
+		refuse(&DialResponse{V: req.V, Code: CodeDenied, Error: err.Error()})
 		return
 	}
 	target := identity.LockTarget{User: user.Name, Roles: user.Roles, Node: node.ID, Login: req.Login}
 	if err := s.cfg.Cache.CheckLocks(target, time.Now()); err != nil {
-		refuse(&DialResponse{V: DialVersion, Code: CodeDenied, Error: "access denied: " + err.Error()})
+		refuse(&DialResponse{V: req.V, Code: CodeDenied, Error: "access denied: " + err.Error()})
 		return
 	}
 	// The handshake deadline is over: reaching the node has its own
@@ -401,7 +415,7 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		case errors.As(err, &oe) && oe.Offline():
 			code = CodeOffline
 		}
-		refuse(&DialResponse{V: DialVersion, Code: code, Error: err.Error()})
+		refuse(&DialResponse{V: req.V, Code: code, Error: err.Error()})
 		return
 	}
 	defer nc.Close()
@@ -413,7 +427,7 @@ func (s *Server) handleDial(tc *tls.Conn) {
 			pathLabel = "peer"
 		}
 	}
-	if err := WriteLine(tc, &DialResponse{V: DialVersion, OK: true, Node: node.ID, Path: path}); err != nil {
+	if err := WriteLine(tc, &DialResponse{V: req.V, OK: true, Node: node.ID, Path: path}); err != nil {
 		return
 	}
 	s.metrics.dials.WithLabelValues("ok", pathLabel).Inc()
@@ -423,7 +437,7 @@ func (s *Server) handleDial(tc *tls.Conn) {
 	s.metrics.sessions.Inc()
 	s.active.Add(1)
 	defer func() { s.metrics.sessions.Dec(); s.active.Add(-1) }()
-	ls := &liveSession{target: target, client: tc, node: nc, remote: remote}
+	ls := &liveSession{target: target, client: tc, node: nc, remote: remote, resume: req.Resume}
 	s.trackLive(ls, true)
 	defer s.trackLive(ls, false)
 	// Bytes the client sent right behind its dial line are in br's buffer.
