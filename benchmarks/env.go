@@ -260,6 +260,9 @@ Host proxyjump
 Host jumpgate
     HostName node1
     ProxyCommand %[4]s/jg proxy ssh %%r@%%h:%%p
+%[5]sHost jumpgatenoresume
+    HostName node1
+    ProxyCommand env JG_RESUME=off %[4]s/jg proxy ssh %%r@%%h:%%p
 %[5]sHost jumpgatetcp
     HostName node3
     ProxyCommand %[4]s/jg proxy ssh %%r@%%h:%%p

@@ -90,7 +90,7 @@ func main() {
 		log.Fatalf("setup: %v", err)
 	}
 	if *hold {
-		fmt.Printf("Every path is up. Try, for example:\n  JUMPGATE_HOME=%s ssh -F %s jumpgate\nHosts: direct, directpipe, proxyjump, jgnode, jumpgate, jumpgatetcp, jumpgate2.\nProfiles: http://%s/debug/pprof/ (auth+proxy), http://%s/debug/pprof/ (node). Ctrl-C stops.\n", env.jgHome, env.sshConfig, env.diagProxy, env.diagNode)
+		fmt.Printf("Every path is up. Try, for example:\n  JUMPGATE_HOME=%s ssh -F %s jumpgate\nHosts: direct, directpipe, proxyjump, jgnode, jumpgate, jumpgatenoresume, jumpgatetcp, jumpgate2.\nProfiles: http://%s/debug/pprof/ (auth+proxy), http://%s/debug/pprof/ (node). Ctrl-C stops.\n", env.jgHome, env.sshConfig, env.diagProxy, env.diagNode)
 		<-ctx.Done()
 		return
 	}
@@ -141,6 +141,7 @@ var paths = []path{
 	{"proxyjump", "ssh -J (ProxyJump)", "OpenSSH client → sshd bastion → OpenSSH sshd"},
 	{"jgnode", "Jumpgate node, direct", "OpenSSH client → Jumpgate node SSH server (benchmark-only listener, no tunnel)"},
 	{"jumpgate", "via one Jumpgate proxy", "OpenSSH client + `jg proxy ssh` → proxy (TLS) → QUIC reverse tunnel → node SSH server"},
+	{"jumpgatenoresume", "via one Jumpgate proxy, no resumable stream", "as \"via one Jumpgate proxy\" with JG_RESUME=off: SSH runs straight over the dial, without the resumable stream (tunnel/resume) that lets sessions survive proxy drains and crashes"},
 	{"jumpgatetcp", "via one Jumpgate proxy, TCP tunnel", "as above, but the reverse tunnel is TLS over TCP with yamux (the fallback when UDP is blocked, or --tunnel-transport=tcp)"},
 	{"jumpgate2", "via two peered Jumpgate proxies", "OpenSSH client + `jg proxy ssh` → proxy A (TLS) → QUIC peer link → proxy B → QUIC reverse tunnel → node SSH server"},
 }
@@ -169,12 +170,12 @@ func run(ctx context.Context, env *env, p params) (*results, error) {
 			}
 			gib := float64(p.Bytes) / (1 << 30)
 			switch pa.Host {
-			case "jumpgate", "jgnode":
+			case "jumpgate", "jgnode", "jumpgatenoresume":
 				r.NodeCPU[pa.Host] = append(r.NodeCPU[pa.Host], (env.cpuSeconds("jumpgate-node")-n0)/gib)
 			case "jumpgatetcp":
 				r.NodeCPU[pa.Host] = append(r.NodeCPU[pa.Host], (env.cpuSeconds("jumpgate-node3")-n3)/gib)
 			}
-			if pa.Host == "jumpgate" || pa.Host == "jumpgatetcp" {
+			if pa.Host == "jumpgate" || pa.Host == "jumpgatetcp" || pa.Host == "jumpgatenoresume" {
 				r.ProxyCPU[pa.Host] = append(r.ProxyCPU[pa.Host], (env.cpuSeconds("jumpgate-auth-proxy")-p0)/gib)
 			}
 			r.Throughput[pa.Host] = append(r.Throughput[pa.Host], mbps)

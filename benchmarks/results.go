@@ -39,6 +39,8 @@ var targets = []target{
 	{"throughput via one proxy, TCP tunnel ≥ 1.2× ProxyJump", "jumpgatetcp", "proxyjump", "download", 1.2, true},
 	{"throughput via one proxy, TCP tunnel ≥ 0.6× direct ssh", "jumpgatetcp", "direct", "download", 0.6, true},
 	{"throughput via two peered proxies ≥ 1.0× ProxyJump", "jumpgate2", "proxyjump", "download", 1.0, true},
+	{"resumable stream costs ≤ 5% throughput (via one proxy, with ≥ 0.95× without)", "jumpgate", "jumpgatenoresume", "download", 0.95, true},
+	{"resumable stream costs ≤ 5% upload throughput", "jumpgate", "jumpgatenoresume", "upload", 0.95, true},
 	{"connect time via two peered proxies ≤ 0.8× ProxyJump", "jumpgate2", "proxyjump", "connect", 0.8, false},
 }
 
@@ -140,6 +142,6 @@ func (r *results) markdown() string {
 	}
 
 	fmt.Fprintf(&b, "\n## Not measured yet\n\n")
-	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: with and without the resumable layer (rolling upgrades), 1,000 concurrent sessions in quick mode (BENCH=full runs them), 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and GeoIP ranking. Certificate issuance per second (software keys and SoftHSM2) and raft writes per second (3 voters, 1 and 64 writers) are Go benchmarks in auth/ca and auth/raftnode. Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
+	fmt.Fprintf(&b, "These parts of the performance suite arrive with the capabilities they measure: 1,000 concurrent sessions in quick mode (BENCH=full runs them), 1,000 and 10,000 simulated tunnels per proxy (memory per tunnel, idle CPU), and GeoIP ranking. Certificate issuance per second (software keys and SoftHSM2) and raft writes per second (3 voters, 1 and 64 writers) are Go benchmarks in auth/ca and auth/raftnode. Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
 	return b.String()
 }

@@ -32,6 +32,9 @@ type homeState struct {
 	Entry string `json:"entry"`
 	// Probed: the RTTs of the last check, by proxy id.
 	Probed map[string]float64 `json:"probed_ms,omitempty"`
+	// Proxies are the addresses of every proxy discovery offered, best
+	// first: where a session whose proxy drains or dies may resume.
+	Proxies []string `json:"proxies,omitempty"`
 }
 
 var proxyKinds = []identity.Kind{identity.KindProxy}
@@ -159,6 +162,12 @@ func chooseHome(ctx context.Context, cl *authapi.Client, entry string, cur *home
 	}
 	for pid, d := range rtts {
 		h.Probed[pid] = ms(d)
+	}
+	h.Proxies = append(h.Proxies, p.PublicAddr)
+	for _, dp := range d.Proxies {
+		if dp.ID != id && dp.PublicAddr != "" {
+			h.Proxies = append(h.Proxies, dp.PublicAddr)
+		}
 	}
 	h.Why = why
 	if len(d.Proxies) > 0 && d.Proxies[0].ID == id && d.Why != "" {

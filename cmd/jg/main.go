@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -26,7 +25,6 @@ import (
 	"jumpgate.dev/jumpgate/auth/authapi"
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/cmd/internal/creds"
-	"jumpgate.dev/jumpgate/mesh/ingress"
 )
 
 var version = "dev"
@@ -281,39 +279,6 @@ func splitTarget(target, cluster string) (login, node string) {
 // debug makes jg say which proxy and path each connection took.
 var debug bool
 
-// dial opens a byte stream to node's SSH server through the proxy.
-func dial(ctx context.Context, id *creds.Identity, node, login string) (net.Conn, error) {
-	tcfg := authapi.ClientTLS(authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, id.GetClientCertificate, ingress.ALPNDial)
-	d := &tls.Dialer{NetDialer: netDialer(10 * time.Second), Config: tcfg}
-	c, err := d.DialContext(ctx, "tcp", id.Meta.Proxy)
-	if err != nil {
-		return nil, fmt.Errorf("connect to proxy %s: %w", id.Meta.Proxy, err)
-	}
-	tc := c.(*tls.Conn)
-	if tc.ConnectionState().NegotiatedProtocol != ingress.ALPNDial {
-		c.Close()
-		return nil, fmt.Errorf("proxy %s does not speak %s: is it a Jumpgate proxy of a compatible version?", id.Meta.Proxy, ingress.ALPNDial)
-	}
-	if err := ingress.WriteLine(c, ingress.DialRequest{V: ingress.DialVersion, Node: node, Login: login}); err != nil {
-		c.Close()
-		return nil, err
-	}
-	br := bufio.NewReader(c)
-	var resp ingress.DialResponse
-	if err := ingress.ReadLine(br, &resp); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("proxy %s: %w", id.Meta.Proxy, err)
-	}
-	if !resp.OK {
-		c.Close()
-		return nil, &ingress.DialError{Code: resp.Code, Message: resp.Error}
-	}
-	if debug {
-		fmt.Fprintf(os.Stderr, "jg: connected to %s via proxy %s (path %s)\n", resp.Node, id.Meta.Proxy, resp.Path)
-	}
-	return &bufConn{Conn: c, r: br}, nil
-}
-
 // bufConn reads through the bufio.Reader that parsed the dial response.
 type bufConn struct {
 	net.Conn
@@ -330,7 +295,8 @@ func (c *bufConn) CloseWrite() error {
 
 func proxyCmd() *cobra.Command {
 	p := &cobra.Command{Use: "proxy", Short: "Helpers for other clients"}
-	p.AddCommand(&cobra.Command{
+	var proxyWindow time.Duration
+	ps := &cobra.Command{
 		Use:   "ssh [login@]node[:port]",
 		Short: "Connect stdin/stdout to a node's SSH server (OpenSSH ProxyCommand)",
 		Args:  cobra.ExactArgs(1),
@@ -340,21 +306,27 @@ func proxyCmd() *cobra.Command {
 				return err
 			}
 			login, node := splitTarget(args[0], id.Meta.Cluster)
-			c, err := dial(cmd.Context(), id, node, login)
+			window, err := resumeWindow(proxyWindow)
+			if err != nil {
+				return err
+			}
+			c, err := openNode(cmd.Context(), id, node, login, window)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			done := make(chan struct{})
 			go func() {
 				io.Copy(c, os.Stdin) //nolint:errcheck
-				c.(*bufConn).CloseWrite()
-				close(done)
+				if cw, ok := c.(interface{ CloseWrite() error }); ok {
+					cw.CloseWrite() //nolint:errcheck
+				}
 			}()
 			_, err = io.Copy(os.Stdout, c)
 			return err
 		},
-	})
+	}
+	ps.Flags().DurationVar(&proxyWindow, "resume-window", 0, "how long to try resuming the session through another proxy when its path breaks (default $JG_RESUME_WINDOW or 2m)")
+	p.AddCommand(ps)
 	return p
 }
 
@@ -390,6 +362,7 @@ func hostKeyCallback(id *creds.Identity) (ssh.HostKeyCallback, error) {
 
 func sshCmd() *cobra.Command {
 	var forceTTY bool
+	var sshWindow time.Duration
 	c := &cobra.Command{
 		Use:   "ssh [login@]node [-- command...]",
 		Short: "Open a shell or run a command on a node",
@@ -416,7 +389,11 @@ func sshCmd() *cobra.Command {
 				return err
 			}
 			backgroundRecheck(id)
-			conn, err := dial(cmd.Context(), id, node, login)
+			window, err := resumeWindow(sshWindow)
+			if err != nil {
+				return err
+			}
+			conn, err := openNode(cmd.Context(), id, node, login, window)
 			if err != nil {
 				return err
 			}
@@ -434,6 +411,7 @@ func sshCmd() *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&forceTTY, "tty", "t", false, "allocate a terminal even for a command")
+	c.Flags().DurationVar(&sshWindow, "resume-window", 0, "how long to try resuming the session through another proxy when its path breaks (default $JG_RESUME_WINDOW or 2m)")
 	return c
 }
 

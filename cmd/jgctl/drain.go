@@ -123,3 +123,94 @@ func proxyClient(g *globals, addr string) (*authapi.Client, error) {
 	return authapi.NewClient(authapi.ClientConfig{Addr: addr, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, GetClientCertificate: id.GetClientCertificate})
 }
 
+
+// waitReadyCmd is `jgctl proxy wait-ready P`: wait until P reports to auth
+// again (after --since), active and not draining, with the expected
+// version, and every other reporting proxy sees it alive. The rolling
+// upgrade script runs it after each restart.
+func waitReadyCmd(g *globals) *cobra.Command {
+	var (
+		timeout time.Duration
+		since   string
+		ver     string
+	)
+	c := &cobra.Command{Use: "wait-ready PROXY", Short: "Wait until a (restarted) proxy is back in the mesh: reporting, active, seen alive by its peers", Args: cobra.ExactArgs(1),
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
+			id := args[0]
+			after := time.Time{}
+			if since != "" {
+				t, err := time.Parse(time.RFC3339, since)
+				if err != nil {
+					return fmt.Errorf("--since %q: want RFC 3339, e.g. %s", since, time.Now().UTC().Format(time.RFC3339))
+				}
+				after = t
+			}
+			deadline := time.Now().Add(timeout)
+			why := ""
+			for {
+				proxies, err := c.Proxies(ctx)
+				if err == nil {
+					if why = proxyNotReady(id, proxies, after, ver); why == "" {
+						fmt.Printf("Proxy %s is ready.\n", id)
+						return nil
+					}
+				} else {
+					why = err.Error()
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("proxy %s not ready after %v: %s", id, timeout, why)
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+		})}
+	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait")
+	c.Flags().StringVar(&since, "since", "", "only a report after this time counts (RFC 3339; the restart's time)")
+	c.Flags().StringVar(&ver, "version", "", "the version the proxy must run")
+	return c
+}
+
+// proxyNotReady says why proxy id is not ready, "" when it is.
+func proxyNotReady(id string, proxies []authapi.ProxyState, since time.Time, ver string) string {
+	var me *authapi.ProxyState
+	for i := range proxies {
+		if proxies[i].ID == id {
+			me = &proxies[i]
+		}
+	}
+	switch {
+	case me == nil:
+		return "auth has no report from it"
+	case !me.LastSeen.After(since):
+		return "no report since " + since.Format(time.RFC3339)
+	case time.Since(me.LastSeen) > time.Minute:
+		return "not reporting for " + identity.HumanDuration(time.Since(me.LastSeen))
+	case me.Mesh == nil:
+		return "it reports no mesh"
+	case me.Mesh.State != "active" || me.Mesh.Drain != nil:
+		return "it is " + me.Mesh.State
+	case ver != "" && me.Mesh.Version != ver:
+		return fmt.Sprintf("it runs version %s, not %s", me.Mesh.Version, ver)
+	}
+	for _, o := range proxies {
+		if o.ID == id || o.Mesh == nil || time.Since(o.LastSeen) > time.Minute {
+			continue
+		}
+		seen := false
+		for _, pv := range o.Mesh.Peers {
+			if pv.ID == id {
+				seen = true
+				if pv.Health != "alive" {
+					return fmt.Sprintf("proxy %s sees it %s", o.ID, pv.Health)
+				}
+			}
+		}
+		if !seen {
+			return fmt.Sprintf("proxy %s does not see it yet", o.ID)
+		}
+	}
+	return ""
+}

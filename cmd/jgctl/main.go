@@ -323,11 +323,24 @@ func nodesCmd(g *globals) *cobra.Command {
 
 func proxiesCmd(g *globals) *cobra.Command {
 	p := &cobra.Command{Use: "proxies", Aliases: []string{"proxy"}, Short: "The cluster's proxies and their mesh"}
+	var (
+		region string
+		quiet  bool
+	)
 	ls := &cobra.Command{Use: "ls", Short: "List proxies with region, state, version, tunnels held and RTT to their peers", Args: cobra.NoArgs,
 		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
 			proxies, err := c.Proxies(ctx)
 			if err != nil {
 				return err
+			}
+			if region != "" {
+				proxies = slices.DeleteFunc(proxies, func(p authapi.ProxyState) bool { return p.Mesh == nil || p.Mesh.Region != region })
+			}
+			if quiet {
+				for _, p := range proxies {
+					fmt.Println(p.ID)
+				}
+				return nil
 			}
 			if g.jsonOut {
 				return g.printJSON(proxies)
@@ -338,7 +351,9 @@ func proxiesCmd(g *globals) *cobra.Command {
 			}
 			return table("PROXY\tREGION\tSTATE\tHEALTH\tVERSION\tTUNNELS\tSESSIONS\tDRAIN\tPEER RTT\tLAST REPORT", rows)
 		})}
-	p.AddCommand(ls, drainCmd(g))
+	ls.Flags().StringVar(&region, "region", "", "only the proxies of this region")
+	ls.Flags().BoolVarP(&quiet, "quiet", "q", false, "print proxy ids only, one per line (for scripts)")
+	p.AddCommand(ls, drainCmd(g), waitReadyCmd(g))
 	return p
 }
 

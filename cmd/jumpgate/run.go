@@ -33,6 +33,7 @@ import (
 	"jumpgate.dev/jumpgate/node/sshd"
 	"jumpgate.dev/jumpgate/tunnel/agent"
 	"jumpgate.dev/jumpgate/tunnel/proto"
+	"jumpgate.dev/jumpgate/tunnel/resume"
 	tserver "jumpgate.dev/jumpgate/tunnel/server"
 )
 
@@ -641,7 +642,26 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		}
 		return ag.Run(ctx)
 	})
-	p.goServe("node sshd", func() error { return srv.Serve(ag) })
+	// Sessions run over the resumable stream (tunnel/resume) when the
+	// client speaks it: a client whose proxy drains or dies reconnects
+	// through another and the same SSH connection goes on. Plain SSH
+	// streams (older clients) pass through unchanged.
+	rl, err := resume.NewListener(ag, resume.ServerConfig{
+		Window: cfg.Node.ResumeWindow,
+		// Resumption must come from the user the proxy authenticated for
+		// the session's first dial.
+		User: func(c net.Conn) string {
+			if ac, ok := c.(*agent.Conn); ok {
+				return ac.DialRequest().User
+			}
+			return ""
+		},
+		Logger: p.log.With("component", "resume"), Metrics: p.reg,
+	})
+	if err != nil {
+		return err
+	}
+	p.goServe("node sshd", func() error { return srv.Serve(rl) })
 	if cfg.Node.BenchSSHListen != "" {
 		ln, err := net.Listen("tcp", cfg.Node.BenchSSHListen)
 		if err != nil {

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/cmd/internal/creds"
+	"jumpgate.dev/jumpgate/mesh/ingress"
+	"jumpgate.dev/jumpgate/tunnel/resume"
+)
+
+// defaultResumeWindow is how long jg tries to resume a session whose path
+// broke before it gives up ($JG_RESUME_WINDOW or --resume-window). The
+// node keeps a detached session longer (node.resume_window, 5 minutes).
+const defaultResumeWindow = 2 * time.Minute
+
+// avoidFor is how long a proxy that failed or asked the client to move is
+// tried only after every other one.
+const avoidFor = 30 * time.Second
+
+// offlineFor is how long the node may have no tunnel to any proxy before jg
+// stops trying to resume: its agent re-homes within seconds when a proxy
+// dies, so a node offline this long has died or restarted, and its
+// sessions with it.
+const offlineFor = 30 * time.Second
+
+// dialProxy asks the proxy at addr for a byte stream to node's SSH server.
+// resume says the client runs the resumable stream under SSH (dial
+// protocol 2); a proxy too old for version 2 is asked again in version 1.
+func dialProxy(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool) (net.Conn, *ingress.DialResponse, error) {
+	c, resp, err := dialProxyVersion(ctx, id, addr, node, login, resume, ingress.DialVersion)
+	var de *ingress.DialError
+	if errors.As(err, &de) && de.Code == ingress.CodeVersion {
+		return dialProxyVersion(ctx, id, addr, node, login, false, 1)
+	}
+	return c, resp, err
+}
+
+func dialProxyVersion(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool, v int) (net.Conn, *ingress.DialResponse, error) {
+	tcfg := authapi.ClientTLS(authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, id.GetClientCertificate, ingress.ALPNDial)
+	d := &tls.Dialer{NetDialer: netDialer(10 * time.Second), Config: tcfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to proxy %s: %w", addr, err)
+	}
+	tc := c.(*tls.Conn)
+	if tc.ConnectionState().NegotiatedProtocol != ingress.ALPNDial {
+		c.Close()
+		return nil, nil, fmt.Errorf("proxy %s does not speak %s: is it a Jumpgate proxy of a compatible version?", addr, ingress.ALPNDial)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) }) //nolint:errcheck
+	defer stop()
+	if err := ingress.WriteLine(c, ingress.DialRequest{V: v, Node: node, Login: login, Resume: resume && v >= 2}); err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("proxy %s: %w", addr, err)
+	}
+	br := bufio.NewReader(c)
+	var resp ingress.DialResponse
+	if err := ingress.ReadLine(br, &resp); err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("proxy %s: %w", addr, err)
+	}
+	if !resp.OK {
+		c.Close()
+		return nil, &resp, &ingress.DialError{Code: resp.Code, Message: resp.Error}
+	}
+	if debug {
+		fmt.Fprintf(os.Stderr, "jg: connected to %s via proxy %s (path %s)\n", resp.Node, addr, resp.Path)
+	}
+	return &bufConn{Conn: c, r: br}, &resp, nil
+}
+
+// finalDial reports whether a refused dial cannot succeed through any other
+// proxy either: access denied (a lock, a role change) or an unknown node.
+func finalDial(err error) bool {
+	var de *ingress.DialError
+	return errors.As(err, &de) && (de.Code == ingress.CodeDenied || de.Code == ingress.CodeUnknown || de.Code == ingress.CodeBadRequest)
+}
+
+// paths picks the proxy for each transport of a resumable session: the
+// home proxy first; after a failure or a move, the best other proxy that
+// discovery offers, then the rest. It remembers the proxies that failed.
+type paths struct {
+	id         *creds.Identity
+	node       string
+	login      string
+	resume     bool
+	mu         sync.Mutex // guards the following
+	current    string
+	known      []string // proxy addresses, best first, from the last discovery
+	avoidUntil map[string]time.Time
+	offline    time.Time // when proxies first said the node is offline; zero when they did not
+}
+
+func newPaths(id *creds.Identity, node, login string) *paths {
+	known := []string{id.Meta.Proxy}
+	if h, err := loadHome(); err == nil && h.Cluster == id.Meta.Cluster {
+		for _, a := range append(h.Proxies, h.Entry) {
+			if a != "" && !slices.Contains(known, a) {
+				known = append(known, a)
+			}
+		}
+	}
+	return &paths{id: id, node: node, login: login, resume: true, current: id.Meta.Proxy, known: known, avoidUntil: map[string]time.Time{}}
+}
+
+// dial opens a transport for attempt a of resume.Client.
+func (p *paths) dial(ctx context.Context, a resume.Attempt) (net.Conn, error) {
+	if a.N == 0 {
+		c, _, err := dialProxy(ctx, p.id, p.current, p.node, p.login, p.resume)
+		if err != nil && !finalDial(err) {
+			if c2, err2 := p.elsewhere(ctx); err2 == nil {
+				return c2, nil
+			}
+		}
+		return c, err
+	}
+	p.mu.Lock()
+	if p.current != "" {
+		p.avoidUntil[p.current] = time.Now().Add(avoidFor)
+	}
+	p.mu.Unlock()
+	if debug {
+		fmt.Fprintf(os.Stderr, "jg: path to %s lost (%v, moved %v); reconnecting (attempt %d)\n", p.node, a.Err, a.Moved, a.N)
+	}
+	c, err := p.elsewhere(ctx)
+	var de *ingress.DialError
+	switch {
+	case err == nil:
+		p.offline = time.Time{}
+	case finalDial(err):
+		// No proxy will let this user reach the node now (a lock, a
+		// role change): resuming cannot help.
+		return nil, fmt.Errorf("%w: %v", resume.ErrRefused, err)
+	case errors.As(err, &de) && de.Code == ingress.CodeOffline:
+		if p.offline.IsZero() {
+			p.offline = time.Now()
+		} else if time.Since(p.offline) >= offlineFor {
+			return nil, fmt.Errorf("%w: node %s has had no tunnel to any proxy for %v: it died or restarted, and the session with it", resume.ErrRefused, p.node, offlineFor)
+		}
+	}
+	return c, err
+}
+
+// elsewhere tries the proxies in order: fresh discovery's best first, then
+// those known, those to avoid last.
+func (p *paths) elsewhere(ctx context.Context) (net.Conn, error) {
+	p.refresh(ctx)
+	p.mu.Lock()
+	now := time.Now()
+	var order, later []string
+	for _, addr := range p.known {
+		if now.Before(p.avoidUntil[addr]) {
+			later = append(later, addr)
+		} else {
+			order = append(order, addr)
+		}
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, addr := range append(order, later...) {
+		c, resp, err := dialProxy(ctx, p.id, addr, p.node, p.login, p.resume)
+		if err != nil && resp != nil && resp.Code == ingress.CodeDraining && resp.Redirect != "" {
+			// A draining proxy names a healthy one: go there at once.
+			c, _, err = dialProxy(ctx, p.id, resp.Redirect, p.node, p.login, p.resume)
+			addr = resp.Redirect
+		}
+		if err == nil {
+			p.mu.Lock()
+			p.current = addr
+			p.mu.Unlock()
+			return c, nil
+		}
+		if finalDial(err) {
+			return nil, err
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("no proxy could reach node %s: %w", p.node, errors.Join(errs...))
+}
+
+// refresh asks discovery, through the first proxy that answers, for the
+// proxies ranked for this client, healthy ones first.
+func (p *paths) refresh(ctx context.Context) {
+	p.mu.Lock()
+	now := time.Now()
+	var ask, later []string
+	for _, addr := range p.known {
+		if now.Before(p.avoidUntil[addr]) {
+			later = append(later, addr)
+		} else {
+			ask = append(ask, addr)
+		}
+	}
+	p.mu.Unlock()
+	for _, addr := range append(ask, later...) {
+		cl, err := authapi.NewClient(authapi.ClientConfig{Addr: addr, LocalAddr: bindAddr(), Timeout: 2 * time.Second,
+			Trust: authapi.TrustConfig{RootCAs: p.id.RootCAs, Kinds: proxyKinds}})
+		if err != nil {
+			continue
+		}
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		d, err := cl.Discover(dctx)
+		cancel()
+		cl.Close()
+		if err != nil || len(d.Proxies) == 0 {
+			continue
+		}
+		var active, draining []string
+		for _, dp := range d.Proxies {
+			if dp.State == "draining" {
+				draining = append(draining, dp.PublicAddr)
+			} else {
+				active = append(active, dp.PublicAddr)
+			}
+		}
+		p.mu.Lock()
+		fresh := append(active, draining...)
+		for _, a := range p.known {
+			if !slices.Contains(fresh, a) {
+				fresh = append(fresh, a) // not offered now (dead?); last resort
+			}
+		}
+		p.known = fresh
+		for _, dp := range d.Proxies {
+			if dp.State == "draining" {
+				p.avoidUntil[dp.PublicAddr] = time.Now().Add(avoidFor)
+			}
+		}
+		p.mu.Unlock()
+		return
+	}
+}
+
+// resumeWindow is $JG_RESUME_WINDOW, else the default.
+func resumeWindow(flag time.Duration) (time.Duration, error) {
+	if flag > 0 {
+		return flag, nil
+	}
+	if v := os.Getenv("JG_RESUME_WINDOW"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return 0, fmt.Errorf("JG_RESUME_WINDOW=%q: want a positive duration such as 2m", v)
+		}
+		return d, nil
+	}
+	return defaultResumeWindow, nil
+}
+
+// openNode opens the byte stream that SSH runs over: the resumable stream
+// through the home proxy (moving to another proxy when the path breaks),
+// or, with JG_RESUME=off or an older node, a plain dial.
+func openNode(ctx context.Context, id *creds.Identity, node, login string, window time.Duration) (net.Conn, error) {
+	p := newPaths(id, node, login)
+	if strings.EqualFold(os.Getenv("JG_RESUME"), "off") {
+		p.resume = false
+		c, _, err := dialProxy(ctx, id, p.current, node, login, false)
+		return c, err
+	}
+	var log *slog.Logger // nil: discarded
+	if debug {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	rc, err := resume.Dial(ctx, resume.ClientConfig{
+		Dial:   p.dial,
+		Window: window,
+		Logger: log,
+		OnResume: func(ri resume.ResumeInfo) {
+			if debug {
+				fmt.Fprintf(os.Stderr, "jg: session to %s resumed via %s after %v (%d attempts, %d bytes replayed)\n", node, p.current, ri.Stall.Round(time.Millisecond), ri.Attempts, ri.Replayed)
+			}
+		},
+	})
+	if errors.Is(err, resume.ErrUnsupported) {
+		if debug {
+			fmt.Fprintf(os.Stderr, "jg: node %s does not support resumable sessions (an older node); connecting without\n", node)
+		}
+		p.resume = false
+		c, _, err := dialProxy(ctx, id, p.current, node, login, false)
+		return c, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rc, nil
+}
