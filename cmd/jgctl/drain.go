@@ -123,7 +123,6 @@ func proxyClient(g *globals, addr string) (*authapi.Client, error) {
 	return authapi.NewClient(authapi.ClientConfig{Addr: addr, Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, GetClientCertificate: id.GetClientCertificate})
 }
 
-
 // waitReadyCmd is `jgctl proxy wait-ready P`: wait until P reports to auth
 // again (after --since), active and not draining, with the expected
 // version, and every other reporting proxy sees it alive. The rolling

@@ -63,7 +63,7 @@ type drainer struct {
 func newDrainer(p *process, id string, tsrv *tserver.Server, pm *proxyMesh, disc *discovery, kick, exit func()) *drainer {
 	d := &drainer{id: id, log: p.log.With("component", "drain"), tsrv: tsrv, pm: pm, disc: disc, kick: kick, exit: exit, done: make(chan struct{}),
 		phaseGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jumpgate_proxy_drain_phase", Help: "1 for the drain phase this proxy is in (rehoming, moving, waiting, done); all 0 when it is not draining."}, []string{"phase"}),
-		remaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jumpgate_proxy_drain_remaining", Help: "What a draining proxy still holds, by kind (sessions, tunnels); 0 when it is not draining."}, []string{"kind"}),
+		remaining:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jumpgate_proxy_drain_remaining", Help: "What a draining proxy still holds, by kind (sessions, tunnels); 0 when it is not draining."}, []string{"kind"}),
 	}
 	for _, ph := range []string{"rehoming", "moving", "waiting", "done"} {
 		d.phaseGauge.WithLabelValues(ph)
@@ -191,7 +191,7 @@ func (d *drainer) run() {
 	if l := d.tsrv.Load(); l.Tunnels > 0 {
 		d.log.Info("draining: closing the tunnels still held here", "tunnels", l.Tunnels, "streams", l.Streams)
 		ctx, cancel := context.WithCancel(context.Background())
-		cancel() // close now, open streams included: resumable sessions move
+		cancel()             // close now, open streams included: resumable sessions move
 		d.tsrv.Shutdown(ctx) //nolint:errcheck
 	}
 

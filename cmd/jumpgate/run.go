@@ -360,7 +360,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	ing, err = ingress.New(ingress.Config{
 		StartDrain:  func(req authapi.DrainRequest) (authapi.DrainStatus, error) { return dr.Start(req) },
 		DrainStatus: func() *authapi.DrainStatus { return dr.Status() },
-		ProxyID: cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
+		ProxyID:     cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
 		Proxies: m.proxies, PublicAddr: publicAddr, Discover: disc.discover,
 		Dialer: ingress.NodeDialerFunc(m.dial),
 		// Tunnels over TCP, from agents whose network blocks UDP, arrive
