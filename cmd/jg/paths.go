@@ -42,7 +42,12 @@ const offlineFor = 30 * time.Second
 func dialProxy(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool) (net.Conn, *ingress.DialResponse, error) {
 	c, resp, err := dialProxyVersion(ctx, id, addr, node, login, resume, ingress.DialVersion)
 	var de *ingress.DialError
-	if errors.As(err, &de) && de.Code == ingress.CodeVersion {
+	// A proxy of dial protocol 1 answers a version 2 request with
+	// "version", or, for the "resume" field it does not know, with
+	// "bad_request": ask again in version 1 (the resumable stream still
+	// works through it; it only cannot move the client early when it
+	// drains).
+	if errors.As(err, &de) && (de.Code == ingress.CodeVersion || de.Code == ingress.CodeBadRequest) {
 		return dialProxyVersion(ctx, id, addr, node, login, false, 1)
 	}
 	return c, resp, err
@@ -128,7 +133,11 @@ func (p *paths) dial(ctx context.Context, a resume.Attempt) (net.Conn, error) {
 		return c, err
 	}
 	p.mu.Lock()
-	if p.current != "" {
+	if p.current != "" && !a.Moved {
+		// The path failed (reset, timeout): the proxy may be dead. A
+		// clean end (Moved) comes from a proxy that drains, which
+		// discovery then says, or from one whose path behind it (the
+		// node's tunnel) moved: it is still the best way in.
 		p.avoidUntil[p.current] = time.Now().Add(avoidFor)
 	}
 	p.mu.Unlock()
@@ -161,7 +170,11 @@ func (p *paths) elsewhere(ctx context.Context) (net.Conn, error) {
 	p.mu.Lock()
 	now := time.Now()
 	var order, later []string
-	for _, addr := range p.known {
+	// The home proxy (the nearest) first, unless it is to be avoided.
+	for _, addr := range append([]string{p.id.Meta.Proxy}, p.known...) {
+		if slices.Contains(order, addr) || slices.Contains(later, addr) {
+			continue
+		}
 		if now.Before(p.avoidUntil[addr]) {
 			later = append(later, addr)
 		} else {

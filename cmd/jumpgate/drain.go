@@ -106,10 +106,10 @@ func (d *drainer) Start(req authapi.DrainRequest) (authapi.DrainStatus, error) {
 		return st, nil
 	}
 	d.status = &authapi.DrainStatus{Started: now, Deadline: now.Add(timeout), Reason: req.Reason, Phase: "rehoming"}
-	st := *d.status
 	d.mu.Unlock()
+	d.update()
 	go d.run()
-	return st, nil
+	return *d.Status(), nil
 }
 
 func (d *drainer) deadline() time.Time {
@@ -169,9 +169,12 @@ func (d *drainer) run() {
 
 	// 1. Wait for the agents to hold tunnels elsewhere.
 	rehomeBy := time.Now().Add(min(rehomeWait, time.Until(dl)/2))
-	for time.Now().Before(rehomeBy) && !d.nodesHeldElsewhere() {
+	for time.Now().Before(rehomeBy) && len(d.nodesOnlyHere()) > 0 {
 		d.update()
 		time.Sleep(drainPoll)
+	}
+	if only := d.nodesOnlyHere(); len(only) > 0 {
+		d.log.Warn("draining: some nodes hold no tunnel to another proxy yet; their sessions move when their agents re-home (older agents do at their next discovery refresh)", "nodes", only)
 	}
 
 	// 2. Move the resumable clients, then close the tunnels.
@@ -213,29 +216,28 @@ func (d *drainer) run() {
 	d.exit()
 }
 
-// nodesHeldElsewhere reports whether every node with a tunnel here has one
-// on another proxy too (or there are none).
-func (d *drainer) nodesHeldElsewhere() bool {
-	nodes := d.tsrv.Nodes()
-	if len(nodes) == 0 {
-		return true
-	}
-	if d.pm.gossip == nil {
-		return false // no mesh: nowhere else to go until the deadline
-	}
-	for _, n := range nodes {
+// nodesOnlyHere lists the nodes with a tunnel here and none on another
+// proxy (at most 10, for the log).
+func (d *drainer) nodesOnlyHere() []string {
+	var out []string
+	for _, n := range d.tsrv.Nodes() {
 		elsewhere := false
-		for _, h := range d.pm.gossip.Holders(n.ID) {
-			if h != d.id {
-				elsewhere = true
-				break
+		if d.pm.gossip != nil {
+			for _, h := range d.pm.gossip.Holders(n.ID) {
+				if h != d.id {
+					elsewhere = true
+					break
+				}
 			}
 		}
 		if !elsewhere {
-			return false
+			out = append(out, n.ID)
+			if len(out) == 10 {
+				break
+			}
 		}
 	}
-	return true
+	return out
 }
 
 // redirect names the healthy proxy nearest to a client, for the refusal of

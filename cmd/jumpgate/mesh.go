@@ -117,14 +117,23 @@ func startMesh(ctx context.Context, p *process, cfg Config, cluster string, tunn
 		meta.Lat, meta.Lon, meta.HasCoords = l.Lat, l.Lon, true
 	}
 	meta.PeerAddr = advertised(mc.AdvertiseAddr, pudp.LocalAddr().String())
+	gossipSet := make(chan struct{})
 	pm.gossip, err = gossip.New(gossip.Config{
 		BindAddr: mc.GossipListen, AdvertiseAddr: gossipAdvertise, Seeds: mc.Seeds, Keys: keys, Meta: meta,
-		Logger: p.log.With("component", "gossip"), Metrics: p.reg, OnChange: onChange,
+		Logger: p.log.With("component", "gossip"), Metrics: p.reg, OnChange: func() {
+			onChange()
+			select {
+			case <-gossipSet: // pm.gossip is written
+				pm.dropDeadPeers()
+			default:
+			}
+		},
 	})
 	if err != nil {
 		pm.peers.Close()
 		return nil, fmt.Errorf("proxy mesh: gossip: %w", err)
 	}
+	close(gossipSet)
 	// Listening on all addresses with nothing to advertise: publish the
 	// address gossip chose for this host instead.
 	gossipHost, _, _ := net.SplitHostPort(pm.gossip.LocalAddr())
@@ -195,6 +204,20 @@ func advertised(host, listen string) string {
 		h = ""
 	}
 	return net.JoinHostPort(h, port)
+}
+
+// dropDeadPeers closes the peer connections to proxies gossip has declared
+// dead, so that sessions through them move at once instead of at the QUIC
+// idle timeout (see peer.Mesh.DropPeer).
+func (pm *proxyMesh) dropDeadPeers() {
+	if pm.gossip == nil || pm.peers == nil {
+		return
+	}
+	for _, m := range pm.gossip.Members() {
+		if m.Health == gossip.HealthDead {
+			pm.peers.DropPeer(m.ID, fmt.Sprintf("proxy %s declared %s by the mesh", m.ID, m.Health))
+		}
+	}
 }
 
 // onTunnel keeps the gossiped directory in step with the tunnel server.

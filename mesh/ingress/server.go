@@ -158,6 +158,12 @@ type Server struct {
 
 	ctx    context.Context // cancelled by Close: ends every session
 	cancel context.CancelFunc
+	// streams is cancelled when Shutdown starts: it ends the long-lived
+	// HTTP responses (node watch streams), which would otherwise hold
+	// http.Server.Shutdown until its deadline; the nodes reconnect their
+	// watch through another proxy.
+	streams       context.Context
+	streamsCancel context.CancelFunc
 
 	mu        sync.Mutex // guards following
 	listeners map[net.Listener]struct{}
@@ -199,6 +205,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, metrics: newMetrics(cfg.Metrics), listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, live: map[*liveSession]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.streams, s.streamsCancel = context.WithCancel(s.ctx)
 	protos := []string{ALPNDial, ALPNHTTP}
 	for _, p := range slices.Sorted(maps.Keys(cfg.Protocols)) {
 		protos = append(protos, p)
@@ -446,7 +453,21 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		client = io.MultiReader(io.LimitReader(br, int64(br.Buffered())), tc)
 	}
 	Pipe(tc, client, nc, s.metrics.bytes.WithLabelValues("to_node"), s.metrics.bytes.WithLabelValues("to_client"))
+	if req.Resume {
+		// The node's side ended (its tunnel moved, or this proxy is
+		// draining) and Pipe has sent the client close_notify. Closing
+		// now, with client bytes unread, would send a TCP reset, which
+		// can overtake the close_notify: the client would see a failure
+		// instead of a request to move, and avoid this proxy. Wait a
+		// moment for the client to close first.
+		_ = tc.SetReadDeadline(time.Now().Add(moveLinger))
+		_, _ = io.Copy(io.Discard, io.LimitReader(tc, 4<<20))
+	}
 }
+
+// moveLinger bounds how long a resumable client has to close its side
+// after the proxy ended the session's path (see handleDial).
+const moveLinger = 2 * time.Second
 
 // Pipe copies client→node and node→client until both directions end,
 // propagating half-closes. Counters may be nil.
@@ -562,7 +583,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		authapi.WriteError(w, http.StatusServiceUnavailable, "this proxy has not synced with the auth server yet: retry")
 		return
 	}
-	s.cfg.Cache.ServeWatch(w, r)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.streams, cancel)
+	defer stop()
+	s.cfg.Cache.ServeWatch(w, r.WithContext(ctx))
 }
 
 func (s *Server) meshProxies(w http.ResponseWriter, r *http.Request) {
@@ -623,6 +648,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.httpL.Close()
+	s.streamsCancel()
 	stop := context.AfterFunc(ctx, s.cancel)
 	defer stop()
 	herr := s.http.Shutdown(ctx)

@@ -603,3 +603,29 @@ func (m *Mesh) waitDrained(ctx context.Context) error {
 		}
 	}
 }
+
+// DropPeer closes every connection to peer id at once, open streams
+// included, and returns how many it closed. cmd/ calls it when gossip
+// declares the peer dead: a proxy killed without a word leaves its QUIC
+// connections to be noticed only at the idle timeout, and the sessions
+// running through them would stall that long; closed now, their clients
+// move on at once.
+func (m *Mesh) DropPeer(id, reason string) int {
+	m.mu.Lock()
+	var drop []*peerConn
+	for c := range m.conns {
+		if c.id == id {
+			c.live = false
+			c.closeCode, c.closeMsg = closeNormal, reason
+			drop = append(drop, c)
+		}
+	}
+	m.mu.Unlock()
+	for _, c := range drop {
+		c.qc.CloseWithError(quic.ApplicationErrorCode(closeNormal), reason)
+	}
+	if len(drop) > 0 {
+		m.log.Info("dropped the connections to a dead peer", "peer", id, "connections", len(drop), "reason", reason)
+	}
+	return len(drop)
+}

@@ -606,6 +606,14 @@ func TestRollingUpgrade(t *testing.T) {
 			}
 		}
 		t.Logf("ops/rolling-upgrade.sh (%v):\n%s", time.Since(start).Round(time.Millisecond), out.String())
+		for _, id := range rest {
+			b, _ := os.ReadFile(filepath.Join(c.dir, id+".log"))
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "component=drain") {
+					t.Logf("%s: %s", id, line)
+				}
+			}
+		}
 		if err != nil {
 			t.Fatalf("rolling-upgrade.sh: %v", err)
 		}
