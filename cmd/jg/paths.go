@@ -30,10 +30,10 @@ const defaultResumeWindow = 2 * time.Minute
 // tried only after every other one.
 const avoidFor = 30 * time.Second
 
-// offlineFor is how long the node may have no tunnel to any proxy before jg
-// stops trying to resume: its agent re-homes within seconds when a proxy
-// dies, so a node offline this long has died or restarted, and its
-// sessions with it.
+// offlineFor is how long proxies may answer that they cannot reach the
+// node before jg stops trying to resume: its agent re-homes within seconds
+// when a proxy dies, so a node unreachable this long has died or
+// restarted, and its sessions with it.
 const offlineFor = 30 * time.Second
 
 // dialProxy asks the proxy at addr for a byte stream to node's SSH server.
@@ -106,7 +106,7 @@ type paths struct {
 	current    string
 	known      []string // proxy addresses, best first, from the last discovery
 	avoidUntil map[string]time.Time
-	offline    time.Time // when proxies first said the node is offline; zero when they did not
+	offline    time.Time // when proxies first answered that they cannot reach the node; zero while they can
 }
 
 func newPaths(id *creds.Identity, node, login string) *paths {
@@ -153,11 +153,14 @@ func (p *paths) dial(ctx context.Context, a resume.Attempt) (net.Conn, error) {
 		// No proxy will let this user reach the node now (a lock, a
 		// role change): resuming cannot help.
 		return nil, fmt.Errorf("%w: %v", resume.ErrRefused, err)
-	case errors.As(err, &de) && de.Code == ingress.CodeOffline:
+	case errors.As(err, &de):
+		// Proxies answer but none reaches the node (offline, its tunnel
+		// broken). While no proxy answers at all (the client's own
+		// network is down), jg keeps trying for the whole window.
 		if p.offline.IsZero() {
 			p.offline = time.Now()
 		} else if time.Since(p.offline) >= offlineFor {
-			return nil, fmt.Errorf("%w: node %s has had no tunnel to any proxy for %v: it died or restarted, and the session with it", resume.ErrRefused, p.node, offlineFor)
+			return nil, fmt.Errorf("%w: no proxy has reached node %s for %v (last: %v): it died or restarted, and the session with it", resume.ErrRefused, p.node, offlineFor, de)
 		}
 	}
 	return c, err

@@ -3,10 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
@@ -77,6 +79,17 @@ func runSession(client *ssh.Client, command []string, forceTTY bool) error {
 		}
 		return exitError{code: ee.ExitStatus()}
 	case errors.As(err, &me):
+		// Say why the connection ended when the transport knows (the
+		// resumable stream gave up, with its reason).
+		werr := make(chan error, 1)
+		go func() { werr <- client.Wait() }()
+		select {
+		case e := <-werr:
+			if e != nil && !errors.Is(e, io.EOF) {
+				return fmt.Errorf("the session ended without an exit status: %w", e)
+			}
+		case <-time.After(time.Second):
+		}
 		return errors.New("the session ended without an exit status: the connection to the node was lost")
 	}
 	return err

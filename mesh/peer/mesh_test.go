@@ -813,3 +813,44 @@ func TestSourceAddressDiffers(t *testing.T) {
 	}
 	authtest.WaitFor(t, waitFor, "one connection per side", func() bool { return a.m.connCount() == 1 && b.m.connCount() == 1 })
 }
+
+// TestDropPeer: a crashed peer sends no CONNECTION_CLOSE, so its streams
+// would hang until the idle timeout; DropPeer (called when gossip declares
+// the peer dead) ends them at once, and a later dial connects afresh.
+func TestDropPeer(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.start("a"), e.start("b")
+	c := a.dial(t, b, "web-1")
+	defer c.Close()
+	echoOnce(t, c, "before")
+	b.crash(t)
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		t.Fatalf("read returned %v before DropPeer", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if n := a.m.DropPeer("b", "proxy b declared dead by the mesh"); n != 1 {
+		t.Fatalf("DropPeer closed %d connections, want 1", n)
+	}
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("read on a dropped peer's stream succeeded")
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the stream did not end after DropPeer")
+	}
+	if n := a.m.DropPeer("b", "again"); n > 1 {
+		t.Fatalf("second DropPeer closed %d", n)
+	}
+	authtest.WaitFor(t, waitFor, "the dropped connection to be gone", func() bool { return a.m.connCount() == 0 })
+	b2 := e.start("b2")
+	c2 := a.dial(t, b2, "web-1")
+	echoOnce(t, c2, "after")
+	c2.Close()
+}

@@ -365,14 +365,20 @@ func TestEndToEnd(t *testing.T) {
 		c.procs["node2"].Process.Kill()
 		done := make(chan error, 1)
 		go func() { io.Copy(io.Discard, stdout); done <- cmd.Wait() }()
+		// The proxy learns that the node's tunnel is dead at the tunnel
+		// idle timeout (15 s); jg then tries to resume until proxies have
+		// answered for 30 s that none reaches the node.
 		select {
 		case err := <-done:
 			if err == nil {
 				t.Error("jg exited 0 after the node died")
 			}
-		case <-time.After(45 * time.Second):
+			if !strings.Contains(stderr.String(), "node2") || !strings.Contains(stderr.String(), "died or restarted") {
+				t.Errorf("jg's message when the node died does not say so: %s", stderr.String())
+			}
+		case <-time.After(75 * time.Second):
 			cmd.Process.Kill()
-			t.Fatal("jg did not notice the node died within 45s")
+			t.Fatal("jg did not notice the node died within 75s")
 		}
 		out, code := c.run("", alice, "jg", "ssh", "node1", "--", "echo", "others-fine")
 		if code != 0 || !strings.Contains(out, "others-fine") {
