@@ -61,6 +61,7 @@ func main() {
 	sessionsOnly := flag.Int("sessions", 0, "only hold this many concurrent sessions through one proxy and report their memory")
 	hold := flag.Bool("hold", false, "set up, print how to use each path, and wait for Ctrl-C instead of measuring")
 	controlOnly := flag.Bool("control", false, "only run the control-plane section (lock propagation, login time) on a cluster of its own and print it")
+	rollOnly := flag.Bool("roll", false, "only run the rolling upgrade (TestRollingUpgrade with 200 sessions) and print it")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	p, ok := modes[*mode]
@@ -73,6 +74,18 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *rollOnly {
+		dir, err := os.MkdirTemp("", "jumpgate-roll-")
+		if err != nil {
+			log.Fatal(err)
+		}
+		rr, err := runRoll(ctx, dir)
+		if err != nil {
+			log.Fatalf("rolling upgrade: %v", err)
+		}
+		fmt.Print(rr.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", rr.targetRows())
+		return
+	}
 	if *controlOnly {
 		cr, err := runControl(ctx, absBin, controlModes[*mode], "", *keep)
 		if err != nil {
@@ -109,6 +122,9 @@ func main() {
 	}
 	if res.Control, err = runControl(ctx, absBin, controlModes[*mode], env.dir, *keep); err != nil {
 		log.Fatalf("control plane: %v", err)
+	}
+	if res.Roll, err = runRoll(ctx, env.dir); err != nil {
+		log.Fatalf("rolling upgrade: %v", err)
 	}
 	res.Mode = *mode
 	res.Params = p

@@ -20,6 +20,7 @@ type results struct {
 	NodeCPU  map[string][]float64
 	Sessions []sessionResult
 	Control  *controlResult // nil: not measured
+	Roll     *rollResult    // nil: not measured
 }
 
 // target is one goal from the performance issue, as a ratio of two medians.
@@ -120,6 +121,9 @@ func (r *results) markdown() string {
 	if r.Control != nil {
 		b.WriteString(r.Control.markdown())
 	}
+	if r.Roll != nil {
+		b.WriteString(r.Roll.markdown())
+	}
 
 	fmt.Fprintf(&b, "\n## Targets\n\n| Target | Measured | Result |\n|---|---:|---|\n")
 	for _, t := range targets {
@@ -139,6 +143,9 @@ func (r *results) markdown() string {
 	}
 	if r.Control != nil {
 		b.WriteString(r.Control.targetRows())
+	}
+	if r.Roll != nil {
+		b.WriteString(r.Roll.targetRows())
 	}
 
 	fmt.Fprintf(&b, "\n## Not measured yet\n\n")
