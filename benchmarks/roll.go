@@ -20,6 +20,8 @@ import (
 // once, in order.
 type rollResult struct {
 	Sessions                     int
+	Interval                     time.Duration
+	BaseP50, BaseP99, BaseMax    time.Duration
 	CrashP50, CrashP99, CrashMax time.Duration
 	DrainP50, DrainP99, DrainMax time.Duration
 	Lost                         int
@@ -61,9 +63,10 @@ func runRoll(ctx context.Context, dir string) (*rollResult, error) {
 func (r *rollResult) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Rolling upgrade\n\n")
-	fmt.Fprintf(&b, "TestRollingUpgrade with %d sessions (half `jg ssh`, half OpenSSH through `jg proxy ssh`, entering at all 6 proxies, each sending a line every 25 ms through `cat` on a node and checking every line comes back once, in order). One proxy of the previous release is killed with -9 and restarted as the new build; the other five are drained (two by SIGTERM, three by `ops/rolling-upgrade.sh`) and restarted. A stall is the longest time a session went without a line coming back (so 25 ms is no stall at all); the figures are over the sessions' longest stalls.\n\n", r.Sessions)
+	fmt.Fprintf(&b, "TestRollingUpgrade with %d sessions (half `jg ssh`, half OpenSSH through `jg proxy ssh`, entering at all 6 proxies, each sending a line every %v through `cat` on a node and checking every line comes back once, in order). One proxy of the previous release is killed with -9 and restarted as the new build; the other five are drained (two by SIGTERM, three by `ops/rolling-upgrade.sh`) and restarted. A stall is the longest time a session went without a line coming back (so %v is no stall at all); the figures are over the sessions' longest stalls. Every client, proxy and node runs on this one machine, so the steady-state row (3 s with nothing happening) is the baseline: what the machine's load alone does to the measure.\n\n", r.Sessions, r.Interval, r.Interval)
 	fmt.Fprintf(&b, "| | p50 | p99 | max |\n|---|---:|---:|---:|\n")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
+	fmt.Fprintf(&b, "| steady state (baseline) | %s | %s | %s |\n", ms(r.BaseP50), ms(r.BaseP99), ms(r.BaseMax))
 	fmt.Fprintf(&b, "| stall after kill -9 (not drained) | %s | %s | %s |\n", ms(r.CrashP50), ms(r.CrashP99), ms(r.CrashMax))
 	fmt.Fprintf(&b, "| stall during drains | %s | %s | %s |\n", ms(r.DrainP50), ms(r.DrainP99), ms(r.DrainMax))
 	fmt.Fprintf(&b, "\nSessions lost: %d of %d. Resumptions at the nodes: %.0f. Whole test: %v.\n", r.Lost, r.Sessions, r.Resumptions, r.Took.Round(time.Second))

@@ -124,13 +124,7 @@ func newPaths(id *creds.Identity, node, login string) *paths {
 // dial opens a transport for attempt a of resume.Client.
 func (p *paths) dial(ctx context.Context, a resume.Attempt) (net.Conn, error) {
 	if a.N == 0 {
-		c, _, err := dialProxy(ctx, p.id, p.current, p.node, p.login, p.resume)
-		if err != nil && !finalDial(err) {
-			if c2, err2 := p.elsewhere(ctx); err2 == nil {
-				return c2, nil
-			}
-		}
-		return c, err
+		return p.elsewhere(ctx) // the home proxy first
 	}
 	p.mu.Lock()
 	if p.current != "" && !a.Moved {
@@ -166,48 +160,75 @@ func (p *paths) dial(ctx context.Context, a resume.Attempt) (net.Conn, error) {
 	return c, err
 }
 
-// elsewhere tries the proxies in order: fresh discovery's best first, then
-// those known, those to avoid last.
+// elsewhere finds a path: the home proxy first when it is not to be
+// avoided (one TLS handshake; a draining home names a healthy proxy),
+// then, after asking discovery, the best of the others, those to avoid
+// last.
 func (p *paths) elsewhere(ctx context.Context) (net.Conn, error) {
+	var errs []error
+	home := p.id.Meta.Proxy
+	tried := map[string]bool{}
+	if !p.avoided(home) {
+		tried[home] = true
+		c, err := p.try(ctx, home)
+		if err == nil || finalDial(err) {
+			return c, err
+		}
+		errs = append(errs, err)
+	}
 	p.refresh(ctx)
 	p.mu.Lock()
-	now := time.Now()
 	var order, later []string
-	// The home proxy (the nearest) first, unless it is to be avoided.
-	for _, addr := range append([]string{p.id.Meta.Proxy}, p.known...) {
-		if slices.Contains(order, addr) || slices.Contains(later, addr) {
+	for _, addr := range append([]string{home}, p.known...) {
+		if tried[addr] || slices.Contains(order, addr) || slices.Contains(later, addr) {
 			continue
 		}
-		if now.Before(p.avoidUntil[addr]) {
+		if time.Now().Before(p.avoidUntil[addr]) {
 			later = append(later, addr)
 		} else {
 			order = append(order, addr)
 		}
 	}
 	p.mu.Unlock()
-	var errs []error
 	for _, addr := range append(order, later...) {
-		c, resp, err := dialProxy(ctx, p.id, addr, p.node, p.login, p.resume)
-		if err != nil && resp != nil && resp.Code == ingress.CodeDraining && resp.Redirect != "" {
-			// A draining proxy names a healthy one: go there at once.
-			c, _, err = dialProxy(ctx, p.id, resp.Redirect, p.node, p.login, p.resume)
-			addr = resp.Redirect
-		}
-		if err == nil {
-			p.mu.Lock()
-			p.current = addr
-			p.mu.Unlock()
-			return c, nil
-		}
-		if finalDial(err) {
-			return nil, err
-		}
-		errs = append(errs, err)
 		if ctx.Err() != nil {
 			break
 		}
+		c, err := p.try(ctx, addr)
+		if err == nil || finalDial(err) {
+			return c, err
+		}
+		errs = append(errs, err)
 	}
 	return nil, fmt.Errorf("no proxy could reach node %s: %w", p.node, errors.Join(errs...))
+}
+
+func (p *paths) avoided(addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return time.Now().Before(p.avoidUntil[addr])
+}
+
+// try dials the node through the proxy at addr, or through the healthy
+// proxy it names if it is draining.
+func (p *paths) try(ctx context.Context, addr string) (net.Conn, error) {
+	c, resp, err := dialProxy(ctx, p.id, addr, p.node, p.login, p.resume)
+	if err != nil && resp != nil && resp.Code == ingress.CodeDraining {
+		p.mu.Lock()
+		p.avoidUntil[addr] = time.Now().Add(avoidFor)
+		p.mu.Unlock()
+		if resp.Redirect != "" {
+			addr = resp.Redirect
+			c, _, err = dialProxy(ctx, p.id, addr, p.node, p.login, p.resume)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.current = addr
+	p.mu.Unlock()
+	return c, nil
 }
 
 // refresh asks discovery, through the first proxy that answers, for the

@@ -27,6 +27,10 @@ const (
 	rehomeWait          = 15 * time.Second
 	movedWait           = 5 * time.Second
 	drainPoll           = 100 * time.Millisecond
+	// Sessions on this proxy's tunnels are moved in batches (see
+	// tserver.CloseStreams), as ingress moves its clients.
+	moveBatch = 16
+	moveGap   = 25 * time.Millisecond
 )
 
 // drainer runs a proxy's drain: `jgctl proxy drain` (POST /v1/drain) or
@@ -190,6 +194,9 @@ func (d *drainer) run() {
 		}
 		d.update()
 		time.Sleep(drainPoll)
+	}
+	if n := d.tsrv.CloseStreams(moveBatch, moveGap); n > 0 {
+		d.log.Info("draining: closed the connections through the tunnels held here, so that their sessions move to the nodes' other tunnels", "streams", n)
 	}
 	if l := d.tsrv.Load(); l.Tunnels > 0 {
 		d.log.Info("draining: closing the tunnels still held here", "tunnels", l.Tunnels, "streams", l.Streams)

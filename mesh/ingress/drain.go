@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"jumpgate.dev/jumpgate/auth/authapi"
 	"jumpgate.dev/jumpgate/auth/identity"
@@ -68,6 +69,13 @@ func (s *Server) drainRefusal(req DialRequest, clientAddr string) *DialResponse 
 	return r
 }
 
+// Move pacing: MoveResumable asks moveBatch clients to move, then waits
+// moveGap before the next batch (200 sessions take about 300 ms).
+const (
+	moveBatch = 16
+	moveGap   = 25 * time.Millisecond
+)
+
 // MoveResumable asks every client whose session runs the resumable stream
 // to move to another proxy: it ends this proxy's half of the client's TLS
 // connection (close_notify) and stops forwarding the node's bytes to it.
@@ -84,7 +92,14 @@ func (s *Server) MoveResumable() int {
 		}
 	}
 	s.mu.Unlock()
-	for _, ls := range move {
+	for i, ls := range move {
+		if i > 0 && i%moveBatch == 0 {
+			// Clients moving all at once would queue for the CPU of the
+			// proxies and nodes they move to (a TLS handshake and a
+			// resume proof each), and every one of them would stall the
+			// longer for it: move them in batches.
+			time.Sleep(moveGap)
+		}
 		ls.moveOnce.Do(func() {
 			if cw, ok := ls.client.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()

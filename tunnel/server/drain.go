@@ -87,3 +87,28 @@ func (s *Server) Load() Load {
 	}
 	return l
 }
+
+// CloseStreams closes every dialed connection open through this server's
+// tunnels, batch at a time with gap between batches, and returns how many
+// it closed. A draining proxy calls it before closing its tunnels: the
+// sessions on them (from users on other proxies) move to the nodes' new
+// tunnels, and in batches they do not all queue for the same CPUs at once.
+func (s *Server) CloseStreams(batch int, gap time.Duration) int {
+	s.mu.Lock()
+	var all []*conn
+	for _, list := range s.nodes {
+		for _, t := range list {
+			for c := range t.conns {
+				all = append(all, c)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for i, c := range all {
+		if i > 0 && batch > 0 && i%batch == 0 {
+			time.Sleep(gap)
+		}
+		c.Close()
+	}
+	return len(all)
+}

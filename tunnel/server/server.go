@@ -114,9 +114,10 @@ type tunnel struct {
 	version  int
 
 	// guarded by Server.mu
-	live      bool // registered and serving dials
-	streams   int  // dialed conns not yet closed
-	drainSent bool // a Drain message was sent on it
+	live      bool               // registered and serving dials
+	streams   int                // dialed conns not yet closed
+	drainSent bool               // a Drain message was sent on it
+	conns     map[*conn]struct{} // the dialed conns not yet closed (CloseStreams)
 }
 
 // New checks cfg and returns a Server. Start it with Serve.
@@ -681,20 +682,22 @@ func (s *Server) dialTunnel(ctx context.Context, t *tunnel, req proto.DialReques
 		return nil, errors.New("tunnel was replaced or closed during the dial")
 	}
 	t.streams++
+	c := &conn{st: st, local: t.conn.LocalAddr(), remote: t.conn.RemoteAddr()}
+	if t.conns == nil {
+		t.conns = make(map[*conn]struct{})
+	}
+	t.conns[c] = struct{}{}
 	s.mu.Unlock()
-	return &conn{
-		st:     st,
-		local:  t.conn.LocalAddr(),
-		remote: t.conn.RemoteAddr(),
-		onClose: func() {
-			s.mu.Lock()
-			if t.live {
-				t.streams--
-				s.notifyDrainLocked()
-			}
-			s.mu.Unlock()
-		},
-	}, nil
+	c.onClose = func() {
+		s.mu.Lock()
+		delete(t.conns, c)
+		if t.live {
+			t.streams--
+			s.notifyDrainLocked()
+		}
+		s.mu.Unlock()
+	}
+	return c, nil
 }
 
 // Shutdown stops accepting tunnels and dials, waits until every dialed

@@ -126,13 +126,7 @@ func TestNearestProxy(t *testing.T) {
 	})
 
 	// jg login from Tokyo, through the Virginia proxy, settles on Tokyo's.
-	roles := fmt.Sprintf("kind: role\nname: dev\nallow:\n  logins: [%s]\n  node_labels: {\"*\": \"*\"}\n", c.userLogin)
-	rf := filepath.Join(c.dir, "roles.yaml")
-	os.WriteFile(rf, []byte(roles), 0o600)
-	c.jgctl("roles", "apply", "-f", rf)
-	if out, code := c.run("alice-password\n", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "users", "add", "alice", "--roles=dev", "--password-stdin"); code != 0 {
-		t.Fatalf("add alice: %s", out)
-	}
+	c.addAlice()
 	tokyo := []string{"JUMPGATE_HOME=" + filepath.Join(c.dir, "home-tokyo"), "JUMPGATE_BIND=127.1.0.5"}
 	out, code := c.run("alice-password\n", tokyo, "jg", "login", "--proxy="+us.listen, "--user=alice", "--password-stdin", "--ca-pin="+pin)
 	if code != 0 || !strings.Contains(out, "Home proxy: proxy-ap") {

@@ -190,6 +190,18 @@ allow:
 	return c
 }
 
+// addAlice applies role dev (every node, as the test's own login) and adds
+// user alice with it, password "alice-password".
+func (c *cluster) addAlice() {
+	c.t.Helper()
+	rf := filepath.Join(c.dir, "roles-dev.yaml")
+	os.WriteFile(rf, []byte(fmt.Sprintf("kind: role\nname: dev\nallow:\n  logins: [%s]\n  node_labels: {\"*\": \"*\"}\n", c.userLogin)), 0o600)
+	c.jgctl("roles", "apply", "-f", rf)
+	if out, code := c.run("alice-password\n", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "users", "add", "alice", "--roles=dev", "--password-stdin"); code != 0 {
+		c.t.Fatalf("add alice: %s", out)
+	}
+}
+
 func (c *cluster) token() (r struct {
 	Token string `json:"token"`
 	CAPin string `json:"ca_pin"`

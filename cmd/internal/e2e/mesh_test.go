@@ -56,6 +56,24 @@ type proxyInfo struct {
 	} `json:"mesh"`
 }
 
+// waitMesh waits until n proxies report and every one is seen alive by
+// the others.
+func (c *cluster) waitMesh(n int, timeout time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, fmt.Sprintf("%d proxies that see each other alive", n), timeout, func() bool {
+		ps := c.proxies()
+		if len(ps) != n {
+			return false
+		}
+		for _, p := range ps {
+			if !seenAs(ps, p.ID, "alive") {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func (c *cluster) proxies() []proxyInfo {
 	c.t.Helper()
 	var ps []proxyInfo
@@ -134,13 +152,7 @@ func TestMesh(t *testing.T) {
 		ps := c.proxies()
 		return len(ps) == 3 && seenAs(ps, "pa", "alive") && seenAs(ps, "pb", "alive") && seenAs(ps, "pc", "alive")
 	})
-	roles := fmt.Sprintf("kind: role\nname: dev\nallow:\n  logins: [%s]\n  node_labels: {\"*\": \"*\"}\n", c.userLogin)
-	rf := filepath.Join(c.dir, "roles.yaml")
-	os.WriteFile(rf, []byte(roles), 0o600)
-	c.jgctl("roles", "apply", "-f", rf)
-	if out, code := c.run("alice-password\n", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "users", "add", "alice", "--roles=dev", "--password-stdin"); code != 0 {
-		t.Fatalf("add alice: %s", out)
-	}
+	c.addAlice()
 	// nodex keeps one tunnel, to C; nodey keeps two, starting from C and B.
 	for _, n := range []struct{ name, proxies, count string }{{"nodex", cc.listen, "1"}, {"nodey", cc.listen + "," + b.listen, "2"}} {
 		tok := c.token()
@@ -228,18 +240,7 @@ func TestMesh(t *testing.T) {
 				a2 = p2
 			}
 		}
-		waitFor(t, "six proxies that see each other alive", 60*time.Second, func() bool {
-			ps := c.proxies()
-			if len(ps) != 6 {
-				return false
-			}
-			for _, p := range ps {
-				if !seenAs(ps, p.ID, "alive") {
-					return false
-				}
-			}
-			return true
-		})
+		c.waitMesh(6, 60*time.Second)
 		home := []string{"JUMPGATE_HOME=" + filepath.Join(c.dir, "home-alice-pa2")}
 		if out, code := c.run("alice-password\n", home, "jg", "login", "--proxy="+a2.listen, "--user=alice", "--password-stdin", "--ca-pin="+c.pin()); code != 0 {
 			t.Fatalf("jg login at pa2: %s", out)
