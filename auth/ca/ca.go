@@ -50,6 +50,8 @@ type Config struct {
 	// a new generation, and every auth server to a new key of each CA in
 	// its keystore (KeyName). 0 is the first.
 	Generation int
+	// Metrics, if set, counts and times what this Authority signs.
+	Metrics *Metrics
 }
 
 // KeyName is the keystore name of a CA key of a generation: the first
@@ -72,6 +74,8 @@ type Authority struct {
 	tlsCA   *x509.Certificate
 
 	generation int
+	metrics    *Metrics
+	backend    string // the keystore's, for metrics
 }
 
 // Generation is the key generation the authority signs with.
@@ -88,7 +92,7 @@ func New(cfg Config) (*Authority, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	a := &Authority{cluster: cfg.ClusterName, now: cfg.Now, generation: cfg.Generation}
+	a := &Authority{cluster: cfg.ClusterName, now: cfg.Now, generation: cfg.Generation, metrics: cfg.Metrics, backend: cfg.Keystore.Backend()}
 	var err error
 	if a.userSSH, err = sshSigner(cfg.Keystore, KeyName(KeyUserSSH, cfg.Generation)); err != nil {
 		return nil, err
@@ -174,6 +178,7 @@ func (a *Authority) SignUserSSH(pub ssh.PublicKey, id identity.Identity, ttl tim
 	if err := id.Check(); err != nil {
 		return nil, err
 	}
+	defer a.metrics.observe(string(identity.KindUser), "ssh", a.backend, time.Now())
 	return a.signSSH(a.userSSH, pub, ssh.UserCert, id.Name, id.Logins, id.SSHExtensions(), ttl)
 }
 
@@ -184,6 +189,7 @@ func (a *Authority) SignHostSSH(pub ssh.PublicKey, nodeID string, principals []s
 		return nil, fmt.Errorf("ca: host certificate: %w", err)
 	}
 	// Host certificates carry no extensions: OpenSSH defines none for them.
+	defer a.metrics.observe(string(identity.KindNode), "ssh", a.backend, time.Now())
 	return a.signSSH(a.hostSSH, pub, ssh.HostCert, nodeID, principals, nil, ttl)
 }
 
@@ -256,10 +262,12 @@ func (a *Authority) SignTLS(req TLSRequest) ([]byte, error) {
 		IPAddresses:     req.IPs,
 		ExtraExtensions: ext,
 	}
+	start := time.Now()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.tlsCA, req.PublicKey, a.tlsKey)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign TLS certificate for %s: %w", req.Identity, err)
 	}
+	a.metrics.observe(string(req.Identity.Kind), "tls", a.backend, start)
 	return der, nil
 }
 

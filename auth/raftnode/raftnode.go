@@ -30,11 +30,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"jumpgate.dev/jumpgate/auth/state"
 )
@@ -71,6 +73,8 @@ type Config struct {
 	// 8k entries at start-up takes well under a second.
 	SnapshotThreshold uint64
 	Logger            *slog.Logger
+	// Metrics registers jumpgate_raft_* metrics (see metrics.go); nil: none.
+	Metrics prometheus.Registerer
 }
 
 func (c *Config) checkAndSetDefaults() error {
@@ -104,6 +108,10 @@ type Node struct {
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
 	bolt      *raftboltdb.BoltStore
+	metrics   *metrics
+	closed    chan struct{} // closed by Close: ends the leader observer
+	closeOnce sync.Once
+	observed  chan struct{} // closed when the leader observer has returned
 }
 
 // RetryableError is a raft-level failure; retrying (perhaps on the leader)
@@ -159,7 +167,17 @@ func Open(cfg Config) (*Node, error) {
 		tr.Close()
 		return nil, fmt.Errorf("raftnode: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, transport: tr, bolt: bolt}
+	n := &Node{cfg: cfg, raft: r, transport: tr, bolt: bolt, closed: make(chan struct{}), observed: make(chan struct{})}
+	if n.metrics, err = newMetrics(n, cfg.Metrics); err != nil {
+		r.Shutdown().Error() //nolint:errcheck
+		bolt.Close()
+		tr.Close()
+		return nil, err
+	}
+	go func() {
+		defer close(n.observed)
+		n.metrics.observeLeaders(n.closed)
+	}()
 	if !has && cfg.Bootstrap {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: tr.LocalAddr()}}})
 		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
@@ -191,6 +209,8 @@ func (n *Node) WaitLeader(timeout time.Duration) error {
 // leader directly and on any other member through Config.Forward (see the
 // package comment).
 func (n *Node) Apply(cmd []byte) (any, error) {
+	start := time.Now()
+	defer func() { n.metrics.apply.Observe(time.Since(start).Seconds()) }()
 	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
 	err := f.Error()
 	if err == nil {
@@ -232,6 +252,8 @@ func (n *Node) Apply(cmd []byte) (any, error) {
 // state machine to compute (see Apply). It fails with a RetryableError on a
 // member that is not the leader.
 func (n *Node) ApplyLocal(cmd []byte) (uint64, error) {
+	start := time.Now()
+	defer func() { n.metrics.apply.Observe(time.Since(start).Seconds()) }()
 	f := n.raft.Apply(cmd, n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
@@ -286,6 +308,8 @@ func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 
 // Close shuts raft down and closes its stores.
 func (n *Node) Close() error {
+	n.closeOnce.Do(func() { close(n.closed) })
+	<-n.observed
 	err := n.raft.Shutdown().Error()
 	if cerr := n.transport.Close(); err == nil {
 		err = cerr

@@ -47,18 +47,20 @@ const (
 
 // authServer is the running auth role.
 type authServer struct {
-	cfg      Config
-	dir      string
-	ks       keystore.Keystore
-	curA     atomic.Pointer[ca.Authority] // keys of the generation in force
-	nextA    atomic.Pointer[ca.Authority] // keys made for a rotation under way
-	store    *state.Store
-	hub      *authapi.Hub
-	rn       *raftnode.Node
-	api      *authapi.Server
-	cert     atomic.Pointer[tls.Certificate]
-	backend  string // keystore backend
-	adminDir string
+	cfg   Config
+	dir   string
+	ks    keystore.Keystore
+	curA  atomic.Pointer[ca.Authority] // keys of the generation in force
+	nextA atomic.Pointer[ca.Authority] // keys made for a rotation under way
+	// caMetrics is shared by every Authority this server makes.
+	caMetrics *ca.Metrics
+	store     *state.Store
+	hub       *authapi.Hub
+	rn        *raftnode.Node
+	api       *authapi.Server
+	cert      atomic.Pointer[tls.Certificate]
+	backend   string // keystore backend
+	adminDir  string
 	// renewAfter (JUMPGATE_RENEW_AFTER): renew own certificate this long
 	// after issue instead of at two thirds of its life.
 	renewAfter time.Duration
@@ -143,6 +145,10 @@ func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
 
 func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, error) {
 	a := &authServer{cfg: cfg, dir: filepath.Join(cfg.DataDir, "auth"), log: p.log.With("auth_server", cfg.Auth.ID)}
+	var err error
+	if a.caMetrics, err = ca.NewMetrics(p.reg); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -173,7 +179,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 				return nil, fmt.Errorf("%s: %w", filepath.Join(a.dir, ownGenFile), err)
 			}
 		}
-		au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks, TLSCACert: blk.Bytes, Generation: gen})
+		au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks, TLSCACert: blk.Bytes, Generation: gen, Metrics: a.caMetrics})
 		if err != nil {
 			return nil, err
 		}
@@ -182,7 +188,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 		// A new server: its own keys and CA. The cluster trusts them from
 		// the join on; it signs server certificates once a CA rotation
 		// has given every client its keys.
-		au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks})
+		au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks, Metrics: a.caMetrics})
 		if err != nil {
 			return nil, err
 		}
@@ -194,7 +200,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 
 	var fwd func(ctx context.Context, leader string, cmd []byte) (uint64, error)
 	rn, err := raftnode.Open(raftnode.Config{
-		ID: cfg.Auth.ID, Dir: filepath.Join(a.dir, "raft"), Store: a.store, Logger: p.log,
+		ID: cfg.Auth.ID, Dir: filepath.Join(a.dir, "raft"), Store: a.store, Logger: p.log, Metrics: p.reg,
 		BindAddr: cfg.Auth.RaftListen, Advertise: cfg.Auth.RaftAdvertise,
 		Bootstrap: !joining,
 		TLS:       &raftnode.TLS{Cluster: cfg.Auth.ClusterName, Certificate: a.getCert, RootCAs: a.roots},
@@ -353,7 +359,7 @@ func (a *authServer) bootstrap(p *process, ks keystore.Keystore) error {
 	cfg := a.cfg
 	if a.store.Cluster() == "" {
 		if a.cur() == nil {
-			au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks})
+			au, err := ca.New(ca.Config{ClusterName: cfg.Auth.ClusterName, Keystore: ks, Metrics: a.caMetrics})
 			if err != nil {
 				return err
 			}
@@ -378,7 +384,7 @@ func (a *authServer) bootstrap(p *process, ks keystore.Keystore) error {
 			// A data dir from before auth HA: find our TLS CA in state.
 			var lastErr error
 			for _, der := range a.store.CAs().TLS {
-				au, err := ca.New(ca.Config{ClusterName: a.store.Cluster(), Keystore: ks, TLSCACert: der})
+				au, err := ca.New(ca.Config{ClusterName: a.store.Cluster(), Keystore: ks, TLSCACert: der, Metrics: a.caMetrics})
 				if err == nil {
 					a.curA.Store(au)
 					break
@@ -723,7 +729,7 @@ func (a *authServer) reconcileRotation() {
 		next := a.nextA.Load()
 		if next == nil || next.Generation() != me.Generation {
 			var err error
-			if next, err = ca.New(ca.Config{ClusterName: a.cfg.Auth.ClusterName, Keystore: a.ks, TLSCACert: me.Keys.TLS, Generation: me.Generation}); err != nil {
+			if next, err = ca.New(ca.Config{ClusterName: a.cfg.Auth.ClusterName, Keystore: a.ks, TLSCACert: me.Keys.TLS, Generation: me.Generation, Metrics: a.caMetrics}); err != nil {
 				a.log.Error("CA rotation: load this server's keys in force", "generation", me.Generation, "err", err)
 				return
 			}
@@ -738,7 +744,7 @@ func (a *authServer) reconcileRotation() {
 	switch r.Phase {
 	case state.PhaseInit, state.PhaseUpdateClients, state.PhaseUpdateServers:
 		if n := a.nextA.Load(); n == nil || n.Generation() != r.Next {
-			cfg := ca.Config{ClusterName: a.cfg.Auth.ClusterName, Keystore: a.ks, Generation: r.Next}
+			cfg := ca.Config{ClusterName: a.cfg.Auth.ClusterName, Keystore: a.ks, Generation: r.Next, Metrics: a.caMetrics}
 			if len(me.NextKeys.TLS) > 0 {
 				cfg.TLSCACert = me.NextKeys.TLS
 			} else if r.Phase != state.PhaseInit {

@@ -51,6 +51,8 @@ type process struct {
 	stopOnce sync.Once
 	// drainer is the proxy's, when it runs one; nil otherwise.
 	drainer *drainer
+	// watchLagOnce registers jumpgate_watch_lag_seconds once per process.
+	watchLagOnce sync.Once
 }
 
 func (p *process) exit() { p.stopOnce.Do(func() { close(p.stop) }) }
@@ -371,6 +373,8 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return err
 	}
+	p.reg.MustRegister(newMeshCollector(m, cache))
+	p.watchLagOnce.Do(func() { watchLag(p.reg, cache) })
 	dr = newDrainer(p, cfg.Proxy.ID, tsrv, m, disc, kick, p.exit)
 	dr.ing = ing
 	p.drainer = dr
@@ -598,6 +602,8 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		})
 		return nil
 	})
+	// A process that is proxy and node too reports its proxy's cache.
+	p.watchLagOnce.Do(func() { watchLag(p.reg, cache) })
 	labels := cfg.Node.Labels
 	if labels == nil {
 		labels = map[string]string{}

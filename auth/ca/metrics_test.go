@@ -1,0 +1,77 @@
+package ca
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/ssh"
+
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/auth/keystore"
+)
+
+// TestMetrics: every signature is counted by kind, format and keystore,
+// and timed; refusals are not counted.
+func TestMetrics(t *testing.T) {
+	ks, err := keystore.NewSoftware(keystore.SoftwareConfig{Dir: t.TempDir(), Passphrase: []byte("test passphrase, 16+ bytes")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{ClusterName: "c1", Keystore: ks, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	spub, _ := ssh.NewPublicKey(pub)
+	alice := identity.Identity{Kind: identity.KindUser, Name: "alice", Cluster: "c1", Roles: []string{"dev"}, Logins: []string{"alice"}}
+	if _, err := a.SignUserSSH(spub, alice, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SignTLS(TLSRequest{Identity: alice, PublicKey: pub, TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SignHostSSH(spub, "node1", []string{"node1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SignTLS(TLSRequest{Identity: alice, PublicKey: pub, TTL: -time.Hour}); err == nil {
+		t.Fatal("a negative TTL was signed")
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mm := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range mm.GetLabel() {
+				key += " " + l.GetName() + "=" + l.GetValue()
+			}
+			if c := mm.GetCounter(); c != nil {
+				got[key] = c.GetValue()
+			}
+			if h := mm.GetHistogram(); h != nil {
+				got[key] = float64(h.GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"jumpgate_ca_certs_issued_total format=ssh keystore=software kind=user": 1,
+		"jumpgate_ca_certs_issued_total format=tls keystore=software kind=user": 1,
+		"jumpgate_ca_certs_issued_total format=ssh keystore=software kind=node": 1,
+		"jumpgate_ca_sign_duration_seconds keystore=software":                  3,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package raftnode
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"jumpgate.dev/jumpgate/auth/state"
+)
+
+func gauge(t *testing.T, reg *prometheus.Registry, name string, label ...string) (float64, bool) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(label) == 2 && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetName() != label[0] || m.GetLabel()[0].GetValue() != label[1]) {
+				continue
+			}
+			switch {
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue(), true
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue(), true
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount()), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// TestMetrics: a lone voter reports itself leader with a leader known,
+// counts the leader change of its election, times its writes and reports
+// the indexes they reach.
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	n, err := Open(Config{ID: "a1", Dir: t.TempDir(), Bootstrap: true, Store: state.New(nil), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, _ := gauge(t, reg, "jumpgate_raft_leader_changes_total")
+		if v >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no leader change counted after the election")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for range 3 {
+		if _, err := n.Apply(mustCmd(t, state.TypeNoop|state.FlagIgnorable, state.Noop{})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checks := []struct {
+		name  string
+		label []string
+		ok    func(float64) bool
+		want  string
+	}{
+		{"jumpgate_raft_state", []string{"state", "leader"}, func(v float64) bool { return v == 1 }, "1"},
+		{"jumpgate_raft_state", []string{"state", "follower"}, func(v float64) bool { return v == 0 }, "0"},
+		{"jumpgate_raft_has_leader", nil, func(v float64) bool { return v == 1 }, "1"},
+		{"jumpgate_raft_apply_duration_seconds", nil, func(v float64) bool { return v == 3 }, "3 samples"},
+		{"jumpgate_raft_commit_index", nil, func(v float64) bool { return v >= 3 }, ">= 3"},
+		{"jumpgate_raft_applied_index", nil, func(v float64) bool { return v >= 3 }, ">= 3"},
+		{"jumpgate_raft_last_contact_seconds", nil, func(v float64) bool { return v == 0 }, "0 on the leader"},
+	}
+	for _, c := range checks {
+		v, ok := gauge(t, reg, c.name, c.label...)
+		if !ok || !c.ok(v) {
+			t.Errorf("%s%v = %v (present %v), want %s", c.name, c.label, v, ok, c.want)
+		}
+	}
+}
