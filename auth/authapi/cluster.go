@@ -65,6 +65,8 @@ type AuthServerStatus struct {
 	AppliedIndex  uint64 `json:"applied_index"`
 	LastIndex     uint64 `json:"last_index"`
 	Keystore      string `json:"keystore,omitempty"`
+	// DiagAddr is where it serves /metrics, /healthz and /readyz.
+	DiagAddr string `json:"diag_addr,omitempty"`
 	// KeysTrusted: the cluster's CAs include this server's keys, so it
 	// signs user certificates.
 	KeysTrusted bool `json:"keys_trusted"`
@@ -123,7 +125,7 @@ func containsKey(lines []string, k ssh.PublicKey) bool {
 
 // Self returns this server's status.
 func (s *Server) Self() AuthServerStatus {
-	st := AuthServerStatus{ID: s.cfg.ID, Version: s.cfg.Version, Keystore: s.cfg.Keystore, KeysTrusted: s.keysTrusted(), SignsServerCerts: s.signsServerCerts(), Role: AuthRoleNotMember, LastContactMS: -1}
+	st := AuthServerStatus{ID: s.cfg.ID, Version: s.cfg.Version, Keystore: s.cfg.Keystore, DiagAddr: s.cfg.DiagAddr, KeysTrusted: s.keysTrusted(), SignsServerCerts: s.signsServerCerts(), Role: AuthRoleNotMember, LastContactMS: -1}
 	if a, ok := s.cfg.Store.AuthServer(s.cfg.ID); ok {
 		st.APIAddr, st.RaftAddr, st.Region = a.APIAddr, a.RaftAddr, a.Region
 	}

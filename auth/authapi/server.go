@@ -45,6 +45,9 @@ type ServerConfig struct {
 	PeerClient func(addr string) (*Client, error)
 	// Keystore names the keystore backend (software, pkcs11).
 	Keystore string
+	// DiagAddr is where this server serves /metrics ("" when it does
+	// not), for `jgctl targets`.
+	DiagAddr string
 	// Signer returns the authority to sign user certificates (server
 	// false) or node, proxy and auth server certificates (server true)
 	// with: during a CA rotation they differ by phase. Nil: always CA.

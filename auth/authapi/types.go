@@ -135,6 +135,9 @@ type ProxyMesh struct {
 	KeyIDs []string `json:"key_ids,omitempty"`
 	// Drain is the drain in progress; nil when the proxy is not draining.
 	Drain *DrainStatus `json:"drain,omitempty"`
+	// DiagAddr is where the proxy serves /metrics, /healthz, /readyz and
+	// the mesh page ("" when it does not), for `jgctl targets`.
+	DiagAddr string `json:"diag_addr,omitempty"`
 }
 
 // DrainRequest asks a proxy to drain (POST /v1/drain on the proxy, admins

@@ -36,3 +36,17 @@ func TestProxyNotReady(t *testing.T) {
 		}
 	}
 }
+
+func TestDiagTarget(t *testing.T) {
+	for _, c := range []struct{ diag, public, want string }{
+		{"10.0.0.5:9100", "proxy.example.com:3080", "10.0.0.5:9100"},
+		{":9100", "proxy.example.com:3080", "proxy.example.com:9100"},
+		{"0.0.0.0:9100", "10.1.1.1:3080", "10.1.1.1:9100"},
+		{"[::]:9100", "[2001:db8::1]:3080", "[2001:db8::1]:9100"},
+		{"not an address", "x:1", "not an address"},
+	} {
+		if got := diagTarget(c.diag, c.public); got != c.want {
+			t.Errorf("diagTarget(%q, %q) = %q, want %q", c.diag, c.public, got, c.want)
+		}
+	}
+}

@@ -407,6 +407,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 			rep.Mesh = m.report(ing.Sessions())
 			if rep.Mesh != nil {
 				rep.Mesh.Drain = dr.Status()
+				rep.Mesh.DiagAddr = cfg.DiagListen
 			}
 			m.setLoad(ing.Sessions())
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
