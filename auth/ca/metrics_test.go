@@ -67,7 +67,7 @@ func TestMetrics(t *testing.T) {
 		"jumpgate_ca_certs_issued_total format=ssh keystore=software kind=user": 1,
 		"jumpgate_ca_certs_issued_total format=tls keystore=software kind=user": 1,
 		"jumpgate_ca_certs_issued_total format=ssh keystore=software kind=node": 1,
-		"jumpgate_ca_sign_duration_seconds keystore=software":                  3,
+		"jumpgate_ca_sign_duration_seconds keystore=software":                   3,
 	}
 	for k, v := range want {
 		if got[k] != v {

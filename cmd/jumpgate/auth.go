@@ -235,7 +235,7 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 
 	api, err := authapi.NewServer(authapi.ServerConfig{
 		DiagAddr: cfg.DiagListen,
-		ID: cfg.Auth.ID, Store: a.store, Hub: a.hub, Apply: rn.Apply, Raft: rn,
+		ID:       cfg.Auth.ID, Store: a.store, Hub: a.hub, Apply: rn.Apply, Raft: rn,
 		RaftStats: func() any { return rn.Stats() }, CA: a.cur(), Signer: a.signer, Audit: p.audit, Logger: p.log,
 		Version: version, UserCertTTL: cfg.Auth.UserCertTTL, Keystore: ks.Backend(),
 		OnRotate: func() { a.reconcileRotation() }, SSO: sso,

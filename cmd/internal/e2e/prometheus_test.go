@@ -207,7 +207,7 @@ scrape_configs:
 	})
 	t.Run("the series the dashboard and alerts use", func(t *testing.T) {
 		want := map[string]int{ // query: at least this many series
-			`jumpgate_build_info{job="jumpgate-proxy"}`:                      3,
+			`jumpgate_build_info{job="jumpgate-proxy"}`:                       3,
 			`jumpgate_raft_has_leader{job="jumpgate-auth"} == 1`:              1,
 			`jumpgate_raft_state{state="leader"} == 1`:                        1,
 			`jumpgate_raft_apply_duration_seconds_count > 0`:                  1,
