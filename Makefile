@@ -16,11 +16,12 @@ build:
 demo: build
 	$(BIN)/jumpgate demo
 
-# deps installs what the tests need on a fresh Debian machine (root or sudo). Node.js and npm
+# deps installs what the tests need on a fresh Debian machine (root or sudo): OpenSSH, SoftHSM2,
+# Prometheus (promtool and the server), Chromium (headless, for the mesh page). Node.js and npm
 # run the OpenID Connect provider of TestSSO (its npm modules are cached in ~/.cache/jumpgate-e2e).
 deps:
 	@need=""; \
-	for p in ssh:openssh-client sshd:openssh-server softhsm2-util:softhsm2 pkcs11-tool:opensc node:nodejs npm:npm promtool:prometheus; do \
+	for p in ssh:openssh-client sshd:openssh-server softhsm2-util:softhsm2 pkcs11-tool:opensc node:nodejs npm:npm promtool:prometheus chromium:chromium; do \
 	  b=$${p%%:*}; pkg=$${p#*:}; \
 	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || need="$$need $$pkg"; \
 	done; \
@@ -55,7 +56,7 @@ bench: deps build
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./tunnel/... ./mesh/peer/...
 	$(GO) test -run '^$$' -bench . -benchtime 3000x ./auth/raftnode/ ./auth/ca/
-	$(GO) test -run '^$$' -bench . ./mesh/route/ ./mesh/geo/ ./mesh/ingress/realip/ ./cmd/jumpgate/
+	$(GO) test -run '^$$' -bench . ./mesh/route/ ./mesh/geo/ ./mesh/ingress/ ./mesh/ingress/realip/ ./cmd/jumpgate/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./mesh/meshtest/...
 
 vet:
