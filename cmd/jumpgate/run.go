@@ -30,6 +30,7 @@ import (
 	"jumpgate.dev/jumpgate/cmd/internal/creds"
 	"jumpgate.dev/jumpgate/mesh/ingress"
 	"jumpgate.dev/jumpgate/mesh/ingress/realip"
+	"jumpgate.dev/jumpgate/mesh/meshpage"
 	"jumpgate.dev/jumpgate/node/sshd"
 	"jumpgate.dev/jumpgate/tunnel/agent"
 	"jumpgate.dev/jumpgate/tunnel/proto"
@@ -53,6 +54,9 @@ type process struct {
 	drainer *drainer
 	// watchLagOnce registers jumpgate_watch_lag_seconds once per process.
 	watchLagOnce sync.Once
+	// diag are more handlers for the diagnostic listener, by pattern (the
+	// proxy's mesh page).
+	diag map[string]http.Handler
 }
 
 func (p *process) exit() { p.stopOnce.Do(func() { close(p.stop) }) }
@@ -378,6 +382,18 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	dr = newDrainer(p, cfg.Proxy.ID, tsrv, m, disc, kick, p.exit)
 	dr.ing = ing
 	p.drainer = dr
+	page, err := meshpage.New(meshpage.Config{Snapshot: func() meshpage.Snapshot {
+		return meshSnapshot(cfg.Proxy.ID, cfg.Proxy.Region, cluster, m, cache, tsrv, ing, dr)
+	}})
+	if err != nil {
+		return err
+	}
+	if p.diag == nil {
+		p.diag = map[string]http.Handler{}
+	}
+	// The mesh page, on the diagnostic listener: http://DIAG/mesh/
+	p.diag["GET /mesh/"] = http.StripPrefix("/mesh", page)
+	p.diag["GET /mesh"] = http.RedirectHandler("/mesh/", http.StatusFound)
 	p.goServe("proxy locks", func() error {
 		cache.WatchLocks(ctx, newLockWatcher(p, "proxy", ing.EnforceLocks).update)
 		return nil
@@ -776,6 +792,9 @@ func startDiag(p *process, addr string, withPprof bool) error {
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
+	for pattern, h := range p.diag {
+		mux.Handle(pattern, h)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		for _, check := range p.ready {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -11,10 +12,14 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"jumpgate.dev/jumpgate/cmd/internal/creds"
+	"jumpgate.dev/jumpgate/mesh/meshpage/meshpagetest"
 )
 
 // promQuery runs an instant query against Prometheus's HTTP API and returns
@@ -53,15 +58,18 @@ func promQuery(t *testing.T, prom, q string) ([]map[string]string, error) {
 	return out, nil
 }
 
-// TestPrometheus has a real Prometheus server (apt prometheus) scrape a
+// TestObservability has a real Prometheus server (apt prometheus) scrape a
 // mesh of three proxies, an auth server and a node, found the way an
 // operator would: `jgctl targets` writes the file_sd file for proxies and
 // auth, and a hand-kept file lists the node. Prometheus loads the shipped
 // alert rules (ops/prometheus/alerts.yml). The test asks its HTTP API that
 // every target is up, that the series the dashboard and the alerts use are
 // there, and that a proxy killed with -9 shows in the series its alerts
-// use: up == 0, and its peers' jumpgate_mesh_peer_up == 0.
-func TestPrometheus(t *testing.T) {
+// use: up == 0, and its peers' jumpgate_mesh_peer_up == 0. Headless
+// Chromium loads a proxy's mesh page while another proxy drains, checks
+// what it shows and saves a screenshot (t.ArtifactDir: go test -artifacts
+// keeps it).
+func TestObservability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test in -short mode")
 	}
@@ -88,7 +96,7 @@ func TestPrometheus(t *testing.T) {
 	})
 	type proxy struct{ id, region, ip, listen, gossip, peer, diag string }
 	var proxies []*proxy
-	for i, r := range []struct{ id, ip string }{{"pa", "127.0.0.1"}, {"pb", "127.0.0.2"}, {"pc", "127.0.0.3"}} {
+	for i, r := range []struct{ id, ip, loc string }{{"pa", "127.0.0.1", "35.68,139.65"}, {"pb", "127.0.0.2", "50.11,8.68"}, {"pc", "127.0.0.3", "39.04,-77.49"}} {
 		p := &proxy{id: r.id, region: "region-" + r.id[1:], ip: r.ip}
 		p.listen, p.gossip, p.peer, p.diag = freeAddrOn(t, r.ip), freeAddrOn(t, r.ip), freeAddrOn(t, r.ip), freeAddrOn(t, r.ip)
 		proxies = append(proxies, p)
@@ -105,7 +113,7 @@ func TestPrometheus(t *testing.T) {
 		}
 		c.start(p.id, "--roles=proxy", "--proxy-id="+p.id, "--region="+p.region, "--data-dir="+filepath.Join(c.dir, p.id), "--auth="+c.auth,
 			"--token="+tok.Token, "--ca-pin="+tok.CAPin, "--proxy-listen="+p.listen, "--gossip-listen="+p.gossip, "--peer-listen="+p.peer,
-			"--seeds="+seed, "--diag-listen="+p.diag)
+			"--seeds="+seed, "--diag-listen="+p.diag, "--location="+r.loc)
 	}
 	c.proxy = proxies[0].listen
 	c.waitMesh(3, 60*time.Second)
@@ -251,6 +259,92 @@ scrape_configs:
 			t.Errorf("promtool check metrics on the auth server: %v\n%s", err, out)
 		}
 	})
+	t.Run("a draining proxy on the mesh page and in Prometheus", func(t *testing.T) {
+		// A session without the resumable stream (an older client) keeps
+		// pb in its drain's last phase until the session ends.
+		c.addAlice()
+		home := filepath.Join(c.dir, "home-pb")
+		env := []string{"JUMPGATE_HOME=" + home, "JUMPGATE_BIND=127.0.0.2"}
+		if out, code := c.run("alice-password\n", env, "jg", "login", "--proxy="+proxies[1].listen, "--user=alice", "--password-stdin", "--ca-pin="+c.pin()); code != 0 {
+			t.Fatalf("jg login: %s", out)
+		}
+		if err := creds.SetProxy(home, proxies[1].listen); err != nil {
+			t.Fatal(err)
+		}
+		sess := exec.Command(filepath.Join(c.bin, "jg"), "ssh", "node1", "--", "echo started; sleep 300")
+		sess.Env = append(os.Environ(), append(env, "JG_RESUME=off")...)
+		stdout, _ := sess.StdoutPipe()
+		if err := sess.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sess.Process.Kill(); sess.Wait() })
+		if line, _ := bufio.NewReader(stdout).ReadString('\n'); !strings.Contains(line, "started") {
+			t.Fatalf("session through pb did not start: %q", line)
+		}
+		out := c.jgctl("proxy", "drain", "pb", "--timeout=120s", "--wait=false")
+		if !strings.Contains(out, "Proxy pb is draining") {
+			t.Fatalf("jgctl proxy drain: %s", out)
+		}
+		pa := "http://" + proxies[0].diag + "/mesh/"
+		waitFor(t, "pa's mesh data to show pb draining", 30*time.Second, func() bool {
+			resp, err := http.Get(pa + "data.json")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			var snap struct {
+				Proxies []struct{ ID, State string }
+			}
+			json.NewDecoder(resp.Body).Decode(&snap)
+			for _, p := range snap.Proxies {
+				if p.ID == "pb" && p.State == "draining" {
+					return true
+				}
+			}
+			return false
+		})
+		waitFor(t, `jumpgate_proxy_drain_phase{proxy="pb",phase="waiting"} == 1`, 30*time.Second, func() bool {
+			r, err := promQuery(t, prom, `jumpgate_proxy_drain_phase{proxy="pb",phase="waiting"} == 1`)
+			return err == nil && len(r) == 1
+		})
+		chrome := meshpagetest.FindChromium(t)
+		dom := meshpagetest.DumpDOM(t, chrome, pa)
+		rows := meshpagetest.FindElements(dom, "tr", "proxy")
+		states := map[string]string{}
+		for _, r := range rows {
+			states[r.Attrs["data-proxy"]] = r.Attrs["data-state"]
+			if r.Attrs["data-proxy"] == "pb" && !strings.Contains(r.Text, "draining") {
+				t.Errorf("pb's row does not say draining: %q", r.Text)
+			}
+		}
+		if states["pa"] != "active" || states["pb"] != "draining" || states["pc"] != "active" {
+			t.Errorf("proxy rows on pa's mesh page: %v", states)
+		}
+		links := meshpagetest.FindElements(dom, "tr", "link")
+		to := map[string]string{}
+		for _, l := range links {
+			to[l.Attrs["data-to"]] = l.Text
+		}
+		for _, peer := range []string{"pb", "pc"} {
+			// "pb alive 0.9": health and the RTT in ms.
+			if f := strings.Fields(to[peer]); len(f) != 3 || f[1] != "alive" || !regexp.MustCompile(`^[0-9]+(\.[0-9]+)?$`).MatchString(f[2]) {
+				t.Errorf("pa's link to %s shows no RTT: %q", peer, to[peer])
+			}
+		}
+		// pb's own page shows its drain's progress.
+		pbDOM := meshpagetest.DumpDOM(t, chrome, "http://"+proxies[1].diag+"/mesh/")
+		for _, r := range meshpagetest.FindElements(pbDOM, "tr", "proxy") {
+			if r.Attrs["data-proxy"] == "pb" && !strings.Contains(r.Text, "waiting: 1 session") {
+				t.Errorf("pb's own page does not show its drain progress: %q", r.Text)
+			}
+		}
+		shot := filepath.Join(t.ArtifactDir(), "mesh-page.png")
+		meshpagetest.Run(t, chrome, "--screenshot="+shot, "--window-size=1400,1000", pa)
+		if b, err := os.ReadFile(shot); err != nil || len(b) < 10<<10 || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+			t.Errorf("screenshot %s: %d bytes, %v", shot, len(b), err)
+		}
+		t.Logf("screenshot of pa's mesh page, pb draining: %s", shot)
+	})
 	t.Run("a killed proxy shows in the alerts' series", func(t *testing.T) {
 		c.procs["pc"].Process.Signal(syscall.SIGKILL)
 		c.procs["pc"].Wait()
@@ -258,9 +352,11 @@ scrape_configs:
 			r, err := promQuery(t, prom, `up{job="jumpgate-proxy",proxy="pc"} == 0`)
 			return err == nil && len(r) == 1
 		})
-		waitFor(t, `both peers see pc down: jumpgate_mesh_peer_up{peer="pc"} == 0`, 30*time.Second, func() bool {
-			r, err := promQuery(t, prom, `jumpgate_mesh_peer_up{peer="pc"} == 0`)
-			return err == nil && len(r) == 2
+		// pa sees pc down (pb may have finished its drain and exited: its
+		// last session went through pc).
+		waitFor(t, `pa sees pc down: jumpgate_mesh_peer_up{proxy="pa",peer="pc"} == 0`, 30*time.Second, func() bool {
+			r, err := promQuery(t, prom, `jumpgate_mesh_peer_up{proxy="pa",peer="pc"} == 0`)
+			return err == nil && len(r) == 1
 		})
 	})
 }
