@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"os"
@@ -39,6 +40,10 @@ type proxyMesh struct {
 	tunnels *tserver.Server
 	gossip  *gossip.Cluster // nil: this proxy runs alone
 	peers   *peer.Mesh
+	// peerDials counts dials through each peer by result (ok, error), so
+	// that a sick peer link can be named (jumpgate_peer_dials_total counts
+	// by outcome across peers).
+	peerDials *prometheus.CounterVec
 
 	mu   sync.Mutex // guards following
 	keys [][]byte   // the gossip keyring as last synced from auth
@@ -46,7 +51,12 @@ type proxyMesh struct {
 
 func startMesh(ctx context.Context, p *process, cfg Config, cluster string, tunnels *tserver.Server, upstream *authapi.Client,
 	getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), pool func() *x509.CertPool, publicAddr string, onChange func()) (*proxyMesh, error) {
-	pm := &proxyMesh{id: cfg.Proxy.ID, log: p.log.With("component", "mesh"), tunnels: tunnels}
+	pm := &proxyMesh{id: cfg.Proxy.ID, log: p.log.With("component", "mesh"), tunnels: tunnels,
+		peerDials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "jumpgate_mesh_peer_dials_total",
+			Help: "Dials this proxy sent through each peer proxy, by result (ok, error).",
+		}, []string{"peer", "result"})}
+	p.reg.MustRegister(pm.peerDials)
 	mc := cfg.Proxy.Mesh
 	if !mc.Enabled() {
 		return pm, nil
@@ -327,7 +337,13 @@ func (pm *proxyMesh) dial(ctx context.Context, node string, user identity.Identi
 		failures = append(failures, fmt.Sprintf("local tunnel: %v", localErr))
 	}
 	c, via, failed := route.TryPlan(ctx, plan, route.DefaultHopTimeout, func(ctx context.Context, hop route.Hop) (net.Conn, error) {
-		return pm.peers.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: user.Name, ClientAddr: clientAddr, Hops: []string{pm.id}})
+		c, err := pm.peers.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: user.Name, ClientAddr: clientAddr, Hops: []string{pm.id}})
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		pm.peerDials.WithLabelValues(hop.ID, result).Inc()
+		return c, err
 	})
 	for _, f := range failed {
 		pm.log.Warn("dial via peer failed; trying the next holder", "node", node, "peer", f.Hop.ID, "err", f.Err)

@@ -175,7 +175,7 @@ type Server struct {
 
 type metrics struct {
 	dials    *prometheus.CounterVec
-	dialTime prometheus.Histogram
+	dialTime *prometheus.HistogramVec
 	sessions prometheus.Gauge
 	bytes    *prometheus.CounterVec
 	tlsFail  prometheus.Counter
@@ -185,8 +185,8 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		dials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_dials_total", Help: "Client dials to nodes by outcome (ok, denied, unknown, offline, unreachable, draining, version, bad_request, error) and path (local: a tunnel held here; peer: through the proxy holding it)."}, []string{"outcome", "path"}),
-		dialTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jumpgate_proxy_dial_duration_seconds", Help: "Time from a client's dial request to the node stream being open.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		dialTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jumpgate_proxy_dial_duration_seconds", Help: "Time from a client's dial request to the node stream being open, by path (local: a tunnel held here; peer: through the proxy holding it).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"path"}),
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jumpgate_proxy_sessions_active", Help: "Client connections currently forwarded to nodes."}),
 		bytes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_proxy_forwarded_bytes_total", Help: "Bytes forwarded between clients and nodes, by direction (to_node, to_client)."}, []string{"direction"}),
 		tlsFail:  prometheus.NewCounter(prometheus.CounterOpts{Name: "jumpgate_proxy_tls_handshake_failures_total", Help: "Client connections that failed the TLS handshake (garbage, wrong CA, expired certificate)."}),
@@ -438,7 +438,7 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		return
 	}
 	s.metrics.dials.WithLabelValues("ok", pathLabel).Inc()
-	s.metrics.dialTime.Observe(time.Since(start).Seconds())
+	s.metrics.dialTime.WithLabelValues(pathLabel).Observe(time.Since(start).Seconds())
 	ev.Type, ev.Error = audit.DialOK, ""
 	s.cfg.Audit.Emit(ev)
 	s.metrics.sessions.Inc()

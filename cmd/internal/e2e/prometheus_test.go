@@ -89,7 +89,8 @@ func TestObservability(t *testing.T) {
 	c.auth = freeAddr(t)
 	c.admin = filepath.Join(c.dir, "auth", "admin")
 	authDiag := freeAddr(t)
-	c.start("auth", "--roles=auth", "--cluster-name=prom", "--data-dir="+filepath.Join(c.dir, "auth"), "--auth-listen="+c.auth, "--diag-listen="+authDiag)
+	// The auth server logs JSON (--log-format=json), checked at the end.
+	c.start("auth", "--roles=auth", "--cluster-name=prom", "--data-dir="+filepath.Join(c.dir, "auth"), "--auth-listen="+c.auth, "--diag-listen="+authDiag, "--log-format=json")
 	waitFor(t, "auth server", 30*time.Second, func() bool {
 		_, code := c.run("", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "status")
 		return code == 0
@@ -344,6 +345,32 @@ scrape_configs:
 			t.Errorf("screenshot %s: %d bytes, %v", shot, len(b), err)
 		}
 		t.Logf("screenshot of pa's mesh page, pb draining: %s", shot)
+	})
+	t.Run("JSON logs with stable keys", func(t *testing.T) {
+		b, err := os.ReadFile(filepath.Join(c.dir, "auth.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := map[string]int{}
+		lines := 0
+		for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+			var rec map[string]any
+			if err := json.Unmarshal(line, &rec); err != nil {
+				t.Fatalf("auth log line is not JSON: %v: %s", err, line)
+			}
+			for _, k := range []string{"time", "level", "msg"} {
+				if _, ok := rec[k]; !ok {
+					t.Fatalf("auth log line without %q: %s", k, line)
+				}
+			}
+			for k := range rec {
+				keys[k]++
+			}
+			lines++
+		}
+		if lines < 5 || keys["auth_server"] == 0 {
+			t.Errorf("%d JSON log lines, keys seen %v: want the auth_server key on the auth server's lines", lines, keys)
+		}
 	})
 	t.Run("a killed proxy shows in the alerts' series", func(t *testing.T) {
 		c.procs["pc"].Process.Signal(syscall.SIGKILL)
