@@ -91,3 +91,15 @@ func tcpPair(b *testing.B, ln net.Listener) (net.Conn, net.Conn) {
 	}
 	return c, <-acc
 }
+
+// BenchmarkCounterAdd is the cost of one data-path count: what a peer
+// link pays per read (reads move up to 64 KiB), and Pipe per direction
+// of a whole session.
+func BenchmarkCounterAdd(b *testing.B) {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "bytes_total"})
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c.Add(32768)
+		}
+	})
+}
