@@ -142,7 +142,7 @@ func runDemo(ctx context.Context, o demoOptions) error {
 	}
 	meshArgs := func(r demoRegion) []string {
 		args := []string{"--proxy-id=" + r.proxyID, "--region=" + r.region, "--location=" + r.location,
-			"--proxy-listen=" + r.listen, "--peer-listen=" + r.peer, "--gossip-listen=" + r.gossip}
+			"--proxy-listen=" + r.listen, "--peer-listen=" + r.peer, "--gossip-listen=" + r.gossip, "--diag-listen=" + demoDiag(r)}
 		if r.proxyID != regions[0].proxyID {
 			args = append(args, "--seeds="+regions[0].gossip)
 		}
@@ -251,8 +251,15 @@ Admin commands (users, roles, tokens, nodes, proxies, status):
   jgctl proxies ls
   jgctl nodes ls
 
+Each proxy's mesh page (map, peer links, tunnels, nodes without a tunnel) and
+its Prometheus metrics:
+
+  http://%[10]s/mesh/    http://%[10]s/metrics
+  http://%[11]s/mesh/    http://%[12]s/mesh/
+
 Logs: %[7]s    Press Ctrl-C to stop the demo.
-`, regions[0].listen, bin, pin, pw, adminDir, o.auth, filepath.Join(dir, "logs"), regions[1].listen, regions[2].listen)
+`, regions[0].listen, bin, pin, pw, adminDir, o.auth, filepath.Join(dir, "logs"), regions[1].listen, regions[2].listen,
+		demoDiag(regions[0]), demoDiag(regions[1]), demoDiag(regions[2]))
 	done := make(chan error, len(children))
 	for _, c := range children {
 		go func() { done <- c.Wait() }()
@@ -344,4 +351,11 @@ func waitOnline(ctx context.Context, c *authapi.Client, n int) error {
 		}
 	}
 	return errors.New("timed out after 60s")
+}
+
+// demoDiag is a demo proxy's diagnostic address: its proxy address's host,
+// port 3090.
+func demoDiag(r demoRegion) string {
+	host, _, _ := net.SplitHostPort(r.listen)
+	return net.JoinHostPort(host, "3090")
 }
