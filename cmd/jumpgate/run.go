@@ -364,7 +364,14 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	}
 	var dr *drainer
 	ing, err = ingress.New(ingress.Config{
-		StartDrain:  func(req authapi.DrainRequest) (authapi.DrainStatus, error) { return dr.Start(req) },
+		StartDrain: func(req authapi.DrainRequest) (authapi.DrainStatus, error) {
+			if authority != nil {
+				// A drain ends with the process exiting, which would
+				// take this process's auth server down with the proxy.
+				return authapi.DrainStatus{}, fmt.Errorf("proxy %s runs in the same process as an auth server: a drain would stop the auth server too; run proxies in processes of their own to drain them (SIGTERM with proxy.drain_timeout still drains this one before it stops)", cfg.Proxy.ID)
+			}
+			return dr.Start(req)
+		},
 		DrainStatus: func() *authapi.DrainStatus { return dr.Status() },
 		ProxyID:     cfg.Proxy.ID, GetCertificate: getCert, Cache: cache, Upstream: upstream, Online: m.online, Version: version,
 		Proxies: m.proxies, PublicAddr: publicAddr, Discover: disc.discover,

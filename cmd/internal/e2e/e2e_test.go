@@ -361,6 +361,15 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
+	t.Run("no drain of a proxy that shares its process with auth", func(t *testing.T) {
+		out, code := c.run("", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "proxy", "drain", "proxy1", "--addr="+c.proxy)
+		if code == 0 || !strings.Contains(out, "same process as an auth server") {
+			t.Fatalf("jgctl proxy drain proxy1 (auth in the same process): exit %d: %s", code, out)
+		}
+		if out, code := c.run("", alice, "jg", "ssh", "node1", "--", "echo", "still-serving"); code != 0 || !strings.Contains(out, "still-serving") {
+			t.Fatalf("after the refused drain: exit %d: %s", code, out)
+		}
+	})
 	t.Run("node dies mid-session", func(t *testing.T) {
 		cmd := exec.Command(filepath.Join(c.bin, "jg"), "ssh", "node2", "--", "echo started; sleep 60")
 		cmd.Env = append(os.Environ(), alice...)
