@@ -54,7 +54,8 @@ bench: deps build
 # bench-go runs the Go micro-benchmarks: the data path many times, the mesh scenarios
 # (gossip convergence and failure detection for 10-100 proxies, directory bandwidth) once each.
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchtime 200x ./tunnel/... ./mesh/peer/...
+	$(GO) test -run '^$$' -bench . -skip IdleTunnels -benchtime 200x ./tunnel/... ./mesh/peer/...
+	$(GO) test -run '^$$' -bench IdleTunnels -benchtime 1x -timeout 20m ./tunnel/server/
 	$(GO) test -run '^$$' -bench . -benchtime 3000x ./auth/raftnode/ ./auth/ca/
 	$(GO) test -run '^$$' -bench . ./mesh/route/ ./mesh/geo/ ./mesh/ingress/ ./mesh/ingress/realip/ ./cmd/jumpgate/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./mesh/meshtest/...
