@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/ssh"
 
+	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/auth/keystore"
 )
@@ -44,34 +45,18 @@ func TestMetrics(t *testing.T) {
 	if _, err := a.SignTLS(TLSRequest{Identity: alice, PublicKey: pub, TTL: -time.Hour}); err == nil {
 		t.Fatal("a negative TTL was signed")
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, mm := range mf.GetMetric() {
-			key := mf.GetName()
-			for _, l := range mm.GetLabel() {
-				key += " " + l.GetName() + "=" + l.GetValue()
-			}
-			if c := mm.GetCounter(); c != nil {
-				got[key] = c.GetValue()
-			}
-			if h := mm.GetHistogram(); h != nil {
-				got[key] = float64(h.GetSampleCount())
-			}
-		}
-	}
-	want := map[string]float64{
-		"jumpgate_ca_certs_issued_total format=ssh keystore=software kind=user": 1,
-		"jumpgate_ca_certs_issued_total format=tls keystore=software kind=user": 1,
-		"jumpgate_ca_certs_issued_total format=ssh keystore=software kind=node": 1,
-		"jumpgate_ca_sign_duration_seconds keystore=software":                   3,
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"jumpgate_ca_certs_issued_total", []string{"kind", "user", "format", "ssh", "keystore", "software"}, 1},
+		{"jumpgate_ca_certs_issued_total", []string{"kind", "user", "format", "tls", "keystore", "software"}, 1},
+		{"jumpgate_ca_certs_issued_total", []string{"kind", "node", "format", "ssh", "keystore", "software"}, 1},
+		{"jumpgate_ca_sign_duration_seconds", []string{"keystore", "software"}, 3},
+	} {
+		if got := authtest.Metric(t, reg, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
 }

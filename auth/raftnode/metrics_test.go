@@ -6,35 +6,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/auth/state"
 )
-
-func gauge(t *testing.T, reg *prometheus.Registry, name string, label ...string) (float64, bool) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(label) == 2 && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetName() != label[0] || m.GetLabel()[0].GetValue() != label[1]) {
-				continue
-			}
-			switch {
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue(), true
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue(), true
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount()), true
-			}
-		}
-	}
-	return 0, false
-}
 
 // TestMetrics: a lone voter reports itself leader with a leader known,
 // counts the leader change of its election, times its writes and reports
@@ -51,8 +25,7 @@ func TestMetrics(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		v, _ := gauge(t, reg, "jumpgate_raft_leader_changes_total")
-		if v >= 1 {
+		if authtest.Metric(t, reg, "jumpgate_raft_leader_changes_total") >= 1 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -80,9 +53,8 @@ func TestMetrics(t *testing.T) {
 		{"jumpgate_raft_last_contact_seconds", nil, func(v float64) bool { return v == 0 }, "0 on the leader"},
 	}
 	for _, c := range checks {
-		v, ok := gauge(t, reg, c.name, c.label...)
-		if !ok || !c.ok(v) {
-			t.Errorf("%s%v = %v (present %v), want %s", c.name, c.label, v, ok, c.want)
+		if v := authtest.Metric(t, reg, c.name, c.label...); !c.ok(v) {
+			t.Errorf("%s%v = %v, want %s", c.name, c.label, v, c.want)
 		}
 	}
 }
