@@ -5,7 +5,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test test-short deps fuzz bench bench-go vet clean
+.PHONY: all build demo test test-short deps fuzz bench bench-go benchcmp vet clean
 BENCH   ?= quick
 
 all: build
@@ -59,6 +59,12 @@ bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 3000x ./auth/raftnode/ ./auth/ca/
 	$(GO) test -run '^$$' -bench . ./mesh/route/ ./mesh/geo/ ./mesh/ingress/ ./mesh/ingress/realip/ ./cmd/jumpgate/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./mesh/meshtest/...
+
+# benchcmp compares the Go micro-benchmarks of two commits with benchstat:
+# make benchcmp OLD=v1.2.0 NEW=HEAD [PKGS="./tunnel/resume/ ./mesh/route/"] [COUNT=6] [BENCH=regexp]
+benchcmp:
+	@test -n "$(OLD)" -a -n "$(NEW)" || { echo 'usage: make benchcmp OLD=<commit> NEW=<commit> [PKGS="./pkg/ ..."] [COUNT=6] [BENCH=regexp]'; exit 2; }
+	bash benchmarks/benchcmp.sh $(OLD) $(NEW) $(PKGS)
 
 vet:
 	$(GO) vet ./...
