@@ -126,7 +126,6 @@ func (d *drainer) setPhase(ph string) {
 	d.mu.Lock()
 	d.status.Phase = ph
 	d.mu.Unlock()
-	d.phaseGauge.Reset()
 	for _, p := range []string{"rehoming", "moving", "waiting", "done"} {
 		v := 0.0
 		if p == ph {
@@ -135,7 +134,8 @@ func (d *drainer) setPhase(ph string) {
 		d.phaseGauge.WithLabelValues(p).Set(v)
 	}
 	d.update()
-	d.log.Info("drain phase", "phase", ph, "sessions", d.Status().Sessions, "tunnels", d.Status().Tunnels)
+	st := d.Status()
+	d.log.Info("drain phase", "phase", ph, "sessions", st.Sessions, "tunnels", st.Tunnels)
 }
 
 // update refreshes the counts in the status and the metrics, and reports

@@ -243,6 +243,25 @@ func (pm *proxyMesh) onTunnel(ev tserver.TunnelEvent) {
 	}
 }
 
+// held returns the nodes that hold a tunnel to some proxy of the mesh
+// (to this proxy, without a mesh): one directory snapshot, for callers
+// that ask about every node at once (metrics, the mesh page).
+func (pm *proxyMesh) held() map[string]bool {
+	out := make(map[string]bool)
+	if pm.gossip != nil {
+		for node, holders := range pm.gossip.Directory() {
+			if len(holders) > 0 {
+				out[node] = true
+			}
+		}
+		return out
+	}
+	for _, n := range pm.tunnels.Nodes() {
+		out[n.ID] = true
+	}
+	return out
+}
+
 // online reports whether any proxy of the mesh holds a tunnel to node.
 func (pm *proxyMesh) online(node string) bool {
 	if pm.gossip != nil {

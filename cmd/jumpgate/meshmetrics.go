@@ -63,9 +63,10 @@ func (c *meshCollector) Collect(ch chan<- prometheus.Metric) {
 	default:
 		return // the inventory is not known yet: say nothing rather than something wrong
 	}
+	held := c.pm.held()
 	for _, n := range c.cache.Nodes() {
 		v := 1.0
-		if c.pm.online(n.ID) {
+		if held[n.ID] {
 			v = 0
 		}
 		ch <- prometheus.MustNewConstMetric(c.noTunnel, prometheus.GaugeValue, v, n.ID)

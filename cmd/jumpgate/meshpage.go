@@ -31,7 +31,7 @@ func meshSnapshot(self, region, cluster string, pm *proxyMesh, cache *authapi.Hu
 		s.Proxies = []meshpage.Proxy{{ID: self, Region: region, Version: version, State: state, Health: "alive",
 			Tunnels: len(tsrv.Nodes()), Sessions: ing.Sessions(), Drain: selfDrain()}}
 	} else {
-		held := map[string]int{}
+		held := map[string]int{} // tunnels per proxy
 		for _, holders := range pm.gossip.Directory() {
 			for _, h := range holders {
 				held[h]++
@@ -58,8 +58,9 @@ func meshSnapshot(self, region, cluster string, pm *proxyMesh, cache *authapi.Hu
 	case <-cache.Ready():
 		nodes := cache.Nodes()
 		s.Nodes = len(nodes)
+		online := pm.held()
 		for _, n := range nodes {
-			if !pm.online(n.ID) {
+			if !online[n.ID] {
 				s.NodesWithoutTunnel = append(s.NodesWithoutTunnel, n.ID)
 			}
 		}

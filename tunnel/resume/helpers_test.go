@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"jumpgate.dev/jumpgate/tunnel/server/servertest"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -118,39 +119,7 @@ func newTestNode(t *testing.T, cfg ServerConfig) *testNode {
 // registry; labels are name, value pairs.
 func (n *testNode) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue metrics
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return 0
+	return servertest.Metric(t, n.reg, name, labels...)
 }
 
 func (n *testNode) addr() string { return n.l.Addr().String() }

@@ -82,8 +82,11 @@ type stream struct {
 	bad      string // the first line that came back wrong
 	lastRecv time.Time
 	maxGap   time.Duration // longest time between two lines coming back
+	stop     bool          // finish asked the writer to stop
 	done     chan error    // the command's exit
 	stopped  chan struct{} // the reader reached EOF
+
+	writerDone chan struct{} // closed when the writer has returned
 }
 
 func streamLine(name string, i int) string {
@@ -93,7 +96,7 @@ func streamLine(name string, i int) string {
 
 func startStream(t *testing.T, name string, cmd *exec.Cmd, interval time.Duration) *stream {
 	t.Helper()
-	s := &stream{name: name, cmd: cmd, out: &lockedWriter{}, done: make(chan error, 1), stopped: make(chan struct{})}
+	s := &stream{name: name, cmd: cmd, out: &lockedWriter{}, done: make(chan error, 1), stopped: make(chan struct{}), writerDone: make(chan struct{})}
 	cmd.Stderr = s.out
 	var err error
 	if s.stdin, err = cmd.StdinPipe(); err != nil {
@@ -129,12 +132,12 @@ func startStream(t *testing.T, name string, cmd *exec.Cmd, interval time.Duratio
 		s.done <- cmd.Wait()
 	}()
 	go func() {
+		defer close(s.writerDone)
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for range tick.C {
 			s.mu.Lock()
-			line := streamLine(name, s.sent)
-			stop := s.sent < 0
+			line, stop := streamLine(name, s.sent), s.stop
 			s.mu.Unlock()
 			if stop {
 				return
@@ -143,9 +146,7 @@ func startStream(t *testing.T, name string, cmd *exec.Cmd, interval time.Duratio
 				return
 			}
 			s.mu.Lock()
-			if s.sent >= 0 {
-				s.sent++
-			}
+			s.sent++
 			s.mu.Unlock()
 		}
 	}()
@@ -171,10 +172,12 @@ func (s *stream) resetGap() {
 func (s *stream) finish(t *testing.T) bool {
 	t.Helper()
 	s.mu.Lock()
-	sent := s.sent
-	s.sent = -1 // the writer stops
+	s.stop = true
 	s.mu.Unlock()
-	time.Sleep(50 * time.Millisecond) // let a write in flight land before the close
+	<-s.writerDone // a write in flight lands before the close
+	s.mu.Lock()
+	sent := s.sent
+	s.mu.Unlock()
 	s.stdin.Close()
 	select {
 	case err := <-s.done:

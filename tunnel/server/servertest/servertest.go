@@ -1,6 +1,7 @@
 package servertest
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
 	"testing"
 	"time"
 
@@ -12,6 +13,12 @@ type CA = authtest.CA
 
 // NewCA creates a self-signed CA named name.
 func NewCA(t testing.TB, name string) *CA { t.Helper(); return authtest.NewCA(t, name) }
+
+// Metric reads one series of a registry; see auth/authtest.Metric.
+func Metric(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	return authtest.Metric(t, g, name, labels...)
+}
 
 // WaitFor polls cond until it returns true or timeout passes; see auth/authtest.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
