@@ -41,25 +41,9 @@ func build(t *testing.T) string {
 	return bin
 }
 
-// freeAddr returns a loopback address whose TCP and UDP ports are free.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free port")
-	return ""
-}
+// freeAddr returns a loopback address on 127.0.0.1 whose TCP and UDP ports
+// are free; see freeAddrOn.
+func freeAddr(t *testing.T) string { t.Helper(); return freeAddrOn(t, "127.0.0.1") }
 
 func (c *cluster) start(name string, args ...string) { c.t.Helper(); c.startEnv(name, nil, args...) }
 

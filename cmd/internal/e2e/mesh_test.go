@@ -4,36 +4,76 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// freeAddrOn is freeAddr on a given loopback IP: each simulated region of
-// the mesh test has its own 127.0.0.x address.
+// Ports handed to the processes of these tests. A port from a listener on
+// ":0" is in the kernel's ephemeral range, where any outgoing connection of
+// the running mesh may take it before the process under test binds it; and
+// an auth server binds raft on its API port + 1, which nothing checked. So
+// ports come from below the ephemeral range, each with the port after it
+// free and reserved too, and none is handed out twice in this test binary.
+var ports struct {
+	sync.Mutex
+	used map[int]bool
+}
+
+// freeAddrOn returns an address on a loopback IP (each simulated region has
+// its own 127.0.0.x) whose TCP and UDP ports and the next TCP port are free.
 func freeAddrOn(t *testing.T, ip string) string {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			t.Fatal(err)
+	lo, hi := 20000, 32000
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var elo, ehi int
+		if _, err := fmt.Sscan(string(b), &elo, &ehi); err == nil && elo > 11000 && elo-1 < hi {
+			hi = elo - 1
 		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
+	}
+	ports.Lock()
+	defer ports.Unlock()
+	if ports.used == nil {
+		ports.used = map[int]bool{}
+	}
+	for i := 0; i < 500; i++ {
+		p := lo + mrand.IntN(hi-lo-1)
+		if ports.used[p] || ports.used[p+1] {
+			continue
 		}
+		addr := net.JoinHostPort(ip, strconv.Itoa(p))
+		if !bindable(addr) || !bindable(net.JoinHostPort(ip, strconv.Itoa(p+1))) {
+			continue
+		}
+		ports.used[p], ports.used[p+1] = true, true
+		return addr
 	}
 	t.Fatalf("no free port on %s", ip)
 	return ""
+}
+
+// bindable reports whether TCP and UDP can both listen on addr right now.
+func bindable(addr string) bool {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	u.Close()
+	return true
 }
 
 // meshProxy is one proxy of the mesh test and the addresses it serves.
