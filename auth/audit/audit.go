@@ -8,8 +8,11 @@
 // through raft: each process appends to its own local file, which is shipped
 // elsewhere by file tailing (fluent-bit, vector).
 //
-// The schema is stable: new fields may be added, none are renamed. Every
-// event has time, type and server; the rest is set when it applies.
+// The schema is stable: new fields may be added, none are renamed or
+// removed. Every event has time, type and server; the rest is set when it
+// applies. Schema (schema.json) describes one line as a JSON Schema, Types
+// lists every event type, and docs/audit.md is the operators' reference.
+// RotatingFile keeps a file within a size.
 //
 // This package does only local file I/O, so every package, including the
 // network-facing ones, may import it.
@@ -70,7 +73,14 @@ type Event struct {
 	Code       int       `json:"exit_code,omitempty"`
 	BytesIn    int64     `json:"bytes_in,omitempty"`
 	BytesOut   int64     `json:"bytes_out,omitempty"`
-	Error      string    `json:"error,omitempty"` // why it was denied or failed
+	Error      string    `json:"error,omitempty"`      // why it was denied or failed
+	Request    string    `json:"request_id,omitempty"` // access request id
+	Reason     string    `json:"reason,omitempty"`     // why: an access request's reason, a review's comment
+	Path       string    `json:"path,omitempty"`       // SFTP: the file or directory
+	Path2      string    `json:"path2,omitempty"`      // SFTP: the second path as the client sent it: a rename's new name, a link's second argument (see SFTPOp)
+	MFA        bool      `json:"mfa,omitempty"`        // the session or certificate was verified with a second factor
+	Expires    time.Time `json:"expires,omitzero"`     // a certificate's or an access grant's end
+	Proxy      string    `json:"proxy,omitempty"`      // the proxy a request came through
 }
 
 // Sink receives audit events. Implementations must not block for long and

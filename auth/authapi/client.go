@@ -448,6 +448,11 @@ func (c *Client) CreateUser(ctx context.Context, req CreateUserRequest) error {
 	return c.do(ctx, "POST", "/v1/users", req, nil)
 }
 
+// UpsertUser creates a user or updates its roles, traits and origin.
+func (c *Client) UpsertUser(ctx context.Context, req UpsertUserRequest) error {
+	return c.do(ctx, "PUT", "/v1/users/"+url.PathEscape(req.Name), req, nil)
+}
+
 // DeleteUser removes a user.
 func (c *Client) DeleteUser(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)

@@ -163,6 +163,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/status", s.require(s.status, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("GET /v1/users", s.require(s.listUsers, identity.KindAdmin))
 	s.mux.HandleFunc("POST /v1/users", s.require(s.createUser, identity.KindAdmin))
+	s.mux.HandleFunc("PUT /v1/users/{name}", s.require(s.upsertUser, identity.KindAdmin))
 	s.mux.HandleFunc("DELETE /v1/users/{name}", s.require(s.deleteUser, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/roles", s.require(s.listRoles, identity.KindAdmin))
 	s.mux.HandleFunc("PUT /v1/roles", s.require(s.applyRoles, identity.KindAdmin))
@@ -179,6 +180,16 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/auth/self", s.require(s.getSelf, identity.KindAuth, identity.KindAdmin))
 	s.mux.HandleFunc("GET /v1/auth/servers", s.require(s.listAuthServers, identity.KindAdmin, identity.KindProxy))
 	s.mux.HandleFunc("POST /v1/auth/servers", s.require(s.membership, identity.KindAdmin))
+	s.mux.HandleFunc("POST /v1/user/requests", s.requireUser(s.createRequest))
+	s.mux.HandleFunc("GET /v1/user/requests", s.requireUser(s.listOwnRequests))
+	s.mux.HandleFunc("GET /v1/user/requests/{id}", s.requireUser(s.getOwnRequest))
+	s.mux.HandleFunc("POST /v1/user/certs", s.requireUser(s.reissue))
+	s.mux.HandleFunc("POST /v1/user/certs/session", s.requireUser(s.sessionCert))
+	s.mux.HandleFunc("POST /v1/user/mfa", s.requireUser(s.addMFADevice))
+	s.mux.HandleFunc("GET /v1/user/mfa", s.requireUser(s.listMFADevices))
+	s.mux.HandleFunc("GET /v1/requests", s.require(s.listRequests, identity.KindAdmin))
+	s.mux.HandleFunc("POST /v1/requests/{id}/review", s.require(s.reviewRequest, identity.KindAdmin))
+	s.mux.HandleFunc("DELETE /v1/users/{name}/mfa", s.require(s.resetMFA, identity.KindAdmin))
 	s.mux.HandleFunc("POST /v1/internal/presence", s.require(s.internalPresence, identity.KindAuth))
 	s.mux.HandleFunc("POST /v1/internal/apply", s.require(s.internalApply, identity.KindAuth))
 	s.mux.HandleFunc("POST /v1/internal/membership", s.require(s.internalMembership, identity.KindAuth))
@@ -437,12 +448,14 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, caller identity.I
 		}
 	}
 	ttl = identity.SessionTTL(roles, ttl)
-	id := identity.Identity{Kind: identity.KindUser, Name: u.Name, Cluster: s.cfg.Store.Cluster(), Roles: u.Roles, Logins: identity.Logins(roles)}
+	traits := Traits(u.Traits, nil)
+	id := identity.Identity{Kind: identity.KindUser, Name: u.Name, Cluster: s.cfg.Store.Cluster(), Roles: u.Roles, Logins: identity.Logins(roles, traits), Traits: traits}
 	creds, err := s.issue(id, sshPub, tlsPub, ttl, nil, nil)
 	if err != nil {
 		fail(http.StatusInternalServerError, "issue certificates: "+err.Error())
 		return
 	}
+	creds.RequireMFA = identity.RequiresMFA(roles)
 	ev.Type, ev.Roles = audit.Login, u.Roles
 	s.cfg.Audit.Emit(ev)
 	s.cfg.Audit.Emit(audit.Event{Type: audit.CertIssued, User: u.Name, Roles: u.Roles, Cluster: id.Cluster, Command: "user certificates valid " + ttl.String()})
@@ -873,6 +886,47 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request, caller ident
 	WriteJSON(w, http.StatusCreated, u)
 }
 
+func (s *Server) upsertUser(w http.ResponseWriter, r *http.Request, caller identity.Identity) {
+	var req UpsertUserRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if req.Name == "" {
+		req.Name = r.PathValue("name")
+	}
+	if req.Name != r.PathValue("name") {
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("the body names user %s but the path %s", req.Name, r.PathValue("name")))
+		return
+	}
+	for _, role := range req.Roles {
+		if _, ok := s.cfg.Store.Role(role); !ok {
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("role %s does not exist: create it first with jgctl roles apply", role))
+			return
+		}
+	}
+	if err := identity.CheckTraits(req.Traits); err != nil {
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("user %s: %v", req.Name, err))
+		return
+	}
+	old, existed := s.cfg.Store.User(req.Name)
+	u := state.User{Name: req.Name, Roles: req.Roles, Traits: req.Traits, Origin: req.Origin, Created: s.cfg.Now().UTC()}
+	if existed {
+		u.Created = old.Created
+	}
+	if _, err := s.apply(state.TypeUpsertUser, state.UpsertUser{User: u}); err != nil {
+		s.applyErr(w, err)
+		return
+	}
+	typ, code := audit.UserUpdated, http.StatusOK
+	if !existed {
+		typ, code = audit.UserCreated, http.StatusCreated
+	}
+	s.cfg.Audit.Emit(audit.Event{Type: typ, User: caller.Name, Subject: req.Name, Roles: req.Roles})
+	u, _ = s.cfg.Store.User(req.Name)
+	u.PasswordHash = ""
+	WriteJSON(w, code, u)
+}
+
 func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, caller identity.Identity) {
 	name := r.PathValue("name")
 	if _, err := s.apply(state.TypeDeleteUser, state.DeleteUser{Name: name}); err != nil {
@@ -925,13 +979,15 @@ type TokenInfo struct {
 	Name    string            `json:"name,omitempty"` // the only name it joins as
 	Labels  map[string]string `json:"labels,omitempty"`
 	Expires time.Time         `json:"expires"`
+	Created time.Time         `json:"created"`
 	UsedBy  string            `json:"used_by,omitempty"`
+	Origin  string            `json:"origin,omitempty"`
 }
 
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
 	out := []TokenInfo{}
 	for _, t := range s.cfg.Store.Tokens() {
-		out = append(out, TokenInfo{ID: t.ID(), Kind: t.Kind, Name: t.Name, Labels: t.Labels, Expires: t.Expires, UsedBy: t.UsedBy})
+		out = append(out, TokenInfo{ID: t.ID(), Kind: t.Kind, Name: t.Name, Labels: t.Labels, Expires: t.Expires, Created: t.Created, UsedBy: t.UsedBy, Origin: t.Origin})
 	}
 	WriteJSON(w, http.StatusOK, out)
 }
@@ -958,8 +1014,19 @@ func (s *Server) createTokenFor(w http.ResponseWriter, caller identity.Identity,
 		return
 	}
 	secret := hex.EncodeToString(randomBytes(16))
+	if req.Secret != "" {
+		if len(req.Secret) < 32 || len(req.Secret) > 256 || strings.ContainsAny(req.Secret, " \t\r\n") {
+			WriteError(w, http.StatusBadRequest, "a token secret must be 32 to 256 characters without spaces (generate one with: openssl rand -hex 32)")
+			return
+		}
+		if _, exists := s.cfg.Store.Token(HashToken(req.Secret)); exists {
+			WriteError(w, http.StatusConflict, "a token with this secret exists already")
+			return
+		}
+		secret = req.Secret
+	}
 	now := s.cfg.Now().UTC()
-	tok := state.Token{Hash: HashToken(secret), Kind: req.Kind, Name: req.Name, Voter: req.Voter, Labels: req.Labels, Expires: now.Add(ttl), Created: now}
+	tok := state.Token{Hash: HashToken(secret), Kind: req.Kind, Name: req.Name, Voter: req.Voter, Labels: req.Labels, Expires: now.Add(ttl), Created: now, Origin: req.Origin}
 	if _, err := s.apply(state.TypeCreateToken, state.CreateToken{Token: tok}); err != nil {
 		s.applyErr(w, err)
 		return
@@ -1003,4 +1070,20 @@ func PublishState(hub *Hub, store func() *state.Store) func(uint64, []state.Even
 // SnapshotMessage builds a watch snapshot from the state machine.
 func SnapshotMessage(st *state.Store) WatchMessage {
 	return WatchMessage{Type: "snapshot", Index: st.Index(), Snapshot: &WatchSnapshot{Cluster: st.Cluster(), CAs: st.CAs(), Roles: st.Roles(), Nodes: st.Nodes(), Locks: st.Locks()}}
+}
+
+// Traits keys a user's own traits and an SSO login's claims the way role
+// templates read them: {{internal.NAME}} and {{external.NAME}}.
+func Traits(internal, external map[string][]string) map[string][]string {
+	if len(internal)+len(external) == 0 {
+		return nil
+	}
+	out := make(map[string][]string, len(internal)+len(external))
+	for k, v := range internal {
+		out[identity.TraitKey(identity.TraitsInternal, k)] = v
+	}
+	for k, v := range external {
+		out[identity.TraitKey(identity.TraitsExternal, k)] = v
+	}
+	return out
 }

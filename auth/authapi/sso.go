@@ -545,11 +545,17 @@ func (o *sso) finish(ctx context.Context, sr *ssoRequest, req SSOCallbackRequest
 		ttl = sr.ttl
 	}
 	ttl = identity.SessionTTL(roles, ttl)
-	id := identity.Identity{Kind: identity.KindUser, Name: name, Cluster: o.s.cfg.Store.Cluster(), Roles: roleNames, Logins: identity.Logins(roles)}
+	var internal map[string][]string
+	if u, ok := o.s.cfg.Store.User(name); ok {
+		internal = u.Traits
+	}
+	traits := Traits(internal, claimTraits(claims))
+	id := identity.Identity{Kind: identity.KindUser, Name: name, Cluster: o.s.cfg.Store.Cluster(), Roles: roleNames, Logins: identity.Logins(roles, traits), Traits: traits}
 	creds, err := o.s.issue(id, sr.sshPub, sr.tlsPub, ttl, nil, nil)
 	if err != nil {
 		return fail(http.StatusInternalServerError, "issue certificates: "+err.Error())
 	}
+	creds.RequireMFA = identity.RequiresMFA(roles)
 	ev.Type, ev.Subject = audit.Login, idt.Subject
 	o.s.cfg.Audit.Emit(ev)
 	o.s.cfg.Audit.Emit(audit.Event{Type: audit.CertIssued, User: name, Roles: roleNames, Cluster: id.Cluster, Command: "user certificates valid " + ttl.String() + " (sso)"})
@@ -633,4 +639,25 @@ func (o *sso) result(w http.ResponseWriter, r *http.Request, _ identity.Identity
 		return
 	}
 	WriteJSON(w, http.StatusOK, sr.creds)
+}
+
+// claimTraits turns the provider's string and string-list claims into
+// external traits ({{external.NAME}} in roles), leaving out the token's
+// protocol claims and anything CheckTraits would refuse.
+func claimTraits(claims map[string]any) map[string][]string {
+	skip := map[string]bool{"iss": true, "aud": true, "exp": true, "iat": true, "nbf": true, "nonce": true, "at_hash": true, "c_hash": true, "azp": true, "auth_time": true, "sid": true, "jti": true}
+	out := map[string][]string{}
+	for k, v := range claims {
+		if skip[k] || len(out) >= 64 {
+			continue
+		}
+		vals := claimStrings(v)
+		if len(vals) == 0 || len(vals) > 256 {
+			continue
+		}
+		if identity.CheckTraits(map[string][]string{k: vals}) == nil {
+			out[k] = vals
+		}
+	}
+	return out
 }

@@ -64,6 +64,11 @@ type Credentials struct {
 	TLSCert []byte    `json:"tls_cert"` // PEM
 	Expires time.Time `json:"expires"`
 	CAs     CABundle  `json:"cas"`
+	// RequireMFA: the roles need a TOTP code for every session (jg asks
+	// for it before it connects).
+	RequireMFA bool `json:"require_mfa,omitempty"`
+	// Requests are the access requests whose roles the certificates carry.
+	Requests []string `json:"requests,omitempty"`
 }
 
 // CABundle holds the trusted CA keys in their usual text forms.
@@ -246,6 +251,16 @@ type CreateUserRequest struct {
 	Password string   `json:"password"`
 }
 
+// UpsertUserRequest creates or updates a user (PUT /v1/users/{name}): its
+// roles, traits and origin. A password already set is kept; a new user has
+// none (it logs in through SSO, or after jgctl users passwd).
+type UpsertUserRequest struct {
+	Name   string              `json:"name"`
+	Roles  []string            `json:"roles"`
+	Traits map[string][]string `json:"traits,omitempty"`
+	Origin string              `json:"origin,omitempty"`
+}
+
 // CreateTokenRequest creates a join token.
 type CreateTokenRequest struct {
 	Kind   identity.Kind     `json:"kind"`
@@ -256,6 +271,12 @@ type CreateTokenRequest struct {
 	Name string `json:"name,omitempty"`
 	// Voter (auth tokens): the server joins raft as a voter.
 	Voter bool `json:"voter,omitempty"`
+	// Secret, if set, is the token's secret (at least 32 characters, no
+	// spaces) instead of a random one: jgctl apply takes it from a
+	// secret store so that the same token can be declared in git.
+	Secret string `json:"secret,omitempty"`
+	// Origin: see state.OriginApply.
+	Origin string `json:"origin,omitempty"`
 }
 
 // CreateTokenResponse returns the secret once.

@@ -61,7 +61,24 @@ func (k Kind) Valid() bool {
 const (
 	ExtCluster = "cluster@jumpgate.dev"
 	ExtRoles   = "roles@jumpgate.dev"
+	// ExtTraits is the user's traits as JSON ({"internal.logins": [...]}),
+	// for role templates evaluated by proxies and nodes.
+	ExtTraits = "traits@jumpgate.dev"
+	// ExtRequests lists the access requests (comma-separated ids) whose
+	// roles the certificate carries.
+	ExtRequests = "requests@jumpgate.dev"
+	// ExtMFA binds a per-session MFA certificate to one node and login
+	// (JSON MFABinding). Nodes accept such a certificate once.
+	ExtMFA = "mfa@jumpgate.dev"
 )
+
+// MFABinding is what a per-session MFA certificate is good for: one
+// session (ID, unique) on one node as one login.
+type MFABinding struct {
+	ID    string `json:"id"`
+	Node  string `json:"node"`
+	Login string `json:"login"`
+}
 
 // OIDIdentity is the X.509 extension that carries kind, cluster and roles.
 // The arc 1.3.6.1.4.1.59530 is Jumpgate's private enterprise arc.
@@ -75,6 +92,14 @@ type Identity struct {
 	Roles   []string  // role names, for users; empty for servers
 	Logins  []string  // SSH principals, for users
 	Expires time.Time // certificate NotAfter
+	// Traits (users) are what role templates read, keyed by TraitKey.
+	Traits map[string][]string `json:",omitempty"`
+	// Requests (users) are the approved access requests whose roles are
+	// in Roles.
+	Requests []string `json:",omitempty"`
+	// MFA (SSH user certificates only) is set on a per-session
+	// certificate issued after a second factor.
+	MFA *MFABinding `json:",omitempty"`
 }
 
 // String is a short form for logs: "user alice@prod".
@@ -125,16 +150,18 @@ func CheckName(s string) error {
 
 // tlsExt is the JSON carried in OIDIdentity.
 type tlsExt struct {
-	Kind    Kind     `json:"k"`
-	Cluster string   `json:"c"`
-	Roles   []string `json:"r,omitempty"`
-	Logins  []string `json:"l,omitempty"`
+	Kind    Kind                `json:"k"`
+	Cluster string              `json:"c"`
+	Roles   []string            `json:"r,omitempty"`
+	Logins  []string            `json:"l,omitempty"`
+	Traits  map[string][]string `json:"t,omitempty"`
+	Reqs    []string            `json:"q,omitempty"`
 }
 
 // TLSSubject returns the subject and extra extensions for an X.509
 // certificate that carries id.
 func (id Identity) TLSSubject() (pkix.Name, []pkix.Extension, error) {
-	b, err := json.Marshal(tlsExt{Kind: id.Kind, Cluster: id.Cluster, Roles: id.Roles, Logins: id.Logins})
+	b, err := json.Marshal(tlsExt{Kind: id.Kind, Cluster: id.Cluster, Roles: id.Roles, Logins: id.Logins, Traits: id.Traits, Reqs: id.Requests})
 	if err != nil {
 		return pkix.Name{}, nil, err
 	}
@@ -153,7 +180,7 @@ func FromX509(cert *x509.Certificate) (Identity, error) {
 		if err := json.Unmarshal(e.Value, &x); err != nil {
 			return Identity{}, fmt.Errorf("certificate %q: malformed Jumpgate identity extension: %w", cert.Subject.CommonName, err)
 		}
-		id := Identity{Kind: x.Kind, Name: cert.Subject.CommonName, Cluster: x.Cluster, Roles: x.Roles, Logins: x.Logins, Expires: cert.NotAfter}
+		id := Identity{Kind: x.Kind, Name: cert.Subject.CommonName, Cluster: x.Cluster, Roles: x.Roles, Logins: x.Logins, Expires: cert.NotAfter, Traits: x.Traits, Requests: x.Reqs}
 		if err := id.Check(); err != nil {
 			return Identity{}, fmt.Errorf("certificate %q: %w", cert.Subject.CommonName, err)
 		}
@@ -168,6 +195,19 @@ func (id Identity) SSHExtensions() map[string]string {
 	ext := map[string]string{ExtCluster: id.Cluster}
 	if len(id.Roles) > 0 {
 		ext[ExtRoles] = strings.Join(id.Roles, ",")
+	}
+	if len(id.Traits) > 0 {
+		if b, err := json.Marshal(id.Traits); err == nil {
+			ext[ExtTraits] = string(b)
+		}
+	}
+	if len(id.Requests) > 0 {
+		ext[ExtRequests] = strings.Join(id.Requests, ",")
+	}
+	if id.MFA != nil {
+		if b, err := json.Marshal(id.MFA); err == nil {
+			ext[ExtMFA] = string(b)
+		}
 	}
 	if id.Kind == KindUser {
 		for _, p := range []string{"permit-pty", "permit-port-forwarding", "permit-agent-forwarding", "permit-X11-forwarding", "permit-user-rc"} {
@@ -189,6 +229,20 @@ func FromSSHCert(cert *ssh.Certificate) (Identity, error) {
 	}
 	if r := cert.Extensions[ExtRoles]; r != "" {
 		id.Roles = strings.Split(r, ",")
+	}
+	if t := cert.Extensions[ExtTraits]; t != "" {
+		if err := json.Unmarshal([]byte(t), &id.Traits); err != nil {
+			return Identity{}, fmt.Errorf("ssh certificate %q: malformed traits: %w", cert.KeyId, err)
+		}
+	}
+	if q := cert.Extensions[ExtRequests]; q != "" {
+		id.Requests = strings.Split(q, ",")
+	}
+	if m, ok := cert.Extensions[ExtMFA]; ok {
+		id.MFA = &MFABinding{}
+		if err := json.Unmarshal([]byte(m), id.MFA); err != nil || id.MFA.ID == "" || id.MFA.Node == "" || id.MFA.Login == "" {
+			return Identity{}, fmt.Errorf("ssh certificate %q: malformed MFA binding", cert.KeyId)
+		}
 	}
 	if cert.ValidBefore != ssh.CertTimeInfinity {
 		id.Expires = time.Unix(int64(cert.ValidBefore), 0)

@@ -61,7 +61,7 @@ deny:
 		{nil, dev, "ubuntu", false, ""},
 	}
 	for _, c := range cases {
-		err := CheckLogin(c.roles, get, "n1", c.labels, c.login)
+		err := CheckLogin(Identity{Roles: c.roles}, get, "n1", c.labels, c.login)
 		if (err == nil) != c.ok {
 			t.Errorf("%v on %v as %s: err=%v, want ok=%v", c.roles, c.labels, c.login, err, c.ok)
 		}
@@ -69,7 +69,7 @@ deny:
 			t.Errorf("%v on %v as %s: %q lacks %q", c.roles, c.labels, c.login, err, c.reason)
 		}
 	}
-	if got := Logins(all); strings.Join(got, ",") != "deploy,root,ubuntu" {
+	if got := Logins(all, nil); strings.Join(got, ",") != "deploy,root,ubuntu" {
 		t.Errorf("Logins = %v", got)
 	}
 }
@@ -122,6 +122,7 @@ func FuzzParseRoles(f *testing.F) {
 	f.Add([]byte("kind: role\nname: dev\nallow:\n  logins: [a]\n  node_labels: {env: dev}\n"))
 	f.Add([]byte("---\n---\n"))
 	f.Add([]byte("name: [x\n"))
+	f.Add([]byte("kind: role\nname: t\nallow:\n  logins: ['{{internal.logins}}']\n  node_labels: {host: '^web-[0-9]+$'}\n  permissions: []\n  request: {roles: [prod], max_duration: 2h}\nrequire_session_mfa: true\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rs, err := ParseRoles(b)
 		if err != nil {
@@ -131,7 +132,9 @@ func FuzzParseRoles(f *testing.F) {
 			if r.Check() != nil {
 				t.Fatalf("ParseRoles returned an invalid role %+v", r)
 			}
-			_ = CheckLogin([]string{r.Name}, roles(rs...), "n", map[string]string{"env": "dev"}, "a")
+			_ = CheckLogin(Identity{Roles: []string{r.Name}, Traits: map[string][]string{"internal.logins": {"a"}}}, roles(rs...), "n", map[string]string{"env": "dev"}, "a")
+			_ = Policy(Identity{Roles: []string{r.Name}}, roles(rs...), map[string]string{"env": "dev"})
+			_, _ = CheckRequest(Identity{Roles: []string{r.Name}}, roles(rs...), "x")
 		}
 	})
 }

@@ -13,34 +13,94 @@ import (
 
 // Role is a named set of allow and deny rules. Deny always wins.
 //
-// In YAML (jgctl roles apply -f roles.yaml), one or more documents:
+// In YAML (jgctl roles apply -f roles.yaml, or jgctl apply -f dir/), one
+// or more documents:
 //
 //	kind: role
 //	name: dev
 //	allow:
-//	  logins: [ubuntu, deploy]
+//	  logins: [ubuntu, "{{internal.logins}}", "{{external.logins}}"]
 //	  node_labels:
-//	    env: [staging, dev]   # any of these values
-//	    team: "*"             # any value, but the label must exist
+//	    env: [staging, dev]        # any of these values
+//	    team: "*"                  # any value, but the label must exist
+//	    host: '^web-[0-9]+$'       # a regular expression (^...$)
+//	  permissions: [port_forwarding, sftp, agent_forwarding]
+//	  request:
+//	    roles: [prod-access]       # may ask for these just in time
+//	    max_duration: 4h
 //	deny:
 //	  logins: [root]
+//	  permissions: [agent_forwarding]
 //	max_session_ttl: 8h
+//	require_session_mfa: true
+//	review_sessions: false
 //
 // node_labels {"*": "*"} matches every node. In allow, a node matches when
 // every listed label matches; an empty node_labels matches no node. In deny,
 // a non-empty node_labels selects the nodes the deny applies to, and deny
-// logins with no node_labels apply to every node.
+// logins and permissions with no node_labels apply to every node.
+//
+// Values of logins and node_labels may be templates: "{{internal.NAME}}"
+// stands for the values of the user's trait NAME (jgctl apply sets them),
+// "{{external.NAME}}" for the claim NAME from the SSO provider at the last
+// login. A template whose trait is missing stands for nothing.
+//
+// permissions lists what a session may do besides a shell and commands:
+// port_forwarding (ssh -L), agent_forwarding (ssh -A) and sftp. A role
+// whose allow side has no permissions key grants port_forwarding and sftp
+// (what a plain OpenSSH server allows); "permissions: []" grants none. A
+// permission in deny removes it whatever other roles allow.
+//
+// require_session_mfa: every new session of a user holding the role needs
+// a TOTP code (jg asks for it). review_sessions: the holder may replay
+// anyone's session recordings (everyone may replay their own).
 type Role struct {
 	Name          string   `json:"name" yaml:"name"`
 	Allow         Rules    `json:"allow" yaml:"allow"`
 	Deny          Rules    `json:"deny" yaml:"deny"`
 	MaxSessionTTL Duration `json:"max_session_ttl,omitempty" yaml:"max_session_ttl,omitempty"`
+	// RequireSessionMFA: every session needs a fresh second factor.
+	RequireSessionMFA bool `json:"require_session_mfa,omitempty" yaml:"require_session_mfa,omitempty"`
+	// ReviewSessions: may list and replay every session recording.
+	ReviewSessions bool `json:"review_sessions,omitempty" yaml:"review_sessions,omitempty"`
+	// Origin says what manages the role ("jgctl-apply" for jgctl apply;
+	// see state.OriginApply). It grants nothing.
+	Origin string `json:"origin,omitempty" yaml:"origin,omitempty"`
 }
 
 // Rules are the conditions of one side (allow or deny) of a role.
 type Rules struct {
 	Logins     []string `json:"logins,omitempty" yaml:"logins,omitempty"`
 	NodeLabels Labels   `json:"node_labels,omitempty" yaml:"node_labels,omitempty"`
+	// Permissions: see Role. nil (absent) and empty differ on the allow
+	// side, so this field is never omitted from JSON.
+	Permissions []string `json:"permissions" yaml:"permissions,omitempty"`
+	// Request lists the roles that may be asked for just in time (allow),
+	// or may not be (deny).
+	Request *RequestRules `json:"request,omitempty" yaml:"request,omitempty"`
+}
+
+// RequestRules say which roles a user may request (jg request create).
+type RequestRules struct {
+	// Roles are role names or regular expressions (^...$).
+	Roles []string `json:"roles,omitempty" yaml:"roles,omitempty"`
+	// MaxDuration caps how long an approved request lasts (allow side;
+	// default 1h, at most 7 days).
+	MaxDuration Duration `json:"max_duration,omitempty" yaml:"max_duration,omitempty"`
+}
+
+// The session permissions a role may grant or deny.
+const (
+	PermPortForwarding  = "port_forwarding"
+	PermAgentForwarding = "agent_forwarding"
+	PermSFTP            = "sftp"
+)
+
+// defaultPermissions are granted by an allow side without a permissions key.
+var defaultPermissions = []string{PermPortForwarding, PermSFTP}
+
+func validPermission(p string) bool {
+	return p == PermPortForwarding || p == PermAgentForwarding || p == PermSFTP
 }
 
 // Labels maps a label key to the values it may take; "*" as a key or value
@@ -101,16 +161,61 @@ func (r Role) Check() error {
 	if r.MaxSessionTTL < 0 {
 		return fmt.Errorf("role %s: max_session_ttl is negative", r.Name)
 	}
-	for _, side := range []Rules{r.Allow, r.Deny} {
+	for i, side := range []Rules{r.Allow, r.Deny} {
+		where := [...]string{"allow", "deny"}[i]
 		for _, l := range side.Logins {
-			if l == "" || strings.ContainsAny(l, " \t\n,") {
-				return fmt.Errorf("role %s: login %q is not a valid login name", r.Name, l)
+			if isTemplate(l) {
+				if _, _, err := parseTemplate(l); err != nil {
+					return fmt.Errorf("role %s: %s.logins: %w", r.Name, where, err)
+				}
+				continue
+			}
+			if l == "" || strings.ContainsAny(l, " \t\n,{}") {
+				return fmt.Errorf("role %s: %s.logins: %q is not a valid login name", r.Name, where, l)
 			}
 		}
 		for k, vs := range side.NodeLabels {
 			if k == "" || len(vs) == 0 {
-				return fmt.Errorf("role %s: node_labels entry %q needs a key and at least one value", r.Name, k)
+				return fmt.Errorf("role %s: %s.node_labels entry %q needs a key and at least one value", r.Name, where, k)
 			}
+			for _, v := range vs {
+				if err := checkValue(v); err != nil {
+					return fmt.Errorf("role %s: %s.node_labels.%s: %w", r.Name, where, k, err)
+				}
+			}
+		}
+		for _, p := range side.Permissions {
+			if !validPermission(p) {
+				return fmt.Errorf("role %s: %s.permissions: unknown permission %q (want %s, %s or %s)", r.Name, where, p, PermPortForwarding, PermAgentForwarding, PermSFTP)
+			}
+		}
+		if side.Request != nil {
+			for _, n := range side.Request.Roles {
+				if err := checkValue(n); err != nil {
+					return fmt.Errorf("role %s: %s.request.roles: %w", r.Name, where, err)
+				}
+			}
+			if d := time.Duration(side.Request.MaxDuration); d < 0 || d > MaxRequestDuration {
+				return fmt.Errorf("role %s: %s.request.max_duration must be between 0 and %s", r.Name, where, MaxRequestDuration)
+			}
+		}
+	}
+	return nil
+}
+
+// checkValue checks a label value or role pattern: a regular expression
+// must compile, a template must name a trait.
+func checkValue(v string) error {
+	switch {
+	case v == "":
+		return errors.New("empty value")
+	case isRegexp(v):
+		if _, err := compile(v); err != nil {
+			return fmt.Errorf("%q is not a valid regular expression: %w", v, err)
+		}
+	case isTemplate(v):
+		if _, _, err := parseTemplate(v); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -150,39 +255,6 @@ func ParseRoles(data []byte) ([]Role, error) {
 	return out, nil
 }
 
-// matchLabels reports whether a node with labels matches selector. An empty
-// selector matches nothing.
-func matchLabels(selector Labels, labels map[string]string) bool {
-	if len(selector) == 0 {
-		return false
-	}
-	for k, want := range selector {
-		if k == "*" {
-			if !contains(want, "*") {
-				return false
-			}
-			continue
-		}
-		v, ok := labels[k]
-		if !ok {
-			return false
-		}
-		if !contains(want, "*") && !contains(want, v) {
-			return false
-		}
-	}
-	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // RoleGetter looks a role definition up by name; ok is false when it does not
 // exist. It is how evaluation reads the caller's cache.
 type RoleGetter func(name string) (Role, bool)
@@ -194,24 +266,28 @@ type AccessError struct {
 
 func (e *AccessError) Error() string { return "access denied: " + e.Reason }
 
-// resolve looks up each role name; unknown roles are skipped (a role deleted
-// after a certificate was issued grants nothing).
-func resolve(names []string, get RoleGetter) []Role {
+// resolve looks up each of id's roles and expands their templates with
+// id's traits; unknown roles are skipped (a role deleted after a
+// certificate was issued grants nothing).
+func resolve(id Identity, get RoleGetter) []Role {
 	var out []Role
-	for _, n := range names {
+	for _, n := range id.Roles {
 		if r, ok := get(n); ok {
-			out = append(out, r)
+			out = append(out, r.Expand(id.Traits))
 		}
 	}
 	return out
 }
 
-// CanReachNode reports whether a user with these roles may reach a node
-// with these labels at all (the proxy's check).
-func CanReachNode(roleNames []string, get RoleGetter, node string, labels map[string]string) error {
-	roles := resolve(roleNames, get)
+// CanReachNode reports whether a user may reach a node with these labels at
+// all (the proxy's check).
+func CanReachNode(id Identity, get RoleGetter, node string, labels map[string]string) error {
+	return canReach(id.Roles, resolve(id, get), node, labels)
+}
+
+func canReach(names []string, roles []Role, node string, labels map[string]string) error {
 	for _, r := range roles {
-		if len(r.Deny.NodeLabels) > 0 && len(r.Deny.Logins) == 0 && matchLabels(r.Deny.NodeLabels, labels) {
+		if len(r.Deny.NodeLabels) > 0 && len(r.Deny.Logins) == 0 && len(r.Deny.Permissions) == 0 && matchLabels(r.Deny.NodeLabels, labels) {
 			return &AccessError{Reason: fmt.Sprintf("role %s denies node %s", r.Name, node)}
 		}
 	}
@@ -220,16 +296,16 @@ func CanReachNode(roleNames []string, get RoleGetter, node string, labels map[st
 			return nil
 		}
 	}
-	return &AccessError{Reason: fmt.Sprintf("none of your roles (%s) allow node %s", strings.Join(roleNames, ", "), node)}
+	return &AccessError{Reason: fmt.Sprintf("none of your roles (%s) allow node %s", strings.Join(names, ", "), node)}
 }
 
-// CheckLogin reports whether a user with these roles may log in as login on
-// a node with these labels (the node's check).
-func CheckLogin(roleNames []string, get RoleGetter, node string, labels map[string]string, login string) error {
-	if err := CanReachNode(roleNames, get, node, labels); err != nil {
+// CheckLogin reports whether a user may log in as login on a node with
+// these labels (the node's check).
+func CheckLogin(id Identity, get RoleGetter, node string, labels map[string]string, login string) error {
+	roles := resolve(id, get)
+	if err := canReach(id.Roles, roles, node, labels); err != nil {
 		return err
 	}
-	roles := resolve(roleNames, get)
 	for _, r := range roles {
 		if (contains(r.Deny.Logins, login) || contains(r.Deny.Logins, "*")) &&
 			(len(r.Deny.NodeLabels) == 0 || matchLabels(r.Deny.NodeLabels, labels)) {
@@ -244,12 +320,137 @@ func CheckLogin(roleNames []string, get RoleGetter, node string, labels map[stri
 	return &AccessError{Reason: fmt.Sprintf("none of your roles allow login %s on node %s", login, node)}
 }
 
-// Logins returns every login any of the roles allows, sorted: the
-// principals of a user's SSH certificate.
-func Logins(roles []Role) []string {
+// SessionPolicy is what a session on one node may do, from all of a user's
+// roles.
+type SessionPolicy struct {
+	PortForwarding  bool
+	AgentForwarding bool
+	SFTP            bool
+	// RequireMFA: the session needs a per-session MFA certificate.
+	RequireMFA bool
+}
+
+// Allows reports whether the policy grants permission p.
+func (p SessionPolicy) Allows(perm string) bool {
+	switch perm {
+	case PermPortForwarding:
+		return p.PortForwarding
+	case PermAgentForwarding:
+		return p.AgentForwarding
+	case PermSFTP:
+		return p.SFTP
+	}
+	return false
+}
+
+// Policy evaluates the permissions of a user's session on a node: a
+// permission is granted by a role that allows the node and lists it (or
+// lists nothing: see Role), unless a role denies it for this node.
+func Policy(id Identity, get RoleGetter, labels map[string]string) SessionPolicy {
+	roles := resolve(id, get)
+	granted := map[string]bool{}
+	var pol SessionPolicy
+	for _, r := range roles {
+		pol.RequireMFA = pol.RequireMFA || r.RequireSessionMFA
+		if !matchLabels(r.Allow.NodeLabels, labels) {
+			continue
+		}
+		perms := r.Allow.Permissions
+		if perms == nil {
+			perms = defaultPermissions
+		}
+		for _, p := range perms {
+			granted[p] = true
+		}
+	}
+	for _, r := range roles {
+		if len(r.Deny.NodeLabels) > 0 && !matchLabels(r.Deny.NodeLabels, labels) {
+			continue
+		}
+		for _, p := range r.Deny.Permissions {
+			delete(granted, p)
+		}
+	}
+	pol.PortForwarding, pol.AgentForwarding, pol.SFTP = granted[PermPortForwarding], granted[PermAgentForwarding], granted[PermSFTP]
+	return pol
+}
+
+// RequiresMFA reports whether any of the roles requires per-session MFA.
+func RequiresMFA(roles []Role) bool {
+	for _, r := range roles {
+		if r.RequireSessionMFA {
+			return true
+		}
+	}
+	return false
+}
+
+// CanReviewSessions reports whether a user may replay everyone's recordings.
+func CanReviewSessions(id Identity, get RoleGetter) bool {
+	for _, r := range resolve(id, get) {
+		if r.ReviewSessions {
+			return true
+		}
+	}
+	return false
+}
+
+// MaxRequestDuration is the longest an access request can be granted for.
+const MaxRequestDuration = 7 * 24 * time.Hour
+
+// DefaultRequestDuration is how long an approved request lasts when no
+// role says otherwise.
+const DefaultRequestDuration = time.Hour
+
+// CheckRequest reports whether a user with these roles may request role
+// want, and for how long at most.
+func CheckRequest(id Identity, get RoleGetter, want string) (time.Duration, error) {
+	roles := resolve(id, get)
+	for _, r := range roles {
+		if r.Deny.Request != nil && matchAny(r.Deny.Request.Roles, want) {
+			return 0, &AccessError{Reason: fmt.Sprintf("role %s denies requesting role %s", r.Name, want)}
+		}
+	}
+	var maxd time.Duration
+	ok := false
+	for _, r := range roles {
+		if r.Allow.Request == nil || !matchAny(r.Allow.Request.Roles, want) {
+			continue
+		}
+		ok = true
+		d := time.Duration(r.Allow.Request.MaxDuration)
+		if d == 0 {
+			d = DefaultRequestDuration
+		}
+		maxd = max(maxd, d)
+	}
+	if !ok {
+		return 0, &AccessError{Reason: fmt.Sprintf("none of your roles (%s) may request role %s", strings.Join(id.Roles, ", "), want)}
+	}
+	return maxd, nil
+}
+
+// matchAny reports whether s is in patterns (names, "*", or ^regexp$).
+func matchAny(patterns []string, s string) bool {
+	for _, p := range patterns {
+		if matchValue(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Logins returns every login the roles allow, with templates expanded by
+// traits, sorted: the principals of a user's SSH certificate. Regular
+// expressions and wildcards are not principals and are left out.
+func Logins(roles []Role, traits map[string][]string) []string {
 	var all []string
 	for _, r := range roles {
-		all = append(all, r.Allow.Logins...)
+		for _, l := range r.Expand(traits).Allow.Logins {
+			if l != "*" && !isRegexp(l) {
+				all = append(all, l)
+			}
+		}
 	}
 	return sortedCopy(all)
 }

@@ -189,7 +189,7 @@ func sameData(orig, again []byte) error {
 	}
 	var diff []string
 	for k, v := range a {
-		if w, ok := b[k]; !reflect.DeepEqual(v, w) && !(isEmpty(v) && (!ok || isEmpty(w))) {
+		if w, ok := b[k]; !sameJSON(v, w) && !(isEmpty(v) && (!ok || isEmpty(w))) {
 			diff = append(diff, k)
 		}
 	}
@@ -203,6 +203,41 @@ func sameData(orig, again []byte) error {
 	}
 	slices.Sort(diff)
 	return fmt.Errorf("field %s changed in a round trip through this version of Jumpgate (a backup written by a newer version, or edited by hand?)", strings.Join(diff, ", "))
+}
+
+// sameJSON compares decoded JSON values the way sameData compares the
+// top level: inside objects too, a field only one side has must be empty.
+func sameJSON(a, b any) bool {
+	switch a := a.(type) {
+	case map[string]any:
+		bm, ok := b.(map[string]any)
+		if !ok {
+			return false
+		}
+		for k, v := range a {
+			if w, ok := bm[k]; !sameJSON(v, w) && !(isEmpty(v) && (!ok || isEmpty(w))) {
+				return false
+			}
+		}
+		for k, w := range bm {
+			if _, ok := a[k]; !ok && !isEmpty(w) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		bl, ok := b.([]any)
+		if !ok || len(a) != len(bl) {
+			return false
+		}
+		for i := range a {
+			if !sameJSON(a[i], bl[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	return reflect.DeepEqual(a, b)
 }
 
 // isEmpty reports whether a decoded JSON value is null, "", 0, false or an

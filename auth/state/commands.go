@@ -188,6 +188,13 @@ var table = map[Type]handler{
 	TypeDeleteLock:       typed(applyDeleteLock),
 	TypeRotateCA:         typed(applyRotateCA),
 	TypePublishNextKeys:  typed(applyPublishNextKeys),
+
+	TypeCreateAccessRequest: typed(applyCreateAccessRequest),
+	TypeReviewAccessRequest: typed(applyReviewAccessRequest),
+	TypePruneAccessRequests: typed(applyPruneAccessRequests),
+	TypeAddMFADevice:        typed(applyAddMFADevice),
+	TypeRemoveMFADevice:     typed(applyRemoveMFADevice),
+	TypeUseMFA:              typed(applyUseMFA),
 }
 
 func typed[T any](f func(d *Data, c T) (any, []Event, error)) handler {
@@ -318,6 +325,7 @@ func applyUpsertUser(d *Data, c UpsertUser) (any, []Event, error) {
 	if u.PasswordHash == "" {
 		u.PasswordHash = old.PasswordHash
 	}
+	u.MFA = old.MFA // changed only by the MFA commands
 	if exists {
 		u.Created = old.Created
 	}

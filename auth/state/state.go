@@ -44,7 +44,20 @@ type User struct {
 	Roles        []string  `json:"roles"`
 	PasswordHash string    `json:"password_hash,omitempty"` // argon2id, PHC string format
 	Created      time.Time `json:"created"`
+	// Traits are the user's own attributes (logins, teams, ...) that
+	// role templates such as {{internal.logins}} read. SSO users bring
+	// theirs from the provider's claims at each login ({{external.*}}).
+	Traits map[string][]string `json:"traits,omitempty"`
+	// Origin says what manages the user: OriginApply for jgctl apply
+	// (whose --prune may delete it), "" for everything else.
+	Origin string `json:"origin,omitempty"`
+	// MFA are the user's TOTP devices (secrets: never returned by the API).
+	MFA []MFADevice `json:"mfa,omitempty"`
 }
+
+// OriginApply marks users, roles and tokens created by jgctl apply. Only
+// those are removed by jgctl apply --prune.
+const OriginApply = "jgctl-apply"
 
 // Token is a one-time join token. Only the SHA-256 of the secret is stored.
 type Token struct {
@@ -62,6 +75,7 @@ type Token struct {
 	Created time.Time         `json:"created"`
 	UsedBy  string            `json:"used_by,omitempty"` // who joined with it
 	UsedAt  time.Time         `json:"used_at,omitzero"`
+	Origin  string            `json:"origin,omitempty"` // see OriginApply
 }
 
 // ID is the short public name of a token: the first 12 hex digits of its hash.
@@ -147,10 +161,12 @@ type Data struct {
 	// appears in watch events.
 	MeshKeys    [][]byte `json:"mesh_keys,omitempty"`
 	MeshPrimary int      `json:"mesh_primary,omitempty"`
+	// Requests are access requests by id.
+	Requests map[string]AccessRequest `json:"access_requests,omitempty"`
 }
 
 func newData() Data {
-	return Data{Users: map[string]User{}, Roles: map[string]identity.Role{}, Tokens: map[string]Token{}, Nodes: map[string]Node{}, AuthServers: map[string]AuthServer{}, Locks: map[string]identity.Lock{}}
+	return Data{Users: map[string]User{}, Roles: map[string]identity.Role{}, Tokens: map[string]Token{}, Nodes: map[string]Node{}, AuthServers: map[string]AuthServer{}, Locks: map[string]identity.Lock{}, Requests: map[string]AccessRequest{}}
 }
 
 // Kinds of watched objects.
@@ -274,6 +290,7 @@ func (s *Store) Users() []User {
 	out := make([]User, 0, len(s.data.Users))
 	for _, u := range s.data.Users {
 		u.PasswordHash = ""
+		u.MFA = redactMFA(u.MFA)
 		out = append(out, u)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -395,6 +412,9 @@ func mergeData(dst *Data, src Data) {
 	}
 	if src.Locks != nil {
 		dst.Locks = src.Locks
+	}
+	if src.Requests != nil {
+		dst.Requests = src.Requests
 	}
 }
 

@@ -37,7 +37,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 func main() {
 	root := &cobra.Command{Use: "jg", Short: "Jumpgate client", SilenceUsage: true, SilenceErrors: true}
 	root.PersistentFlags().BoolVar(&debug, "debug", os.Getenv("JG_DEBUG") != "", "say on stderr which proxy and path each connection took ($JG_DEBUG)")
-	root.AddCommand(loginCmd(), lsCmd(), sshCmd(), proxyCmd(), configCmd(), statusCmd(), logoutCmd(),
+	root.AddCommand(loginCmd(), lsCmd(), sshCmd(), proxyCmd(), configCmd(), statusCmd(), logoutCmd(), requestCmd(), mfaCmd(),
 		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jg", version) }})
 	err := root.Execute()
 	var ee exitError
@@ -71,6 +71,16 @@ func loadIdentity() (*creds.Identity, error) {
 		return nil, err
 	}
 	if err := identity.CheckValidity(id.Leaf.NotBefore, id.Leaf.NotAfter, time.Now()); err != nil {
+		if len(id.Meta.Requests) > 0 {
+			// The access of a request ended: back to the login's roles,
+			// if their certificates are still valid.
+			if base, berr := creds.Load(baseDir()); berr == nil && identity.CheckValidity(base.Leaf.NotBefore, base.Leaf.NotAfter, time.Now()) == nil {
+				if rerr := restoreBase(); rerr == nil {
+					fmt.Fprintf(os.Stderr, "jg: the access of request %s has ended: back to roles %s\n", strings.Join(id.Meta.Requests, ", "), strings.Join(base.Meta.Roles, ", "))
+					return creds.Load(home())
+				}
+			}
+		}
 		return nil, err
 	}
 	return id, nil
@@ -183,6 +193,7 @@ func loginCmd() *cobra.Command {
 // saveLogin stores the certificates of a login through proxy used, and
 // the home proxy h if that is where the login went.
 func saveLogin(k *creds.Keys, c *authapi.Credentials, used, pin string, h *homeState) error {
+	os.RemoveAll(baseDir()) // certificates kept from before an access request are stale now
 	if err := creds.Save(home(), k, c, creds.Meta{Kind: string(identity.KindUser), Proxy: used, CAPin: pin}); err != nil {
 		return err
 	}
@@ -363,6 +374,7 @@ func hostKeyCallback(id *creds.Identity) (ssh.HostKeyCallback, error) {
 func sshCmd() *cobra.Command {
 	var forceTTY bool
 	var sshWindow time.Duration
+	var mfaCode string
 	c := &cobra.Command{
 		Use:   "ssh [login@]node [-- command...]",
 		Short: "Open a shell or run a command on a node",
@@ -380,7 +392,7 @@ func sshCmd() *cobra.Command {
 				}
 				login = u.Username
 			}
-			signer, err := id.CertSigner()
+			signer, err := sessionSigner(cmd.Context(), id, node, login, mfaCode)
 			if err != nil {
 				return err
 			}
@@ -411,6 +423,7 @@ func sshCmd() *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&forceTTY, "tty", "t", false, "allocate a terminal even for a command")
+	c.Flags().StringVar(&mfaCode, "mfa-code", "", "TOTP code for a node whose roles require MFA (default: ask on the terminal)")
 	c.Flags().DurationVar(&sshWindow, "resume-window", 0, "how long to try resuming the session through another proxy when its path breaks (default $JG_RESUME_WINDOW or 2m)")
 	return c
 }

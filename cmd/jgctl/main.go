@@ -38,7 +38,7 @@ func main() {
 	pf.StringVar(&g.identityDir, "identity", envOr("JUMPGATE_ADMIN_IDENTITY", "/var/lib/jumpgate/admin"), "admin identity directory ($JUMPGATE_ADMIN_IDENTITY)")
 	pf.BoolVar(&g.jsonOut, "json", false, "print JSON")
 	root.AddCommand(usersCmd(g), rolesCmd(g), tokensCmd(g), nodesCmd(g), proxiesCmd(g), meshCmd(g), authCmd(g), caCmd(g), lockCmd(g), unlockCmd(g), locksCmd(g), statusCmd(g),
-		backupCmd(g), targetsCmd(g),
+		backupCmd(g), targetsCmd(g), requestsCmd(g),
 		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jgctl", version) }})
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "jgctl:", err)
@@ -93,7 +93,7 @@ func withClient(g *globals, f func(ctx context.Context, c *authapi.Client, args 
 
 func usersCmd(g *globals) *cobra.Command {
 	u := &cobra.Command{Use: "users", Short: "Manage users"}
-	var roles string
+	var roles, mfaDevice string
 	var pwStdin bool
 	add := &cobra.Command{Use: "add NAME --roles=R1,R2", Short: "Add a user (asks for the password, or --password-stdin)", Args: cobra.ExactArgs(1),
 		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
@@ -135,7 +135,16 @@ func usersCmd(g *globals) *cobra.Command {
 			}
 			return table("USER\tROLES\tCREATED", rows)
 		})}
-	u.AddCommand(add, rm, ls)
+	resetMFA := &cobra.Command{Use: "reset-mfa NAME [--device=D]", Short: "Remove a user's MFA devices (a lost phone)", Args: cobra.ExactArgs(1),
+		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, args []string) error {
+			if err := c.ResetMFA(ctx, args[0], mfaDevice); err != nil {
+				return err
+			}
+			fmt.Printf("MFA devices of %s removed: they can enroll a new one with jg mfa add.\n", args[0])
+			return nil
+		})}
+	resetMFA.Flags().StringVar(&mfaDevice, "device", "", "remove only this device")
+	u.AddCommand(add, rm, ls, resetMFA)
 	return u
 }
 

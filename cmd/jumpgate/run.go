@@ -637,12 +637,13 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		HostSigner: live.HostSigner,
 		UserCAs:    cache.UserCAs,
 		Authorize: func(user identity.Identity, login string) error {
-			if err := identity.CheckLogin(user.Roles, cache.Role, id.Meta.Name, labels, login); err != nil {
+			if err := identity.CheckLogin(user, cache.Role, id.Meta.Name, labels, login); err != nil {
 				return err
 			}
 			return checkNodeLocks(cache, cfg.Node, identity.LockTarget{User: user.Name, Roles: user.Roles, Node: id.Meta.Name, Login: login}, time.Now())
 		},
-		Audit: p.audit, Logger: p.log.With("component", "sshd"), Metrics: p.reg,
+		Policy: func(user identity.Identity) identity.SessionPolicy { return identity.Policy(user, cache.Role, labels) },
+		Audit:  p.audit, Logger: p.log.With("component", "sshd"), Metrics: p.reg,
 	})
 	if err != nil {
 		return err

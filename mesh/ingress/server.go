@@ -231,6 +231,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("GET /v1/nodes", s.nodes)
 	mux.HandleFunc("GET /v1/mesh/proxies", s.meshProxies)
 	mux.HandleFunc("GET /v1/discover", s.discover)
+	mux.HandleFunc("/v1/user/", s.userForward)
 	mux.HandleFunc("POST /v1/drain", s.startDrain)
 	mux.HandleFunc("GET /v1/drain", s.drainStatus)
 	s.httpL = newChanListener()
@@ -396,7 +397,7 @@ func (s *Server) handleDial(tc *tls.Conn) {
 		refuse(&DialResponse{V: req.V, Code: CodeUnknown, Error: fmt.Sprintf("node %s is not known to cluster %s: jg ls lists the nodes you can reach", req.Node, s.cfg.Cache.Cluster())})
 		return
 	}
-	if err := identity.CanReachNode(user.Roles, s.cfg.Cache.Role, node.ID, node.Labels); err != nil {
+	if err := identity.CanReachNode(user, s.cfg.Cache.Role, node.ID, node.Labels); err != nil {
 		refuse(&DialResponse{V: req.V, Code: CodeDenied, Error: err.Error()})
 		return
 	}
@@ -626,7 +627,7 @@ func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []authapi.NodeStatus{}
 	for _, n := range s.cfg.Cache.Nodes() {
-		if identity.CanReachNode(user.Roles, s.cfg.Cache.Role, n.ID, n.Labels) != nil {
+		if identity.CanReachNode(user, s.cfg.Cache.Role, n.ID, n.Labels) != nil {
 			continue
 		}
 		out = append(out, authapi.NodeStatus{ID: n.ID, Labels: n.Labels, Joined: n.Joined, Online: s.cfg.Online(n.ID)})

@@ -164,7 +164,7 @@ func (s *Server) authorize(cm ssh.ConnMetadata, perms *ssh.Permissions) error {
 	if _, err := lookupLogin(s.self, s.cfg.NodeID, login); err != nil {
 		return &authError{reason: reasonOther, event: audit.SessionDenied, msg: err.Error(), err: err, user: id.Name, roles: id.Roles}
 	}
-	return nil
+	return s.checkPolicy(id, login, perms)
 }
 
 // refuse counts, audits and logs a refused attempt, and returns the error

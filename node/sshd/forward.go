@@ -28,6 +28,13 @@ func (c *serverConn) handleDirectTCPIP(nch ssh.NewChannel) {
 	e.Command = target
 	log := c.log.With("target", target)
 
+	if !c.policy.PortForwarding {
+		e.Error = "roles do not permit port forwarding on this node"
+		c.srv.cfg.Audit.Emit(e)
+		log.Info("refused port forward: roles do not permit it")
+		c.reject(nch, ssh.Prohibited, fmt.Sprintf("your roles do not permit port forwarding on node %s: ask an administrator", c.srv.cfg.NodeID))
+		return
+	}
 	if !c.permits("permit-port-forwarding") {
 		e.Error = "certificate does not permit port forwarding"
 		c.srv.cfg.Audit.Emit(e)

@@ -15,6 +15,7 @@ const (
 	reasonWrongCluster failReason = "wrong_cluster" // cluster extension differs
 	reasonPrincipal    failReason = "principal"     // login not among the principals
 	reasonDenied       failReason = "denied"        // roles deny the login on this node
+	reasonMFA          failReason = "mfa"           // roles require a per-session MFA certificate
 	reasonOther        failReason = "other"         // plain keys, malformed certificates, OS login problems
 )
 
@@ -46,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Live SSH connections this node ended because a lock applied to them.",
 		}),
 	}
-	for _, r := range []failReason{reasonExpired, reasonUnknownCA, reasonWrongCluster, reasonPrincipal, reasonDenied, reasonOther} {
+	for _, r := range []failReason{reasonExpired, reasonUnknownCA, reasonWrongCluster, reasonPrincipal, reasonDenied, reasonMFA, reasonOther} {
 		m.authFailures.WithLabelValues(string(r)) // export zeros so rates work from the start
 	}
 	if reg == nil {

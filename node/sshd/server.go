@@ -14,6 +14,7 @@ import (
 
 	"jumpgate.dev/jumpgate/auth/audit"
 	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/node/recording"
 )
 
 // Config configures a Server.
@@ -34,6 +35,18 @@ type Config struct {
 	// *identity.AccessError; their text is shown to the user. Any other
 	// error is logged and the user is told to try again.
 	Authorize func(id identity.Identity, login string) error
+	// Policy, if set, returns what a user's sessions on this node may do
+	// (port forwarding, agent forwarding, SFTP) and whether each needs a
+	// per-session MFA certificate, from the node's cached roles. Nil:
+	// what the certificate's permit-* extensions allow, without MFA.
+	Policy func(id identity.Identity) identity.SessionPolicy
+	// Recordings, if set, is where shell and exec sessions are recorded
+	// (asciicast v2). OnRecording is called with each finished
+	// recording, from the session's goroutine (it must not block).
+	Recordings  *recording.Store
+	OnRecording func(recording.Meta)
+	// RecordingLimit bounds one recording's size (default 64 MiB).
+	RecordingLimit int64
 
 	// Audit receives audit events. Default audit.Discard.
 	Audit audit.Sink
@@ -94,6 +107,9 @@ func (c *Config) checkAndSetDefaults() error {
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = defaultDialTimeout
 	}
+	if c.RecordingLimit <= 0 {
+		c.RecordingLimit = 64 << 20
+	}
 	c.SFTPHelper = append([]string(nil), c.SFTPHelper...)
 	return nil
 }
@@ -116,6 +132,8 @@ type Server struct {
 	cancel context.CancelFunc
 
 	wg sync.WaitGroup // one per connection goroutine; Add only under mu while !draining
+
+	mfa mfaSeen // per-session MFA certificates already used
 
 	mu        sync.Mutex // guards following
 	draining  bool
@@ -321,6 +339,8 @@ type serverConn struct {
 	sc    *ssh.ServerConn
 	ident identity.Identity
 	perms map[string]string // certificate extensions (permit-pty, ...)
+	// policy is what the user's roles allow here (see Config.Policy).
+	policy identity.SessionPolicy
 
 	mu       sync.Mutex // guards following
 	active   int        // open channels
@@ -368,6 +388,7 @@ func (c *serverConn) run() {
 	c.sc = sc
 	c.ident = id
 	c.perms = sc.Permissions.Extensions
+	c.policy = policyFromPermissions(sc.Permissions)
 	c.mu.Lock()
 	c.target = identity.LockTarget{User: id.Name, Roles: id.Roles, Node: c.srv.cfg.NodeID, Login: sc.User()}
 	c.authed = true

@@ -139,6 +139,13 @@ func (s *session) handleRequest(req *ssh.Request) {
 			s.tellUser(err.Error())
 			break
 		}
+		if !s.c.policy.SFTP && isFileTransfer(cmd) {
+			e := s.event(audit.Exec)
+			e.Command, e.Error = cmd, "roles do not permit file transfer on this node"
+			s.c.srv.cfg.Audit.Emit(e)
+			s.tellUser(fmt.Sprintf("your roles do not permit file transfer (SFTP, scp) on node %s: ask an administrator", s.c.srv.cfg.NodeID))
+			break
+		}
 		ok = s.handleStart("exec", cmd)
 		starts = ok
 	case "subsystem":
@@ -146,6 +153,14 @@ func (s *session) handleRequest(req *ssh.Request) {
 		if err != nil || name != "sftp" {
 			s.log.Info("refused subsystem request", "subsystem", name, "err", err)
 			s.tellUser(fmt.Sprintf("subsystem %.40q is not supported: only sftp is", name))
+			break
+		}
+		if !s.c.policy.SFTP {
+			e := s.event(audit.SFTP)
+			e.Command, e.Error = "sftp", "roles do not permit SFTP on this node"
+			s.c.srv.cfg.Audit.Emit(e)
+			s.log.Info("refused sftp: roles do not permit it")
+			s.tellUser(fmt.Sprintf("your roles do not permit SFTP (or scp) on node %s: ask an administrator", s.c.srv.cfg.NodeID))
 			break
 		}
 		ok = s.handleStart("sftp", "")

@@ -43,6 +43,10 @@ type Meta struct {
 	Expires time.Time `json:"expires"`
 	Proxy   string    `json:"proxy,omitempty"` // proxy address used to log in or join
 	CAPin   string    `json:"ca_pin,omitempty"`
+	// RequireMFA: the roles need a TOTP code for every session.
+	RequireMFA bool `json:"require_mfa,omitempty"`
+	// Requests are the access requests whose roles the certificates carry.
+	Requests []string `json:"requests,omitempty"`
 }
 
 // Keys are a fresh pair of private keys: one for SSH, one for TLS.
@@ -95,6 +99,7 @@ func Save(dir string, k *Keys, c *authapi.Credentials, meta Meta) error {
 		fmt.Fprintf(&kh, "@cert-authority * %s\n", strings.TrimSpace(l))
 	}
 	meta.Cluster, meta.Name, meta.Roles, meta.Logins, meta.Expires = c.Cluster, c.Name, c.Roles, c.Logins, c.Expires
+	meta.RequireMFA, meta.Requests = c.RequireMFA, c.Requests
 	mj, _ := json.MarshalIndent(meta, "", "  ")
 	files := []struct {
 		name string
@@ -189,6 +194,31 @@ func Load(dir string) (*Identity, error) {
 	}
 	return id, nil
 }
+
+// Keys returns the identity's private keys, to have new certificates
+// issued for them.
+func (id *Identity) Keys() (*Keys, error) {
+	keyPEM, err := os.ReadFile(filepath.Join(id.Dir, "key"))
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ssh.ParseRawPrivateKey(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s/key: %w", id.Dir, err)
+	}
+	sk, ok := raw.(*ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s/key is not an ed25519 key", id.Dir)
+	}
+	tk, ok := id.TLS.PrivateKey.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s/tls.key is not an ed25519 key", id.Dir)
+	}
+	return &Keys{SSH: *sk, TLS: tk}, nil
+}
+
+// Files are the names Save writes, for copying an identity aside.
+var Files = []string{"key", "key.pub", "key-cert.pub", "tls.key", "tls.crt", "cas.pem", "known_hosts", "identity.json"}
 
 // CertSigner returns an ssh.Signer presenting the SSH certificate.
 func (id *Identity) CertSigner() (ssh.Signer, error) {

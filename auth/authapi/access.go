@@ -1,0 +1,340 @@
+package authapi
+
+// Users' own calls: access requests, certificates with approved requests,
+// MFA devices and per-session MFA certificates, session recordings.
+//
+// Users never talk to auth servers directly. Their jg calls the proxy at
+// /v1/user/..., the proxy checks the user's certificate and forwards the
+// call here with the certificate in HeaderUserCert. The auth server checks
+// that certificate again against the cluster's TLS CAs, so a proxy can
+// forward a user's call but never make one up.
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"jumpgate.dev/jumpgate/auth/audit"
+	"jumpgate.dev/jumpgate/auth/identity"
+	"jumpgate.dev/jumpgate/auth/state"
+)
+
+// HeaderUserCert carries the DER of the user's TLS certificate (base64) on
+// calls a proxy forwards for a user.
+const HeaderUserCert = "Jumpgate-User-Cert"
+
+// userHandler serves a user's call forwarded by a proxy.
+type userHandler func(w http.ResponseWriter, r *http.Request, user identity.Identity, proxy identity.Identity)
+
+// requireUser checks that a proxy forwards the call and that the user's
+// certificate it carries is valid for this cluster and not locked.
+func (s *Server) requireUser(h userHandler) http.HandlerFunc {
+	return s.require(func(w http.ResponseWriter, r *http.Request, proxy identity.Identity) {
+		user, cert, err := s.forwardedUser(r)
+		if err != nil {
+			WriteError(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{User: user.Name, Roles: user.Roles}, s.cfg.Now()); err != nil {
+			WriteError(w, http.StatusForbidden, err.Error())
+			return
+		}
+		r = r.WithContext(withUserCert(r.Context(), cert))
+		h(w, r, user, proxy)
+	}, identity.KindProxy)
+}
+
+func (s *Server) forwardedUser(r *http.Request) (identity.Identity, *x509.Certificate, error) {
+	raw := r.Header.Get(HeaderUserCert)
+	if raw == "" {
+		return identity.Identity{}, nil, errors.New("no user certificate forwarded: call this through a proxy, with jg")
+	}
+	der, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil {
+		return identity.Identity{}, nil, errors.New("malformed forwarded user certificate")
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return identity.Identity{}, nil, fmt.Errorf("malformed forwarded user certificate: %v", err)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range s.cfg.Store.CAs().TLS {
+		if ca, err := x509.ParseCertificate(c); err == nil {
+			pool.AddCert(ca)
+		}
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: s.cfg.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return identity.Identity{}, nil, fmt.Errorf("your certificate is not valid for this cluster (%v): run jg login", err)
+	}
+	id, err := identity.FromX509(cert)
+	if err != nil {
+		return identity.Identity{}, nil, err
+	}
+	if id.Kind != identity.KindUser {
+		return identity.Identity{}, nil, fmt.Errorf("%s is not a user", id)
+	}
+	if id.Cluster != s.cfg.Store.Cluster() {
+		return identity.Identity{}, nil, fmt.Errorf("certificate is for cluster %s, this is cluster %s", id.Cluster, s.cfg.Store.Cluster())
+	}
+	return id, cert, nil
+}
+
+// --- access requests --------------------------------------------------------
+
+// CreateAccessRequest is a user's request for roles (jg request create).
+type CreateAccessRequest struct {
+	Roles  []string `json:"roles"`
+	Reason string   `json:"reason"`
+	// Duration asks for a shorter access than the roles allow ("" for
+	// the most they allow).
+	Duration identity.Duration `json:"duration,omitempty"`
+}
+
+// ReviewRequest approves or denies an access request (jgctl requests).
+type ReviewRequest struct {
+	Approve bool   `json:"approve"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// RequestPendingFor is how long a request waits for a review.
+const RequestPendingFor = 24 * time.Hour
+
+func (s *Server) createRequest(w http.ResponseWriter, r *http.Request, user, proxy identity.Identity) {
+	var req CreateAccessRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	req.Reason = strings.TrimSpace(req.Reason)
+	switch {
+	case len(req.Roles) == 0:
+		WriteError(w, http.StatusBadRequest, "name the roles you need: jg request create --roles=ROLE --reason=...")
+		return
+	case req.Reason == "":
+		WriteError(w, http.StatusBadRequest, "give a reason: reviewers see it, and it goes into the audit log")
+		return
+	case len(req.Reason) > 1024:
+		WriteError(w, http.StatusBadRequest, "the reason is longer than 1024 characters")
+		return
+	case len(req.Roles) > 16:
+		WriteError(w, http.StatusBadRequest, "at most 16 roles per request")
+		return
+	}
+	var longest time.Duration = identity.MaxRequestDuration
+	for _, role := range req.Roles {
+		if _, ok := s.cfg.Store.Role(role); !ok {
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("role %s does not exist", role))
+			return
+		}
+		if slices.Contains(user.Roles, role) {
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("you have role %s already", role))
+			return
+		}
+		d, err := identity.CheckRequest(user, s.cfg.Store.Role, role)
+		if err != nil {
+			s.cfg.Audit.Emit(audit.Event{Type: audit.AccessRequestCreated, User: user.Name, Roles: req.Roles, Reason: req.Reason, Proxy: proxy.Name, Error: err.Error()})
+			WriteError(w, http.StatusForbidden, err.Error())
+			return
+		}
+		longest = min(longest, d)
+	}
+	if d := time.Duration(req.Duration); d > 0 && d < longest {
+		longest = d
+	}
+	now := s.cfg.Now().UTC()
+	ar := state.AccessRequest{ID: newRequestID(), User: user.Name, Roles: req.Roles, Reason: req.Reason, Duration: identity.Duration(longest),
+		Created: now, PendingUntil: now.Add(RequestPendingFor)}
+	res, err := s.apply(state.TypeCreateAccessRequest|state.FlagIgnorable, state.CreateAccessRequest{Request: ar})
+	if err != nil {
+		s.applyErr(w, err)
+		return
+	}
+	if res == nil {
+		WriteError(w, http.StatusServiceUnavailable, "the auth cluster is being upgraded and cannot take access requests yet: try again when every auth server runs this version")
+		return
+	}
+	ar = res.(state.AccessRequest)
+	s.cfg.Audit.Emit(audit.Event{Type: audit.AccessRequestCreated, User: user.Name, Roles: ar.Roles, Reason: ar.Reason, Request: ar.ID, Proxy: proxy.Name})
+	s.cfg.Logger.Info("access request created", "id", ar.ID, "user", user.Name, "roles", ar.Roles)
+	WriteJSON(w, http.StatusCreated, ar)
+}
+
+func newRequestID() string {
+	b := randomBytes(10)
+	return strings.ToLower(strings.TrimRight(base32Enc.EncodeToString(b), "="))
+}
+
+func (s *Server) listOwnRequests(w http.ResponseWriter, r *http.Request, user, _ identity.Identity) {
+	WriteJSON(w, http.StatusOK, orEmpty(s.cfg.Store.AccessRequests(user.Name)))
+}
+
+func (s *Server) getOwnRequest(w http.ResponseWriter, r *http.Request, user, _ identity.Identity) {
+	ar, ok := s.cfg.Store.AccessRequest(r.PathValue("id"))
+	if !ok || ar.User != user.Name {
+		WriteError(w, http.StatusNotFound, fmt.Sprintf("you have no access request %s: jg request ls lists yours", r.PathValue("id")))
+		return
+	}
+	WriteJSON(w, http.StatusOK, ar)
+}
+
+func (s *Server) listRequests(w http.ResponseWriter, r *http.Request, _ identity.Identity) {
+	all := s.cfg.Store.AccessRequests(r.URL.Query().Get("user"))
+	if st := r.URL.Query().Get("state"); st != "" {
+		now := s.cfg.Now()
+		all = slices.DeleteFunc(all, func(a state.AccessRequest) bool { return a.Status(now) != st })
+	}
+	WriteJSON(w, http.StatusOK, orEmpty(all))
+}
+
+func (s *Server) reviewRequest(w http.ResponseWriter, r *http.Request, caller identity.Identity) {
+	var req ReviewRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	now := s.cfg.Now().UTC()
+	res, err := s.apply(state.TypeReviewAccessRequest|state.FlagIgnorable, state.ReviewAccessRequest{ID: r.PathValue("id"), Approve: req.Approve, Reviewer: caller.Name, Reason: req.Reason, Now: now})
+	if err != nil {
+		if errors.Is(err, state.ErrRequestReviewed) {
+			WriteError(w, http.StatusConflict, err.Error())
+			return
+		}
+		s.applyErr(w, err)
+		return
+	}
+	if res == nil {
+		WriteError(w, http.StatusServiceUnavailable, "the auth cluster is being upgraded: try again when every auth server runs this version")
+		return
+	}
+	ar := res.(state.AccessRequest)
+	ev := audit.Event{Type: audit.AccessRequestDenied, User: caller.Name, Subject: ar.User, Request: ar.ID, Roles: ar.Roles, Reason: req.Reason}
+	if req.Approve {
+		ev.Type, ev.Expires = audit.AccessRequestApproved, ar.AccessUntil
+	}
+	s.cfg.Audit.Emit(ev)
+	s.cfg.Logger.Info("access request reviewed", "id", ar.ID, "user", ar.User, "state", ar.State, "reviewer", caller.Name)
+	WriteJSON(w, http.StatusOK, ar)
+}
+
+// --- certificates with approved requests ---------------------------------------
+
+// ReissueRequest asks for new user certificates for the caller's keys,
+// carrying the roles of approved access requests (none: back to the
+// user's own roles).
+type ReissueRequest struct {
+	SSHPublic string   `json:"ssh_public"`
+	TLSPublic []byte   `json:"tls_public"`
+	Requests  []string `json:"requests,omitempty"`
+}
+
+func (s *Server) reissue(w http.ResponseWriter, r *http.Request, user, proxy identity.Identity) {
+	if !s.canSign(w, false) {
+		return
+	}
+	var req ReissueRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	now := s.cfg.Now()
+	cert := userCertFrom(r.Context())
+	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublic))
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "malformed SSH public key: "+err.Error())
+		return
+	}
+	tlsPub, err := x509.ParsePKIXPublicKey(req.TLSPublic)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "malformed TLS public key: "+err.Error())
+		return
+	}
+	if !samePublicKey(tlsPub, cert.PublicKey) {
+		WriteError(w, http.StatusBadRequest, "new certificates are issued for the keys of the certificate you call with: keep your TLS key")
+		return
+	}
+	base := s.baseRoles(user)
+	roles := slices.Clone(base)
+	until := user.Expires
+	for _, id := range req.Requests {
+		ar, ok := s.cfg.Store.AccessRequest(id)
+		if !ok || ar.User != user.Name {
+			WriteError(w, http.StatusNotFound, fmt.Sprintf("you have no access request %s", id))
+			return
+		}
+		if st := ar.Status(now); st != state.RequestApproved {
+			WriteError(w, http.StatusForbidden, fmt.Sprintf("access request %s is %s, not approved", id, st))
+			return
+		}
+		for _, role := range ar.Roles {
+			if !slices.Contains(roles, role) {
+				roles = append(roles, role)
+			}
+		}
+		if ar.AccessUntil.Before(until) {
+			until = ar.AccessUntil
+		}
+	}
+	ttl := until.Sub(now)
+	if ttl < time.Minute {
+		WriteError(w, http.StatusForbidden, "less than a minute of access is left: run jg login")
+		return
+	}
+	if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{User: user.Name, Roles: roles}, now); err != nil {
+		WriteError(w, http.StatusForbidden, err.Error())
+		return
+	}
+	var defs []identity.Role
+	for _, n := range roles {
+		if d, ok := s.cfg.Store.Role(n); ok {
+			defs = append(defs, d)
+		}
+	}
+	id := identity.Identity{Kind: identity.KindUser, Name: user.Name, Cluster: user.Cluster, Roles: roles, Traits: user.Traits,
+		Logins: identity.Logins(defs, user.Traits), Requests: slices.Clone(req.Requests)}
+	creds, err := s.issue(id, sshPub, tlsPub, ttl, nil, nil)
+	if err != nil {
+		WriteError(w, http.StatusInternalServerError, "issue certificates: "+err.Error())
+		return
+	}
+	creds.RequireMFA = identity.RequiresMFA(defs)
+	creds.Requests = id.Requests
+	s.cfg.Audit.Emit(audit.Event{Type: audit.CertIssued, User: user.Name, Roles: roles, Cluster: id.Cluster, Proxy: proxy.Name,
+		Request: strings.Join(req.Requests, ","), Expires: creds.Expires.UTC(), Command: "user certificates with access requests"})
+	s.cfg.Logger.Info("user certificates reissued", "user", user.Name, "requests", req.Requests, "roles", roles, "ttl", ttl.Round(time.Second))
+	WriteJSON(w, http.StatusOK, creds)
+}
+
+// baseRoles are the roles a user holds without access requests: a known
+// user's own; otherwise (an SSO user) those of the certificate that no
+// request it carries granted.
+func (s *Server) baseRoles(user identity.Identity) []string {
+	if u, ok := s.cfg.Store.User(user.Name); ok && len(u.Roles) > 0 {
+		return slices.Clone(u.Roles)
+	}
+	granted := map[string]bool{}
+	for _, id := range user.Requests {
+		if ar, ok := s.cfg.Store.AccessRequest(id); ok {
+			for _, role := range ar.Roles {
+				granted[role] = true
+			}
+		}
+	}
+	var out []string
+	for _, role := range user.Roles {
+		if !granted[role] {
+			out = append(out, role)
+		}
+	}
+	return out
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
