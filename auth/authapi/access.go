@@ -64,13 +64,7 @@ func (s *Server) forwardedUser(r *http.Request) (identity.Identity, *x509.Certif
 	if err != nil {
 		return identity.Identity{}, nil, fmt.Errorf("malformed forwarded user certificate: %v", err)
 	}
-	pool := x509.NewCertPool()
-	for _, c := range s.cfg.Store.CAs().TLS {
-		if ca, err := x509.ParseCertificate(c); err == nil {
-			pool.AddCert(ca)
-		}
-	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: s.cfg.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: s.tlsPool(), CurrentTime: s.cfg.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return identity.Identity{}, nil, fmt.Errorf("your certificate is not valid for this cluster (%v): run jg login", err)
 	}
 	id, err := identity.FromX509(cert)

@@ -27,6 +27,7 @@ import (
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/auth/raftnode"
 	"jumpgate.dev/jumpgate/auth/state"
+	"jumpgate.dev/jumpgate/node/recording"
 )
 
 // ServerConfig configures the auth API server.
@@ -71,6 +72,9 @@ type ServerConfig struct {
 	// SSO, if set, lets users log in through an OpenID Connect provider
 	// (see sso.go).
 	SSO *SSOConfig
+	// Recordings, if set, keeps the session recordings nodes upload
+	// (see recordings.go).
+	Recordings *recording.Store
 }
 
 func (c *ServerConfig) checkAndSetDefaults() error {
@@ -187,6 +191,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.HandleFunc("POST /v1/user/certs/session", s.requireUser(s.sessionCert))
 	s.mux.HandleFunc("POST /v1/user/mfa", s.requireUser(s.addMFADevice))
 	s.mux.HandleFunc("GET /v1/user/mfa", s.requireUser(s.listMFADevices))
+	s.mux.HandleFunc("PUT /v1/recordings/{session}", s.require(s.uploadRecording, identity.KindProxy))
+	s.mux.HandleFunc("GET /v1/recordings", s.require(s.adminRecordings, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/recordings/{session}", s.require(s.adminRecording, identity.KindAdmin))
+	s.mux.HandleFunc("GET /v1/user/recordings", s.requireUser(s.userRecordings))
+	s.mux.HandleFunc("GET /v1/user/recordings/{session}", s.requireUser(s.userRecording))
+	s.mux.HandleFunc("GET /v1/internal/recordings", s.require(s.internalRecordings, identity.KindAuth))
+	s.mux.HandleFunc("GET /v1/internal/recordings/{session}", s.require(s.internalRecording, identity.KindAuth))
 	s.mux.HandleFunc("GET /v1/requests", s.require(s.listRequests, identity.KindAdmin))
 	s.mux.HandleFunc("POST /v1/requests/{id}/review", s.require(s.reviewRequest, identity.KindAdmin))
 	s.mux.HandleFunc("DELETE /v1/users/{name}/mfa", s.require(s.resetMFA, identity.KindAdmin))
@@ -198,7 +209,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	limit := s.cfg.MaxBodyBytes
+	if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, recordingsPrefix) {
+		limit = MaxRecordingBytes + 1 // Put checks the exact limit
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	s.mux.ServeHTTP(w, r)
 }
 

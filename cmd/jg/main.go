@@ -37,7 +37,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 func main() {
 	root := &cobra.Command{Use: "jg", Short: "Jumpgate client", SilenceUsage: true, SilenceErrors: true}
 	root.PersistentFlags().BoolVar(&debug, "debug", os.Getenv("JG_DEBUG") != "", "say on stderr which proxy and path each connection took ($JG_DEBUG)")
-	root.AddCommand(loginCmd(), lsCmd(), sshCmd(), proxyCmd(), configCmd(), statusCmd(), logoutCmd(), requestCmd(), mfaCmd(),
+	root.AddCommand(loginCmd(), lsCmd(), sshCmd(), proxyCmd(), configCmd(), statusCmd(), logoutCmd(), requestCmd(), mfaCmd(), playCmd(),
 		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jg", version) }})
 	err := root.Execute()
 	var ee exitError

@@ -29,6 +29,7 @@ import (
 	"jumpgate.dev/jumpgate/auth/raftnode"
 	"jumpgate.dev/jumpgate/auth/state"
 	"jumpgate.dev/jumpgate/cmd/internal/creds"
+	"jumpgate.dev/jumpgate/node/recording"
 )
 
 // Files an auth server keeps beside raft's, so that it can talk to the
@@ -233,9 +234,14 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 	}
 	a.saveTrusted()
 
+	recs, err := recording.OpenStore(filepath.Join(a.dir, "recordings"))
+	if err != nil {
+		return nil, fmt.Errorf("session recordings: %w", err)
+	}
 	api, err := authapi.NewServer(authapi.ServerConfig{
-		DiagAddr: cfg.DiagListen,
-		ID:       cfg.Auth.ID, Store: a.store, Hub: a.hub, Apply: rn.Apply, Raft: rn,
+		Recordings: recs,
+		DiagAddr:   cfg.DiagListen,
+		ID:         cfg.Auth.ID, Store: a.store, Hub: a.hub, Apply: rn.Apply, Raft: rn,
 		RaftStats: func() any { return rn.Stats() }, CA: a.cur(), Signer: a.signer, Audit: p.audit, Logger: p.log,
 		Version: version, UserCertTTL: cfg.Auth.UserCertTTL, Keystore: ks.Backend(),
 		OnRotate: func() { a.reconcileRotation() }, SSO: sso,

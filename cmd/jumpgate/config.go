@@ -302,6 +302,14 @@ type NodeConfig struct {
 	// suite, which separates the mesh's cost from the SSH server's; a node in
 	// production is reachable only through its tunnels.
 	BenchSSHListen string `yaml:"bench_ssh_listen"`
+	// Recording is "on" (default: every shell and exec session is
+	// recorded in asciicast v2 under <data_dir>/recordings and uploaded
+	// to the auth servers when it ends; a session that cannot be
+	// recorded is refused) or "off".
+	Recording string `yaml:"recording"`
+	// RecordingLimit bounds one recording, in bytes (default 64 MiB);
+	// past it the session goes on unrecorded and the recording says so.
+	RecordingLimit int64 `yaml:"recording_limit"`
 	// ResumeWindow is how long the node keeps a session whose client lost
 	// its path (a proxy drained or died) for the client to resume it
 	// through another proxy. Default 5 minutes.
@@ -525,6 +533,14 @@ func (c *Config) CheckAndSetDefaults() error {
 		case "best_effort", "strict":
 		default:
 			return fmt.Errorf("node.lock_mode %q: want best_effort or strict", c.Node.LockMode)
+		}
+		switch c.Node.Recording {
+		case "", "on", "off":
+		default:
+			return fmt.Errorf("node.recording %q: want on or off", c.Node.Recording)
+		}
+		if c.Node.RecordingLimit < 0 {
+			return fmt.Errorf("node.recording_limit %d: want a size in bytes (0 for the default, 64 MiB)", c.Node.RecordingLimit)
 		}
 		if c.Node.LockStaleAfter == 0 {
 			// Watch streams carry a heartbeat every 10 s: a minute is six

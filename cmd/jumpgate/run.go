@@ -31,6 +31,7 @@ import (
 	"jumpgate.dev/jumpgate/mesh/ingress"
 	"jumpgate.dev/jumpgate/mesh/ingress/realip"
 	"jumpgate.dev/jumpgate/mesh/meshpage"
+	"jumpgate.dev/jumpgate/node/recording"
 	"jumpgate.dev/jumpgate/node/sshd"
 	"jumpgate.dev/jumpgate/tunnel/agent"
 	"jumpgate.dev/jumpgate/tunnel/proto"
@@ -632,6 +633,16 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	if labels == nil {
 		labels = map[string]string{}
 	}
+	var recs *recording.Store
+	up := &uploader{log: p.log.With("component", "recordings"), client: renewVia, wake: make(chan struct{}, 1)}
+	if cfg.Node.Recording != "off" {
+		up.dir = filepath.Join(cfg.DataDir, "recordings")
+		if recs, err = recording.OpenStore(up.dir); err != nil {
+			return fmt.Errorf("session recordings: %w", err)
+		}
+		up.store = recs
+		p.goServe("recording uploads", func() error { up.run(ctx); return nil })
+	}
 	srv, err := sshd.New(sshd.Config{
 		NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
 		HostSigner: live.HostSigner,
@@ -642,8 +653,9 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 			}
 			return checkNodeLocks(cache, cfg.Node, identity.LockTarget{User: user.Name, Roles: user.Roles, Node: id.Meta.Name, Login: login}, time.Now())
 		},
-		Policy: func(user identity.Identity) identity.SessionPolicy { return identity.Policy(user, cache.Role, labels) },
-		Audit:  p.audit, Logger: p.log.With("component", "sshd"), Metrics: p.reg,
+		Policy:     func(user identity.Identity) identity.SessionPolicy { return identity.Policy(user, cache.Role, labels) },
+		Recordings: recs, OnRecording: up.kick, RecordingLimit: cfg.Node.RecordingLimit,
+		Audit: p.audit, Logger: p.log.With("component", "sshd"), Metrics: p.reg,
 	})
 	if err != nil {
 		return err

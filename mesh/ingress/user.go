@@ -67,3 +67,32 @@ func (s *Server) userForward(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body) //nolint:errcheck // the user went away
 }
+
+// UploadForwarder is implemented by an Upstream that passes nodes'
+// recording uploads on (*authapi.Client does).
+type UploadForwarder interface {
+	ForwardUpload(ctx context.Context, session string, nodeCert []byte, meta string, body io.Reader) (*http.Response, error)
+}
+
+// uploadForward streams a node's session recording to the auth server.
+func (s *Server) uploadForward(w http.ResponseWriter, r *http.Request) {
+	node, ok := s.caller(w, r, identity.KindNode)
+	if !ok {
+		return
+	}
+	fw, ok := s.cfg.Upstream.(UploadForwarder)
+	if !ok {
+		authapi.WriteError(w, http.StatusNotImplemented, "this proxy cannot forward recordings to the auth server")
+		return
+	}
+	resp, err := fw.ForwardUpload(r.Context(), r.PathValue("session"), r.TLS.VerifiedChains[0][0].Raw, r.Header.Get(authapi.HeaderRecording), r.Body)
+	if err != nil {
+		s.cfg.Logger.Warn("forwarding a recording to auth failed", "node", node.Name, "session", r.PathValue("session"), "err", err)
+		authapi.WriteError(w, http.StatusBadGateway, "the auth server could not be reached: the node retries later")
+		return
+	}
+	defer resp.Body.Close()
+	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body) //nolint:errcheck
+}

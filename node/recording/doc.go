@@ -45,7 +45,11 @@
 // it was chunked. Bytes that are not valid UTF-8 cannot be stored: each
 // such byte becomes U+FFFD (the replacement character, 3 bytes), and so do
 // the bytes of a sequence still incomplete at Close. A chunk that is all
-// held back writes no event: no output or input event has empty data.
+// held back writes no event: no output or input event has empty data. A
+// chunk over 512 KiB is written as several events, cut between
+// characters, so that no line comes near the Reader's 4 MiB limit even
+// when JSON escapes every byte; for the same reason marker labels are cut
+// to 512 KiB and the header's command, title and env values to 64 KiB.
 //
 // # Limits
 //

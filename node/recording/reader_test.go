@@ -1,6 +1,7 @@
 package recording
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -176,5 +177,27 @@ func TestOutputSkipsOtherEvents(t *testing.T) {
 	got, err := Output(strings.NewReader(file))
 	if err != nil || string(got) != "abé" {
 		t.Errorf("Output = %q, %v; want \"abé\"", got, err)
+	}
+}
+
+// TestUnmarshalString checks the fast path against encoding/json.
+func TestUnmarshalString(t *testing.T) {
+	for _, raw := range []string{
+		`""`, `"plain"`, `"<&>"`, `"é€😀"`, "\"\xff\xfe\"", "\"a\xe2\x82\"", `"\u001b[0m"`,
+		`"\ud83d\ude00"`, `"\ud800"`, `"tab\tx"`, `"\\"`, `"\""`, ` "padded" `,
+	} {
+		var want, got string
+		if err := json.Unmarshal([]byte(raw), &want); err != nil {
+			continue // not a JSON string; a line with it never gets here
+		}
+		if err := unmarshalString(json.RawMessage(raw), &got); err != nil || got != want {
+			t.Errorf("unmarshalString(%q) = %q, %v; want %q", raw, got, err, want)
+		}
+	}
+	for _, raw := range []string{`null`, `1`, `["x"]`, `{}`, `true`, ``} {
+		var s string
+		if err := unmarshalString(json.RawMessage(raw), &s); err == nil {
+			t.Errorf("unmarshalString(%q) succeeded, want an error", raw)
+		}
 	}
 }

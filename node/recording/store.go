@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -436,7 +437,7 @@ func (s *Store) Get(session string) (Meta, error) {
 	}
 	l, ok := entries[session]
 	if !ok || l.Removed {
-		return Meta{}, fmt.Errorf("recording %s: %w: check the session id, or the recording was removed", session, ErrNotFound)
+		return Meta{}, fmt.Errorf("session %s: %w: check the session id, or the recording was removed", session, ErrNotFound)
 	}
 	return l.Meta, nil
 }
@@ -481,6 +482,7 @@ func (s *Store) Put(m Meta, r io.Reader, limit int64) (Meta, error) {
 	if limit <= 0 {
 		limit = DefaultLimit
 	}
+	limit = min(limit, math.MaxInt64-markerSlack-1) // no overflow below
 	tmp, err := os.CreateTemp(s.dir, ".put-*.tmp")
 	if err != nil {
 		return Meta{}, fmt.Errorf("store recording %s: %w", m.Session, err)
@@ -495,7 +497,11 @@ func (s *Store) Put(m Meta, r io.Reader, limit int64) (Meta, error) {
 	}()
 
 	lr := &sizeLimitReader{r: r, left: limit + markerSlack}
-	h, err := checkRecording(io.TeeReader(lr, tmp))
+	tw := &stickyWriter{w: tmp}
+	h, err := checkRecording(io.TeeReader(lr, tw))
+	if tw.err != nil {
+		return Meta{}, fmt.Errorf("store recording %s: write temporary file: %w", m.Session, tw.err)
+	}
 	if lr.over {
 		return Meta{}, fmt.Errorf("store recording %s: it is larger than %d bytes (the limit of %d and room for a truncation marker): raise the recording size limit, or keep the file elsewhere", m.Session, limit+markerSlack, limit)
 	}
@@ -613,6 +619,21 @@ func (l *sizeLimitReader) Read(p []byte) (int, error) {
 	}
 	l.left -= int64(n)
 	l.n += int64(n)
+	return n, err
+}
+
+// stickyWriter remembers the first error of w, so that a failed write to
+// the temporary file is not mistaken for a malformed recording.
+type stickyWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *stickyWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil && s.err == nil {
+		s.err = err
+	}
 	return n, err
 }
 

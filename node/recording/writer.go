@@ -21,6 +21,14 @@ const (
 	// header when the caller does not know it: the classic VT100 80x24.
 	DefaultWidth  = 80
 	DefaultHeight = 24
+	// maxEventData is the most bytes of data one event carries: a longer
+	// Output or Input is split into several events, a longer marker label
+	// cut. JSON escaping makes a control byte six bytes long ("\u0001"),
+	// so lines stay well under MaxLine.
+	maxEventData = 512 << 10
+	// maxHeaderField is the longest command, title or environment value
+	// kept in the header; a longer one is cut.
+	maxHeaderField = 64 << 10
 	// MaxDimension is the largest width or height a header may have. The
 	// Writer clamps to it and the Reader refuses more: no real terminal is
 	// that large, and players allocate a screen of width*height cells.
@@ -113,8 +121,9 @@ type Writer struct {
 // for its events. Event times are measured from start.
 //
 // The header is h with Version set to 2, a Width or Height of 0 or less
-// replaced by 80x24, one over MaxDimension clamped to it, and a zero
-// Timestamp set to start (when start is not zero).
+// replaced by 80x24, one over MaxDimension clamped to it, a zero Timestamp
+// set to start (when start is not zero), and Command, Title and Env values
+// cut to 64 KiB.
 func NewWriter(w io.Writer, h Header, start time.Time, opts WriterOptions) (*Writer, error) {
 	if w == nil {
 		return nil, errors.New("new recording writer: the io.Writer is nil: pass the file or stream to record to")
@@ -124,6 +133,15 @@ func NewWriter(w io.Writer, h Header, start time.Time, opts WriterOptions) (*Wri
 	h.Height = clampDimension(h.Height, DefaultHeight)
 	if h.Timestamp == 0 && !start.IsZero() {
 		h.Timestamp = start.Unix()
+	}
+	h.Command = cutUTF8(h.Command, maxHeaderField)
+	h.Title = cutUTF8(h.Title, maxHeaderField)
+	if h.Env != nil {
+		env := make(map[string]string, len(h.Env))
+		for k, v := range h.Env {
+			env[cutUTF8(k, maxHeaderField)] = cutUTF8(v, maxHeaderField)
+		}
+		h.Env = env
 	}
 	rw := &Writer{
 		now:   opts.Now,
@@ -192,11 +210,11 @@ func (w *Writer) Resize(cols, rows int) {
 
 // Marker records a marker event ("m") with label, which players show as a
 // chapter. An empty label is allowed (asciinema writes such markers);
-// invalid UTF-8 in label becomes U+FFFD.
+// invalid UTF-8 in label becomes U+FFFD, and a label over 512 KiB is cut.
 func (w *Writer) Marker(label string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.event(CodeMarker, validString([]byte(label)))
+	w.event(CodeMarker, cutUTF8(validString([]byte(label)), maxEventData))
 }
 
 // Close writes out the incomplete UTF-8 sequences still held for output and
@@ -313,11 +331,28 @@ func (w *Writer) text(s *stream, code string, p []byte) {
 	if w.dropping() {
 		return
 	}
-	data := s.take(p)
-	if len(data) == 0 {
-		return
+	data := validString(s.take(p))
+	for len(data) > 0 {
+		part := cutUTF8(data, maxEventData)
+		w.event(code, part)
+		data = data[len(part):]
 	}
-	w.event(code, validString(data))
+}
+
+// cutUTF8 returns the longest prefix of s of at most n bytes that does not
+// end inside a UTF-8 sequence.
+func cutUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	if i == 0 { // not UTF-8 at all: cut anywhere rather than return nothing
+		i = n
+	}
+	return s[:i]
 }
 
 // flushHeld writes the bytes s holds as U+FFFD, one per byte: a stream

@@ -377,3 +377,39 @@ func TestAfterClose(t *testing.T) {
 		t.Errorf("Output = %q, %v; want \"before\", nil", got, err)
 	}
 }
+
+// TestBigEvents checks that huge chunks, labels and headers still make
+// lines the Reader accepts, and that big output still round-trips.
+func TestBigEvents(t *testing.T) {
+	big := bytes.Repeat([]byte("\x01é"), 400<<10) // 1.2 MiB, each \x01 escaped to 6 bytes
+	w, lw, _ := newTestWriter(t, Header{Command: strings.Repeat("c", 5<<20), Title: "€" + strings.Repeat("t", 5<<20)}, WriterOptions{})
+	w.Output(big)
+	w.Marker(strings.Repeat("€", 2<<20))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lw.check(t)
+	h, evs := readAll(t, lw.String())
+	if len(h.Command) != maxHeaderField || !utf8.ValidString(h.Title) || len(h.Title) > maxHeaderField {
+		t.Errorf("header command %d bytes, title %d bytes (valid UTF-8: %v); want them cut to %d", len(h.Command), len(h.Title), utf8.ValidString(h.Title), maxHeaderField)
+	}
+	var out []byte
+	outputs := 0
+	for _, ev := range evs {
+		switch ev.Code {
+		case CodeOutput:
+			out = append(out, ev.Data...)
+			outputs++
+		case CodeMarker:
+			if len(ev.Data) > maxEventData || !utf8.ValidString(ev.Data) {
+				t.Errorf("marker of %d bytes, want at most %d of valid UTF-8", len(ev.Data), maxEventData)
+			}
+		}
+	}
+	if !bytes.Equal(out, big) {
+		t.Error("big output does not round-trip")
+	}
+	if outputs != 3 {
+		t.Errorf("%d output events, want 3", outputs)
+	}
+}

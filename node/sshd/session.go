@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"jumpgate.dev/jumpgate/auth/audit"
+	"jumpgate.dev/jumpgate/node/recording"
 )
 
 const (
@@ -65,6 +66,12 @@ type session struct {
 
 	bytesIn, bytesOut atomic.Int64
 	exitCode          int // set by the waiter; read after wg.Wait
+
+	// rec records the program's output (Config.Recordings), from start
+	// until the session ends.
+	rec *recording.Recording
+	// sftpAudit audits a helper-served SFTP session's operations.
+	sftpAudit *sftpAuditor
 }
 
 // newSessionID returns 16 random bytes in hex.
@@ -103,6 +110,7 @@ func (c *serverConn) handleSession(nch ssh.NewChannel) {
 	cancel()
 	s.wg.Wait()
 	ch.Close()
+	s.finishRecording()
 
 	e := s.event(audit.SessionEnd)
 	e.Command = s.command
@@ -226,6 +234,9 @@ func (s *session) handleWindowChange(payload []byte) bool {
 		return false
 	}
 	s.size = size
+	if s.rec != nil {
+		s.rec.Resize(int(size.Cols), int(size.Rows))
+	}
 	if s.ptmx != nil {
 		if err := setWinsize(s.ptmx, size); err != nil {
 			s.log.Debug("resize terminal", "err", err)
@@ -258,7 +269,10 @@ func (s *session) handleStart(kind, command string) bool {
 	if s.started {
 		return false
 	}
-	err := s.start(kind, command)
+	err := s.startRecording(kind, command)
+	if err == nil {
+		err = s.start(kind, command)
+	}
 	if kind == "exec" || kind == "sftp" {
 		typ, cmdText := audit.Exec, command
 		if kind == "sftp" {
@@ -310,6 +324,7 @@ func (s *session) start(kind, command string) error {
 		if err != nil {
 			return err
 		}
+		s.sftpAudit = s.sftpAuditor()
 		return s.startProcess(login, helper[0], helper, false)
 	}
 	return fmt.Errorf("unknown session kind %q", kind)
@@ -368,7 +383,7 @@ func (s *session) startProcess(login osLogin, path string, args []string, withPt
 		outDone := make(chan struct{})
 		s.wg.Go(func() {
 			defer close(outDone)
-			io.Copy(countingWriter{s.ch, &s.bytesOut}, ptmx)
+			io.Copy(s.recorded(countingWriter{s.ch, &s.bytesOut}), ptmx)
 		})
 		s.wg.Go(func() {
 			io.Copy(ptmx, countingReader{s.ch, &s.bytesIn})
@@ -386,8 +401,8 @@ func (s *session) startProcess(login osLogin, path string, args []string, withPt
 	}
 
 	cmd.SysProcAttr.Setpgid = true
-	cmd.Stdout = countingWriter{s.ch, &s.bytesOut}
-	cmd.Stderr = countingWriter{s.ch.Stderr(), &s.bytesOut}
+	cmd.Stdout = s.recorded(countingWriter{s.ch, &s.bytesOut})
+	cmd.Stderr = s.recorded(countingWriter{s.ch.Stderr(), &s.bytesOut})
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return startErr(err)
@@ -397,7 +412,11 @@ func (s *session) startProcess(login osLogin, path string, args []string, withPt
 	}
 	s.proc = cmd
 	s.wg.Go(func() {
-		io.Copy(stdin, countingReader{s.ch, &s.bytesIn})
+		var in io.Reader = countingReader{s.ch, &s.bytesIn}
+		if s.sftpAudit != nil {
+			in = io.TeeReader(in, s.sftpAudit)
+		}
+		io.Copy(stdin, in)
 		stdin.Close() // the client's EOF
 	})
 	s.wg.Go(func() {
@@ -409,7 +428,7 @@ func (s *session) startProcess(login osLogin, path string, args []string, withPt
 
 // startSFTP serves SFTP in process; only for logins the node runs as.
 func (s *session) startSFTP(login osLogin) error {
-	rw := &sftpChannel{ch: s.ch, in: &s.bytesIn, out: &s.bytesOut}
+	rw := &sftpChannel{ch: s.ch, in: &s.bytesIn, out: &s.bytesOut, audit: s.sftpAuditor()}
 	srv, err := sftp.NewServer(rw, sftp.WithServerWorkingDirectory(login.Home))
 	if err != nil {
 		return fmt.Errorf("could not start SFTP on node %s (%v): ask an administrator to check the node's logs", s.c.srv.cfg.NodeID, err)
@@ -501,11 +520,15 @@ func (c countingReader) Read(p []byte) (int, error) {
 type sftpChannel struct {
 	ch      ssh.Channel
 	in, out *atomic.Int64
+	audit   *sftpAuditor // sees what the client sends
 }
 
 func (c *sftpChannel) Read(p []byte) (int, error) {
 	n, err := c.ch.Read(p)
 	c.in.Add(int64(n))
+	if c.audit != nil && n > 0 {
+		c.audit.Write(p[:n]) //nolint:errcheck // never fails
+	}
 	return n, err
 }
 
