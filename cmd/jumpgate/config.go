@@ -67,6 +67,7 @@ type Config struct {
 	// Off by default: profiles reveal code paths and command lines.
 	DiagPprof bool        `yaml:"diag_pprof"`
 	AuditLog  string      `yaml:"audit_log"`
+	Audit     AuditConfig `yaml:"audit"`
 	Auth      AuthConfig  `yaml:"auth"`
 	Proxy     ProxyConfig `yaml:"proxy"`
 	Node      NodeConfig  `yaml:"node"`
@@ -272,6 +273,15 @@ type MeshConfig struct {
 func (m MeshConfig) Enabled() bool { return m.GossipListen != "" }
 
 // NodeConfig configures the node role.
+// AuditConfig rotates the audit log (see docs/audit.md).
+type AuditConfig struct {
+	// MaxSize is the size in bytes past which audit.log is renamed to
+	// audit.log.1 and a new one started (default 100 MiB; -1: never).
+	MaxSize int64 `yaml:"max_size"`
+	// Keep is how many rotated files are kept (default 10).
+	Keep int `yaml:"keep"`
+}
+
 type NodeConfig struct {
 	Name   string            `yaml:"name"`
 	Labels map[string]string `yaml:"labels"`

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"jumpgate.dev/jumpgate/auth/audit"
 	"jumpgate.dev/jumpgate/auth/authapi"
 	"jumpgate.dev/jumpgate/node/recording"
 )
@@ -97,4 +98,25 @@ func (u *uploader) upload(ctx context.Context, m recording.Meta) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	return u.client.UploadRecording(ctx, m, rc)
+}
+
+// watchAuditRotation logs a failed audit log rotation (events still go to
+// the current file; nothing is lost, but the file grows).
+func watchAuditRotation(ctx context.Context, f *audit.RotatingFile, log *slog.Logger) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	var last string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := f.Err(); err != nil && err.Error() != last {
+			log.Error("audit log rotation failed: events go on into the current file", "err", err)
+			last = err.Error()
+		} else if err == nil {
+			last = ""
+		}
+	}
 }

@@ -86,11 +86,19 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, shutdownTimeout time
 	if auditPath == "" {
 		auditPath = filepath.Join(cfg.DataDir, "audit.log")
 	}
-	af, err := audit.OpenFile(auditPath)
+	maxSize, keep := cfg.Audit.MaxSize, cfg.Audit.Keep
+	if maxSize == 0 {
+		maxSize = 100 << 20
+	}
+	if keep <= 0 {
+		keep = 10
+	}
+	af, err := audit.OpenRotating(auditPath, maxSize, keep)
 	if err != nil {
-		return err
+		return fmt.Errorf("audit log: %w", err)
 	}
 	defer af.Close()
+	go watchAuditRotation(ctx, af, log)
 	p := &process{log: log, reg: prometheus.NewRegistry(), errc: make(chan error, 1), stop: make(chan struct{})}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jumpgate_build_info", Help: "Always 1; labels say the running version and roles."}, []string{"version", "roles"})
