@@ -273,8 +273,8 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request, user, proxy ide
 		}
 	}
 	ttl := until.Sub(now)
-	if ttl < time.Minute {
-		WriteError(w, http.StatusForbidden, "less than a minute of access is left: run jg login")
+	if ttl < 10*time.Second {
+		WriteError(w, http.StatusForbidden, "less than 10 seconds of access are left: run jg login")
 		return
 	}
 	if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{User: user.Name, Roles: roles}, now); err != nil {

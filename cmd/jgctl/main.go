@@ -38,7 +38,7 @@ func main() {
 	pf.StringVar(&g.identityDir, "identity", envOr("JUMPGATE_ADMIN_IDENTITY", "/var/lib/jumpgate/admin"), "admin identity directory ($JUMPGATE_ADMIN_IDENTITY)")
 	pf.BoolVar(&g.jsonOut, "json", false, "print JSON")
 	root.AddCommand(usersCmd(g), rolesCmd(g), tokensCmd(g), nodesCmd(g), proxiesCmd(g), meshCmd(g), authCmd(g), caCmd(g), lockCmd(g), unlockCmd(g), locksCmd(g), statusCmd(g),
-		backupCmd(g), targetsCmd(g), requestsCmd(g), sessionsCmd(g),
+		backupCmd(g), targetsCmd(g), requestsCmd(g), sessionsCmd(g), applyCmd(g),
 		&cobra.Command{Use: "version", Short: "Print the version", Run: func(*cobra.Command, []string) { fmt.Println("jgctl", version) }})
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "jgctl:", err)
