@@ -10,6 +10,7 @@ package authapi
 // forward a user's call but never make one up.
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
@@ -331,4 +332,47 @@ func orEmpty[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// RequestRetention is how long ended access requests stay listed.
+const RequestRetention = 7 * 24 * time.Hour
+
+// SweepRequests runs on the raft leader: it audits each access grant that
+// ended (access_request.expired, once per leader term and request) and
+// removes requests that ended more than RequestRetention ago. It returns
+// when ctx ends.
+func (s *Server) SweepRequests(ctx context.Context, every time.Duration) {
+	reported := map[string]bool{}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.cfg.Raft == nil || !s.cfg.Raft.IsLeader() {
+			clear(reported)
+			continue
+		}
+		now := s.cfg.Now()
+		old := false
+		for _, ar := range s.cfg.Store.AccessRequests("") {
+			old = old || ar.Ended().Before(now.Add(-RequestRetention))
+			if ar.Status(now) != "expired" || reported[ar.ID] {
+				continue
+			}
+			reported[ar.ID] = true
+			if now.Sub(ar.Ended()) > 10*time.Minute {
+				continue // ended long before this leader: reported by an earlier one
+			}
+			s.cfg.Audit.Emit(audit.Event{Type: audit.AccessRequestExpired, Subject: ar.User, Request: ar.ID, Roles: ar.Roles})
+		}
+		if !old {
+			continue
+		}
+		if _, err := s.apply(state.TypePruneAccessRequests|state.FlagIgnorable, state.PruneAccessRequests{Before: now.Add(-RequestRetention)}); err != nil {
+			s.cfg.Logger.Warn("prune old access requests", "err", err)
+		}
+	}
 }

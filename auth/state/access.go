@@ -137,17 +137,22 @@ func applyReviewAccessRequest(d *Data, c ReviewAccessRequest) (any, []Event, err
 	return r, nil, nil
 }
 
+// Ended is when the request stopped mattering: its review (denied), the
+// end of its access (approved), or of its wait for a review (pending).
+func (r AccessRequest) Ended() time.Time {
+	switch r.State {
+	case RequestApproved:
+		return r.AccessUntil
+	case RequestDenied:
+		return r.Reviewed
+	}
+	return r.PendingUntil
+}
+
 func applyPruneAccessRequests(d *Data, c PruneAccessRequests) (any, []Event, error) {
 	n := 0
 	for id, r := range d.Requests {
-		end := r.PendingUntil
-		switch r.State {
-		case RequestApproved:
-			end = r.AccessUntil
-		case RequestDenied:
-			end = r.Reviewed
-		}
-		if end.Before(c.Before) {
+		if r.Ended().Before(c.Before) {
 			delete(d.Requests, id)
 			n++
 		}
