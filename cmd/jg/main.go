@@ -375,6 +375,7 @@ func sshCmd() *cobra.Command {
 	var forceTTY bool
 	var sshWindow time.Duration
 	var mfaCode string
+	var forwardAgent bool
 	c := &cobra.Command{
 		Use:   "ssh [login@]node [-- command...]",
 		Short: "Open a shell or run a command on a node",
@@ -419,10 +420,11 @@ func sshCmd() *cobra.Command {
 			}
 			client := ssh.NewClient(sc, chans, reqs)
 			defer client.Close()
-			return runSession(client, args[1:], forceTTY)
+			return runSession(client, args[1:], forceTTY, forwardAgent)
 		},
 	}
 	c.Flags().BoolVarP(&forceTTY, "tty", "t", false, "allocate a terminal even for a command")
+	c.Flags().BoolVarP(&forwardAgent, "forward-agent", "A", false, "forward your SSH agent (roles must grant agent_forwarding)")
 	c.Flags().StringVar(&mfaCode, "mfa-code", "", "TOTP code for a node whose roles require MFA (default: ask on the terminal)")
 	c.Flags().DurationVar(&sshWindow, "resume-window", 0, "how long to try resuming the session through another proxy when its path breaks (default $JG_RESUME_WINDOW or 2m)")
 	return c

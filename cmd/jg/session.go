@@ -11,18 +11,31 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/term"
 )
 
 // runSession runs a shell (no command) or a command on client, with a PTY
 // when stdin is a terminal and either no command was given or tty is set.
 // The remote exit status becomes jg's.
-func runSession(client *ssh.Client, command []string, forceTTY bool) error {
+func runSession(client *ssh.Client, command []string, forceTTY, forwardAgent bool) error {
 	sess, err := client.NewSession()
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)
 	}
 	defer sess.Close()
+	if forwardAgent {
+		sock := os.Getenv("SSH_AUTH_SOCK")
+		if sock == "" {
+			return errors.New("-A: no agent to forward (SSH_AUTH_SOCK is not set)")
+		}
+		if err := agent.ForwardToRemote(client, sock); err != nil {
+			return fmt.Errorf("forward the agent: %w", err)
+		}
+		if err := agent.RequestAgentForwarding(sess); err != nil {
+			fmt.Fprintln(os.Stderr, "jg: the node refused agent forwarding (roles without agent_forwarding?): going on without it")
+		}
+	}
 	sess.Stdin, sess.Stdout, sess.Stderr = os.Stdin, os.Stdout, os.Stderr
 	for _, k := range []string{"LANG", "LC_ALL", "LC_CTYPE"} {
 		if v := os.Getenv(k); v != "" {

@@ -2,6 +2,9 @@ package sshd
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"os/exec"
 	"encoding/json"
 	"io"
 	"net"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 
 	"jumpgate.dev/jumpgate/auth/audit"
 	"jumpgate.dev/jumpgate/auth/identity"
@@ -134,4 +138,50 @@ func TestRecording(t *testing.T) {
 	if err != nil || !bytes.Equal(got, out) {
 		t.Fatalf("recorded %d bytes (%v), the client got %d", len(got), err, len(out))
 	}
+}
+
+// TestAgentForwarding: with agent_forwarding, the session's programs reach
+// the client's agent through SSH_AUTH_SOCK; without it, the request is
+// refused and audited.
+func TestAgentForwarding(t *testing.T) {
+	sshAdd, err := exec.LookPath("ssh-add")
+	if err != nil {
+		t.Skip("ssh-add (OpenSSH client) not installed: make deps installs it")
+	}
+	e := newTestEnv(t, policyFor(map[string]identity.SessionPolicy{
+		"alice": {AgentForwarding: true},
+		"carol": {},
+	}))
+	keyring := agent.NewKeyring()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	if err := keyring.Add(agent.AddedKey{PrivateKey: priv, Comment: "forwarded-key"}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(user string) (string, error) {
+		c, banner, err := e.dial(e.certFor(user, nil).signer, e.login)
+		if err != nil {
+			t.Fatalf("dial %s: %v (%s)", user, err, banner)
+		}
+		defer c.Close()
+		if err := agent.ForwardToAgent(c, keyring); err != nil {
+			t.Fatal(err)
+		}
+		s, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := agent.RequestAgentForwarding(s); err != nil {
+			return "", err
+		}
+		out, err := s.CombinedOutput(sshAdd + " -L")
+		return string(out), err
+	}
+	out, err := run("alice")
+	if err != nil || !strings.Contains(out, "forwarded-key") {
+		t.Errorf("alice: %v: %s", err, out)
+	}
+	if _, err := run("carol"); err == nil {
+		t.Error("carol's agent forwarding request was accepted")
+	}
+	e.audit.wait(t, audit.PortForward, func(ev audit.Event) bool { return ev.User == "carol" && ev.Command == "agent" && ev.Error != "" })
 }

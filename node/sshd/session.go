@@ -72,6 +72,8 @@ type session struct {
 	rec *recording.Recording
 	// sftpAudit audits a helper-served SFTP session's operations.
 	sftpAudit *sftpAuditor
+	// agent is the forwarded agent socket (ssh -A), if any.
+	agent *agentForward
 }
 
 // newSessionID returns 16 random bytes in hex.
@@ -108,6 +110,9 @@ func (c *serverConn) handleSession(nch ssh.NewChannel) {
 	// The channel is closed: by the client, by the waiter after the
 	// program ended, or because the connection is gone.
 	cancel()
+	if s.agent != nil {
+		s.agent.close()
+	}
 	s.wg.Wait()
 	ch.Close()
 	s.finishRecording()
@@ -173,12 +178,14 @@ func (s *session) handleRequest(req *ssh.Request) {
 		}
 		ok = s.handleStart("sftp", "")
 		starts = ok
+	case "auth-agent-req@openssh.com":
+		ok = s.handleAgentRequest()
 	case "window-change":
 		ok = s.handleWindowChange(req.Payload)
 	case "signal":
 		ok = s.handleSignal(req.Payload)
 	default:
-		// auth-agent-req@openssh.com and x11-req: not supported yet;
+		// x11-req: not supported;
 		// keepalive@openssh.com: OpenSSH expects a failure reply.
 		s.log.Debug("refused channel request", "type", req.Type)
 	}
