@@ -250,6 +250,8 @@ Admin commands (users, roles, tokens, nodes, proxies, status):
   export JUMPGATE_ADMIN_IDENTITY=%[5]s JUMPGATE_AUTH=%[6]s
   jgctl proxies ls
   jgctl nodes ls
+  jgctl sessions ls          (every shell and command is recorded; jg play SESSION replays yours)
+  jgctl requests ls          (jg request create --roles=R --reason=... asks for more access)
 
 Each proxy's mesh page (map, peer links, tunnels, nodes without a tunnel) and
 its Prometheus metrics:
