@@ -228,23 +228,14 @@ type ReissueRequest struct {
 }
 
 func (s *Server) reissue(w http.ResponseWriter, r *http.Request, user, proxy identity.Identity) {
-	if !s.canSign(w, false) {
-		return
-	}
-	var req ReissueRequest
-	if !readJSON(w, r, &req) {
+	req, ok := signingRequest[ReissueRequest](s, w, r)
+	if !ok {
 		return
 	}
 	now := s.cfg.Now()
 	cert := userCertFrom(r.Context())
-	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublic))
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "malformed SSH public key: "+err.Error())
-		return
-	}
-	tlsPub, err := x509.ParsePKIXPublicKey(req.TLSPublic)
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "malformed TLS public key: "+err.Error())
+	sshPub, tlsPub, ok := parseKeys(w, req.SSHPublic, req.TLSPublic)
+	if !ok {
 		return
 	}
 	if !samePublicKey(tlsPub, cert.PublicKey) {
@@ -375,4 +366,30 @@ func (s *Server) SweepRequests(ctx context.Context, every time.Duration) {
 			s.cfg.Logger.Warn("prune old access requests", "err", err)
 		}
 	}
+}
+
+// signingRequest reads the body of a call that issues certificates, once
+// this server may sign them (else it has answered 503).
+func signingRequest[T any](s *Server, w http.ResponseWriter, r *http.Request) (T, bool) {
+	var req T
+	if !s.canSign(w, false) {
+		return req, false
+	}
+	return req, readJSON(w, r, &req)
+}
+
+// parseKeys parses the SSH (authorized_keys) and TLS (PKIX DER) public keys
+// of a certificate request, answering 400 if either is malformed.
+func parseKeys(w http.ResponseWriter, sshLine string, tlsDER []byte) (ssh.PublicKey, any, bool) {
+	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(sshLine))
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "malformed SSH public key: "+err.Error())
+		return nil, nil, false
+	}
+	tlsPub, err := x509.ParsePKIXPublicKey(tlsDER)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "malformed TLS public key: "+err.Error())
+		return nil, nil, false
+	}
+	return sshPub, tlsPub, true
 }

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,9 +21,7 @@ import (
 
 	"jumpgate.dev/jumpgate/auth/audit"
 	"jumpgate.dev/jumpgate/auth/authtest"
-	"jumpgate.dev/jumpgate/auth/ca"
 	"jumpgate.dev/jumpgate/auth/identity"
-	"jumpgate.dev/jumpgate/auth/keystore"
 	"jumpgate.dev/jumpgate/auth/state"
 )
 
@@ -36,37 +33,12 @@ import (
 // certificate.
 func TestAccessRequestsAndMFA(t *testing.T) {
 	tca := authtest.NewCA(t, "c1")
-	store := state.New(nil)
-	var applyMu sync.Mutex
-	apply := func(cmd []byte) (any, error) {
-		applyMu.Lock()
-		defer applyMu.Unlock()
-		return store.Apply(store.Index()+1, cmd)
-	}
-	must := func(typ state.Type, body any) {
-		t.Helper()
-		cmd, err := state.Encode(typ, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := apply(cmd); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var clockMu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
 	advance := func(d time.Duration) { clockMu.Lock(); now = now.Add(d); clockMu.Unlock() }
-	ks, err := keystore.NewSoftware(keystore.SoftwareConfig{Dir: filepath.Join(t.TempDir(), "keys"), Passphrase: []byte("0123456789abcdef0123")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.New(ca.Config{ClusterName: "c1", Keystore: ks, Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	must(state.TypeBootstrap, state.Bootstrap{Cluster: "c1", CAs: state.CAs{TLS: [][]byte{authority.TLSCACert()},
-		UserSSH: []string{string(ssh.MarshalAuthorizedKey(authority.UserCAPublic()))}, HostSSH: []string{string(ssh.MarshalAuthorizedKey(authority.HostCAPublic()))}}})
+	ts := newTestState(t, clock)
+	store, apply, must, authority := ts.store, ts.apply, ts.must, ts.authority
 	roles, err := identity.ParseRoles([]byte(`
 kind: role
 name: dev

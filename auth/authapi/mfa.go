@@ -166,11 +166,8 @@ func (s *Server) resetMFA(w http.ResponseWriter, r *http.Request, caller identit
 }
 
 func (s *Server) sessionCert(w http.ResponseWriter, r *http.Request, user, proxy identity.Identity) {
-	if !s.canSign(w, false) {
-		return
-	}
-	var req SessionCertRequest
-	if !readJSON(w, r, &req) {
+	req, ok := signingRequest[SessionCertRequest](s, w, r)
+	if !ok {
 		return
 	}
 	now := s.cfg.Now()

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,9 +20,7 @@ import (
 
 	"jumpgate.dev/jumpgate/auth/audit"
 	"jumpgate.dev/jumpgate/auth/authtest"
-	"jumpgate.dev/jumpgate/auth/ca"
 	"jumpgate.dev/jumpgate/auth/identity"
-	"jumpgate.dev/jumpgate/auth/keystore"
 	"jumpgate.dev/jumpgate/auth/state"
 )
 
@@ -33,33 +30,8 @@ import (
 // every renewal is audited.
 func TestRenew(t *testing.T) {
 	tca := authtest.NewCA(t, "c1")
-	store := state.New(nil)
-	var applyMu sync.Mutex
-	apply := func(cmd []byte) (any, error) {
-		applyMu.Lock()
-		defer applyMu.Unlock()
-		return store.Apply(store.Index()+1, cmd)
-	}
-	must := func(typ state.Type, body any) {
-		t.Helper()
-		cmd, err := state.Encode(typ, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := apply(cmd); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ks, err := keystore.NewSoftware(keystore.SoftwareConfig{Dir: filepath.Join(t.TempDir(), "keys"), Passphrase: []byte("0123456789abcdef0123")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.New(ca.Config{ClusterName: "c1", Keystore: ks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	must(state.TypeBootstrap, state.Bootstrap{Cluster: "c1", CAs: state.CAs{TLS: [][]byte{authority.TLSCACert()},
-		UserSSH: []string{string(ssh.MarshalAuthorizedKey(authority.UserCAPublic()))}, HostSSH: []string{string(ssh.MarshalAuthorizedKey(authority.HostCAPublic()))}}})
+	ts := newTestState(t, nil)
+	store, apply, must, authority := ts.store, ts.apply, ts.must, ts.authority
 	hostKey := func() ssh.PublicKey {
 		pub, _, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {

@@ -48,7 +48,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -343,14 +342,8 @@ func (o *sso) start(w http.ResponseWriter, r *http.Request, caller identity.Iden
 	if !readJSON(w, r, &req) {
 		return
 	}
-	sshPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.SSHPublic))
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "malformed SSH public key: "+err.Error())
-		return
-	}
-	tlsPub, err := x509.ParsePKIXPublicKey(req.TLSPublic)
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "malformed TLS public key: "+err.Error())
+	sshPub, tlsPub, ok := parseKeys(w, req.SSHPublic, req.TLSPublic)
+	if !ok {
 		return
 	}
 	if err := checkClientCallback(req.ClientCallback); err != nil {
@@ -363,6 +356,7 @@ func (o *sso) start(w http.ResponseWriter, r *http.Request, caller identity.Iden
 	}
 	var ttl time.Duration
 	if req.TTL != "" {
+		var err error
 		if ttl, err = time.ParseDuration(req.TTL); err != nil || ttl <= 0 {
 			WriteError(w, http.StatusBadRequest, fmt.Sprintf("ttl %q: want a duration such as 1h", req.TTL))
 			return
