@@ -92,6 +92,7 @@ func startCmd() *cobra.Command {
 			}
 			set("tunnel-transport", &cfg.Node.TunnelTransport, f.Node.TunnelTransport)
 			set("lock-mode", &cfg.Node.LockMode, f.Node.LockMode)
+			set("recording", &cfg.Node.Recording, f.Node.Recording)
 			set("bench-ssh-listen", &cfg.Node.BenchSSHListen, f.Node.BenchSSHListen)
 			set("region", &cfg.Proxy.Region, f.Proxy.Region)
 			set("region", &cfg.Auth.Region, f.Proxy.Region)
@@ -186,6 +187,7 @@ func startCmd() *cobra.Command {
 	fl.StringVar(&f.Node.Name, "node-name", "", "this node's name")
 	fl.StringVar(&labels, "labels", "", "node labels, k=v,k2=v2")
 	fl.StringVar(&f.Node.Proxy, "proxy", "", "proxy address the node dials (host:port)")
+	fl.StringVar(&f.Node.Recording, "recording", "", "record shell and exec sessions: on (default) or off (node.recording)")
 	fl.IntVar(&f.Node.ConnectionCount, "connection-count", 0, "tunnels to this many distinct proxies, nearest first (default 2)")
 	fl.StringVar(&f.Node.TunnelTransport, "tunnel-transport", "auto", "how tunnels are carried: auto (QUIC, TLS over TCP where UDP is blocked), quic or tcp")
 	fl.StringVar(&f.Node.LockMode, "lock-mode", "", "node: best_effort (default: keep the last known locks when cut off from the cluster) or strict (refuse new sessions when cut off)")
