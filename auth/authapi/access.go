@@ -10,11 +10,13 @@ package authapi
 // forward a user's call but never make one up.
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -43,6 +45,16 @@ func (s *Server) requireUser(h userHandler) http.HandlerFunc {
 			WriteError(w, http.StatusUnauthorized, err.Error())
 			return
 		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			WriteError(w, http.StatusRequestEntityTooLarge, "request body too large")
+			return
+		}
+		if err := verifyUserCall(cert.PublicKey, r, body, s.cfg.Now()); err != nil {
+			WriteError(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{User: user.Name, Roles: user.Roles}, s.cfg.Now()); err != nil {
 			WriteError(w, http.StatusForbidden, err.Error())
 			return
@@ -121,6 +133,10 @@ func (s *Server) createRequest(w http.ResponseWriter, r *http.Request, user, pro
 		WriteError(w, http.StatusBadRequest, "at most 16 roles per request")
 		return
 	}
+	// What may be requested follows from the user's own roles, not from
+	// roles an earlier request granted: requests do not chain.
+	base := user
+	base.Roles = s.baseRoles(user)
 	var longest time.Duration = identity.MaxRequestDuration
 	for _, role := range req.Roles {
 		if _, ok := s.cfg.Store.Role(role); !ok {
@@ -131,7 +147,7 @@ func (s *Server) createRequest(w http.ResponseWriter, r *http.Request, user, pro
 			WriteError(w, http.StatusBadRequest, fmt.Sprintf("you have role %s already", role))
 			return
 		}
-		d, err := identity.CheckRequest(user, s.cfg.Store.Role, role)
+		d, err := identity.CheckRequest(base, s.cfg.Store.Role, role)
 		if err != nil {
 			s.cfg.Audit.Emit(audit.Event{Type: audit.AccessRequestCreated, User: user.Name, Roles: req.Roles, Reason: req.Reason, Proxy: proxy.Name, Error: err.Error()})
 			WriteError(w, http.StatusForbidden, err.Error())
@@ -264,7 +280,13 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request, user, proxy ide
 			until = ar.AccessUntil
 		}
 	}
-	ttl := until.Sub(now)
+	var defs []identity.Role
+	for _, n := range roles {
+		if d, ok := s.cfg.Store.Role(n); ok {
+			defs = append(defs, d)
+		}
+	}
+	ttl := identity.SessionTTL(defs, until.Sub(now))
 	if ttl < 10*time.Second {
 		WriteError(w, http.StatusForbidden, "less than 10 seconds of access are left: run jg login")
 		return
@@ -272,12 +294,6 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request, user, proxy ide
 	if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{User: user.Name, Roles: roles}, now); err != nil {
 		WriteError(w, http.StatusForbidden, err.Error())
 		return
-	}
-	var defs []identity.Role
-	for _, n := range roles {
-		if d, ok := s.cfg.Store.Role(n); ok {
-			defs = append(defs, d)
-		}
 	}
 	id := identity.Identity{Kind: identity.KindUser, Name: user.Name, Cluster: user.Cluster, Roles: roles, Traits: user.Traits,
 		Logins: identity.Logins(defs, user.Traits), Requests: slices.Clone(req.Requests)}

@@ -89,7 +89,7 @@ func (c *Client) ResetMFA(ctx context.Context, user, device string) error {
 // (proxies): userCert is the DER of the user's verified TLS certificate.
 // body (at most a few MiB: it is held to fail over) may be nil. The caller
 // reads and closes the answer, whatever its status.
-func (c *Client) ForwardUser(ctx context.Context, method, pathQuery string, userCert, body []byte) (*http.Response, error) {
+func (c *Client) ForwardUser(ctx context.Context, method, pathQuery string, userCert, body []byte, proof http.Header) (*http.Response, error) {
 	var resp *http.Response
 	var err error
 	c.each(func(base string) bool {
@@ -103,6 +103,11 @@ func (c *Client) ForwardUser(ctx context.Context, method, pathQuery string, user
 			return false
 		}
 		req.Header.Set(HeaderUserCert, base64.StdEncoding.EncodeToString(userCert))
+		for _, h := range []string{HeaderUserProof, HeaderUserTime} {
+			if v := proof.Get(h); v != "" {
+				req.Header.Set(h, v)
+			}
+		}
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}

@@ -105,7 +105,9 @@ allow:
 
 	// alice logs in through the proxy, as jg does.
 	sshPub, _, _ := ed25519.GenerateKey(rand.Reader)
-	tlsPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	tlsPub, tlsPriv, _ := ed25519.GenerateKey(rand.Reader)
+	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
+	signWith := tlsPriv // the key calls are signed with (the user's, but for one test)
 	sshKey, _ := ssh.NewPublicKey(sshPub)
 	tlsDER, _ := x509.MarshalPKIXPublicKey(tlsPub)
 	sshLine := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshKey)))
@@ -127,7 +129,12 @@ allow:
 		if in != nil {
 			body, _ = json.Marshal(in)
 		}
-		resp, err := proxy.ForwardUser(ctx, method, path, cert, body)
+		// What jg does: sign the call with the certificate's key.
+		signed, _ := http.NewRequest(method, "https://proxy"+path, nil)
+		if err := signUserCall(signWith, signed, body, clock()); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := proxy.ForwardUser(ctx, method, path, cert, body, signed.Header)
 		if err != nil {
 			return 0, err.Error()
 		}
@@ -149,6 +156,16 @@ allow:
 	forged := tca.Issue(t, identity.Identity{Kind: identity.KindUser, Name: "alice", Cluster: "c1", Roles: []string{"admin-role"}})
 	if code, msg := call(forged.Certificate[0], "GET", "/v1/user/requests", nil, nil); code != http.StatusUnauthorized || !strings.Contains(msg, "not valid for this cluster") {
 		t.Errorf("forged user certificate: %d %s", code, msg)
+	}
+	// A proxy that has a user's certificate (certificates are public) but
+	// not their key cannot call in their name.
+	signWith = otherPriv
+	if code, msg := call(userCert, "GET", "/v1/user/requests", nil, nil); code != http.StatusUnauthorized || !strings.Contains(msg, "proof") {
+		t.Errorf("call signed with another key: %d %s", code, msg)
+	}
+	signWith = tlsPriv
+	if code, msg := call(userCert, "GET", "/v1/user/requests", nil, nil); code != http.StatusOK {
+		t.Errorf("signed call: %d %s", code, msg)
 	}
 	// A user may not call the endpoints directly either.
 	if _, err := client(identity.Identity{Kind: identity.KindUser, Name: "alice", Cluster: "c1"}).MyAccessRequests(ctx); err == nil {

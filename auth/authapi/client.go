@@ -3,6 +3,7 @@ package authapi
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -130,6 +131,10 @@ type ClientConfig struct {
 	Timeout time.Duration
 	// LocalAddr, if set, is the local IP address connections leave from.
 	LocalAddr string
+	// CallSigner, if set, is the private key of the client's TLS
+	// certificate: users' own calls (/v1/user/...) are signed with it, so
+	// that the auth server knows the user made them (see proof.go).
+	CallSigner crypto.Signer
 }
 
 // Client calls the auth API.
@@ -139,6 +144,7 @@ type Client struct {
 	cur     atomic.Int32
 	hc      *http.Client
 	timeout time.Duration
+	signer  crypto.Signer // see ClientConfig.CallSigner
 }
 
 // NewClient returns a client. It does not connect.
@@ -168,7 +174,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		DialContext:         localDialer(cfg.LocalAddr).DialContext,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return &Client{base: bases[0], bases: bases, hc: &http.Client{Transport: tr}, timeout: cfg.Timeout}, nil
+	return &Client{base: bases[0], bases: bases, hc: &http.Client{Transport: tr}, timeout: cfg.Timeout, signer: cfg.CallSigner}, nil
 }
 
 // localDialer is the dialer of a client whose connections leave from ip
@@ -257,6 +263,9 @@ func (c *Client) doOnce(ctx context.Context, base, method, path string, b []byte
 	}
 	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if err := c.prove(req, b); err != nil {
+		return err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -509,4 +518,12 @@ func (c *Client) AuthAdd(ctx context.Context, op MembershipOp) (*CreateTokenResp
 func (c *Client) AuthMembership(ctx context.Context, op, id string) ([]AuthServerStatus, error) {
 	var out []AuthServerStatus
 	return out, c.do(ctx, "POST", "/v1/auth/servers", MembershipOp{Op: op, ID: id}, &out)
+}
+
+// prove signs a user's own call when the client has a CallSigner.
+func (c *Client) prove(req *http.Request, body []byte) error {
+	if c.signer == nil || !strings.HasPrefix(req.URL.Path, "/v1/user/") {
+		return nil
+	}
+	return signUserCall(c.signer, req, body, time.Now())
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pquerna/otp"
@@ -72,6 +73,11 @@ func (s *Server) checkTOTP(user string, devices []state.MFADevice, code string, 
 	if len(code) != 6 || strings.Trim(code, "0123456789") != "" {
 		return "", errors.New("a TOTP code is 6 digits")
 	}
+	// One check at a time per user on this server, so that concurrent
+	// guesses cannot all pass the wait before any failure is counted.
+	mu, _ := s.mfaLocks.LoadOrStore(user, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
 	if wait := s.loginWait("mfa:"+user, now); wait > 0 {
 		return "", fmt.Errorf("too many wrong codes: try again in %s", identity.HumanDuration(wait))
 	}
@@ -184,6 +190,12 @@ func (s *Server) sessionCert(w http.ResponseWriter, r *http.Request, user, proxy
 	}
 	if err := identity.CheckLogin(user, s.cfg.Store.Role, node.ID, node.Labels, req.Login); err != nil {
 		fail(http.StatusForbidden, err.Error())
+		return
+	}
+	if !slices.Contains(user.Logins, req.Login) {
+		// Principals are what the login's certificate carries: a role's
+		// "*" allows a login at the node's check but never becomes one.
+		fail(http.StatusForbidden, fmt.Sprintf("your certificate does not carry login %s", req.Login))
 		return
 	}
 	if err := identity.CheckLocks(s.cfg.Store.Locks(), identity.LockTarget{User: user.Name, Roles: user.Roles, Node: node.ID, Login: req.Login}, now); err != nil {

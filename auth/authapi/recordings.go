@@ -314,6 +314,9 @@ func (c *Client) rawGet(ctx context.Context, path string) (*http.Response, error
 	var err error
 	c.each(func(base string) bool {
 		req, rerr := http.NewRequestWithContext(ctx, "GET", base+path, nil)
+		if rerr == nil {
+			rerr = c.prove(req, nil)
+		}
 		if rerr != nil {
 			err = rerr
 			return false

@@ -119,6 +119,8 @@ type Server struct {
 	cfg ServerConfig
 	mux *http.ServeMux
 
+	mfaLocks sync.Map // user -> *sync.Mutex: serialises TOTP checks (see checkTOTP)
+
 	peersMu sync.Mutex         // guards peers
 	peers   map[string]*Client // by API address; see peerClient
 

@@ -121,8 +121,11 @@ func expandList(in []string, traits map[string][]string, logins bool) []string {
 			continue
 		}
 		for _, tv := range traits[TraitKey(ns, name)] {
-			if tv == "" || logins && (strings.ContainsAny(tv, " \t\r\n,{}") || tv == "*" || isRegexp(tv)) {
-				continue // a trait value never widens a rule into a wildcard
+			// A trait value is only ever an exact value: it never widens
+			// a rule into a wildcard or an expression (users may control
+			// their claims at the SSO provider).
+			if tv == "" || tv == "*" || isRegexp(tv) || isTemplate(tv) || logins && strings.ContainsAny(tv, " \t\r\n,{}") {
+				continue
 			}
 			out = append(out, tv)
 		}

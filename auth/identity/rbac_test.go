@@ -95,9 +95,15 @@ deny:
 		t.Error("a template without its trait matched")
 	}
 	// A trait value cannot smuggle in a wildcard or an expression.
-	sneaky := Identity{Roles: []string{"self"}, Traits: map[string][]string{"internal.logins": {"*", "^.*$"}, "external.teams": {"*"}}}
+	sneaky := Identity{Roles: []string{"self"}, Traits: map[string][]string{"internal.logins": {"*", "^.*$"}, "external.teams": {"*", "^.*$", "{{internal.x}}"}, "external.unix_user": {"al"}}}
 	if CheckLogin(sneaky, get, "n", map[string]string{"team": "payments"}, "anyone") == nil {
-		t.Error("a trait value widened a rule")
+		t.Error("a login trait value widened a rule")
+	}
+	if CheckLogin(sneaky, get, "n", map[string]string{"team": "secret-ops"}, "al") == nil {
+		t.Error("a label trait value widened a rule")
+	}
+	if _, err := ParseRoles([]byte("name: x\ndeny: {logins: ['^root$']}\n")); err == nil {
+		t.Error("a login written as an expression accepted (logins are exact)")
 	}
 	if _, err := ParseRoles([]byte("name: x\nallow: {logins: ['{{secret.x}}']}\n")); err == nil {
 		t.Error("unknown template namespace accepted")

@@ -170,7 +170,7 @@ func (r Role) Check() error {
 				}
 				continue
 			}
-			if l == "" || strings.ContainsAny(l, " \t\n,{}") {
+			if l == "" || strings.ContainsAny(l, " \t\n,{}") || isRegexp(l) {
 				return fmt.Errorf("role %s: %s.logins: %q is not a valid login name", r.Name, where, l)
 			}
 		}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"crypto"
 	"bytes"
 	"context"
 	"errors"
@@ -77,7 +78,11 @@ func loadIdentity() (*creds.Identity, error) {
 			if base, berr := creds.Load(baseDir()); berr == nil && identity.CheckValidity(base.Leaf.NotBefore, base.Leaf.NotAfter, time.Now()) == nil {
 				if rerr := restoreBase(); rerr == nil {
 					fmt.Fprintf(os.Stderr, "jg: the access of request %s has ended: back to roles %s\n", strings.Join(id.Meta.Requests, ", "), strings.Join(base.Meta.Roles, ", "))
-					return creds.Load(home())
+					restored, lerr := creds.Load(home())
+					if lerr != nil {
+						return nil, lerr
+					}
+					return reassume(restored, id.Meta.Requests), nil
 				}
 			}
 		}
@@ -223,7 +228,9 @@ func logoutCmd() *cobra.Command {
 
 func proxyClient(id *creds.Identity) (*authapi.Client, error) {
 	backgroundRecheck(id)
-	return authapi.NewClient(authapi.ClientConfig{Addr: id.Meta.Proxy, LocalAddr: bindAddr(), Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, GetClientCertificate: id.GetClientCertificate})
+	signer, _ := id.TLS.PrivateKey.(crypto.Signer)
+	return authapi.NewClient(authapi.ClientConfig{Addr: id.Meta.Proxy, LocalAddr: bindAddr(), Trust: authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}},
+		GetClientCertificate: id.GetClientCertificate, CallSigner: signer})
 }
 
 func lsCmd() *cobra.Command {

@@ -230,3 +230,39 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// reassume takes up again, on the login's certificates, the requests of
+// reqs whose access has not ended: certificates carrying several requests
+// end with the first of them, and the others must not end with it. It
+// returns the identity to use (base when nothing is taken up).
+func reassume(base *creds.Identity, reqs []string) *creds.Identity {
+	cl, err := proxyClient(base)
+	if err != nil {
+		return base
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	mine, err := cl.MyAccessRequests(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "jg: could not check your other access requests: %v\n", err)
+		return base
+	}
+	var live []string
+	for _, r := range mine {
+		if contains(reqs, r.ID) && r.Status(time.Now()) == state.RequestApproved && time.Until(r.AccessUntil) > 10*time.Second {
+			live = append(live, r.ID)
+		}
+	}
+	if len(live) == 0 {
+		return base
+	}
+	if err := assume(ctx, base, cl, live); err != nil {
+		fmt.Fprintf(os.Stderr, "jg: could not take up requests %s again: %v\n", strings.Join(live, ", "), err)
+		return base
+	}
+	if id, err := creds.Load(home()); err == nil {
+		return id
+	}
+	return base
+}

@@ -65,26 +65,57 @@ func (u *uploader) pass(ctx context.Context) (int, error) {
 	var pending []recording.Meta
 	for _, m := range all {
 		if m.End.IsZero() {
-			continue // still recording
+			// Still recording, or left open by a crash or restart of
+			// the node: Recover closes the latter (and refuses the
+			// former), so that a session never escapes its upload.
+			rm, err := u.store.Recover(m.Session)
+			if err != nil {
+				continue
+			}
+			u.log.Warn("recovered a session recording the node left open (it stopped during the session)", "session", m.Session)
+			m = rm
 		}
-		if _, err := os.Stat(u.mark(m)); err == nil {
+		if _, err := os.Stat(u.mark(m, ".uploaded")); err == nil {
+			continue
+		}
+		if _, err := os.Stat(u.mark(m, ".failed")); err == nil {
 			continue
 		}
 		pending = append(pending, m)
 	}
-	for i, m := range pending {
-		if err := u.upload(ctx, m); err != nil {
-			return len(pending) - i, err
+	left := len(pending)
+	var first error
+	for _, m := range pending {
+		err := u.upload(ctx, m)
+		var ae *authapi.APIError
+		switch {
+		case err == nil:
+			if err := os.WriteFile(u.mark(m, ".uploaded"), nil, 0o600); err != nil {
+				return left, err
+			}
+			left--
+			u.log.Info("session recording uploaded", "session", m.Session, "bytes", m.Bytes)
+		case errors.As(err, &ae) && ae.Code/100 == 4 && ae.Code != 408 && ae.Code != 429:
+			// The auth server will never take it: say so, keep the
+			// file, and go on with the others.
+			left--
+			u.log.Error("an auth server refused a session recording: it stays on this node only", "session", m.Session, "err", err)
+			if err := os.WriteFile(u.mark(m, ".failed"), []byte(err.Error()+"\n"), 0o600); err != nil {
+				return left, err
+			}
+		default:
+			if first == nil {
+				first = err
+			}
 		}
-		if err := os.WriteFile(u.mark(m), nil, 0o600); err != nil {
-			return len(pending) - i, err
-		}
-		u.log.Info("session recording uploaded", "session", m.Session, "bytes", m.Bytes)
 	}
-	return 0, nil
+	return left, first
 }
 
-func (u *uploader) mark(m recording.Meta) string { return filepath.Join(u.dir, m.Session+".uploaded") }
+// mark is the file that says what became of a recording's upload.
+func (u *uploader) mark(m recording.Meta, ext string) string {
+	return filepath.Join(u.dir, m.Session+ext)
+}
 
 func (u *uploader) upload(ctx context.Context, m recording.Meta) error {
 	rc, _, err := u.store.Open(m.Session)

@@ -14,7 +14,7 @@ import (
 // UserForwarder is implemented by an Upstream that can make users' own
 // calls on their behalf (*authapi.Client does).
 type UserForwarder interface {
-	ForwardUser(ctx context.Context, method, pathQuery string, userCert, body []byte) (*http.Response, error)
+	ForwardUser(ctx context.Context, method, pathQuery string, userCert, body []byte, proof http.Header) (*http.Response, error)
 }
 
 // maxUserBody bounds what a user may send through /v1/user/.
@@ -47,7 +47,7 @@ func (s *Server) userForward(w http.ResponseWriter, r *http.Request) {
 		body = b
 	}
 	cert := r.TLS.VerifiedChains[0][0]
-	resp, err := fw.ForwardUser(r.Context(), r.Method, r.URL.RequestURI(), cert.Raw, body)
+	resp, err := fw.ForwardUser(r.Context(), r.Method, r.URL.RequestURI(), cert.Raw, body, r.Header)
 	if err != nil {
 		var ae *authapi.APIError
 		if errors.As(err, &ae) {

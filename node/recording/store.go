@@ -706,3 +706,80 @@ func (s *Store) Remove(session string) error {
 	}
 	return nil
 }
+
+// Recover closes a recording that a crash or restart left unfinished (its
+// index has no End, and no Recording of this Store writes it): it cuts a
+// partial last line from the file, so that it parses, and appends the
+// final index line with End set to the file's last change and a marker
+// saying the recording ended abruptly. It returns the recovered Meta.
+func (s *Store) Recover(session string) (Meta, error) {
+	if err := CheckSession(session); err != nil {
+		return Meta{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active[session] {
+		return Meta{}, fmt.Errorf("recording %s is being written", session)
+	}
+	idx, _, err := s.readIndex()
+	if err != nil {
+		return Meta{}, err
+	}
+	l, ok := idx[session]
+	if !ok || l.Removed {
+		return Meta{}, ErrNotFound
+	}
+	m := l.Meta
+	if !m.End.IsZero() {
+		return m, nil
+	}
+	path := s.castPath(session)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Meta{}, fmt.Errorf("recover %s: %w", session, err)
+	}
+	keep := bytes.LastIndexByte(b, '\n') + 1
+	f, err := os.OpenFile(path, os.O_WRONLY, 0o600)
+	if err != nil {
+		return Meta{}, fmt.Errorf("recover %s: %w", session, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(int64(keep)); err != nil {
+		return Meta{}, fmt.Errorf("recover %s: %w", session, err)
+	}
+	size := int64(keep)
+	if keep > 0 {
+		// The header made it: mark where the recording stops.
+		r, herr := NewReader(bytes.NewReader(b[:keep]))
+		last := 0.0
+		if herr == nil {
+			for {
+				ev, err := r.Next()
+				if err != nil {
+					break
+				}
+				last = ev.Time
+			}
+			marker, _ := json.Marshal([]any{last, CodeMarker, "recording ended abruptly: the node stopped during the session"})
+			marker = append(marker, '\n')
+			if _, err := f.WriteAt(marker, int64(keep)); err == nil {
+				size += int64(len(marker))
+			}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return Meta{}, fmt.Errorf("recover %s: %w", session, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return Meta{}, fmt.Errorf("recover %s: %w", session, err)
+	}
+	m.End, m.Bytes, m.Truncated = fi.ModTime().UTC(), size, true
+	if m.End.Before(m.Start) {
+		m.End = m.Start
+	}
+	if err := s.appendIndex(indexLine{Meta: m}); err != nil {
+		return Meta{}, err
+	}
+	return m, nil
+}

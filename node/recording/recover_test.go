@@ -1,0 +1,70 @@
+package recording
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRecover: a recording a crash left open (no End in the index, a
+// partial last line) is closed by a new Store: the file parses, keeps what
+// was written, says it ended abruptly, and the index has an End.
+func TestRecover(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now().Add(-time.Minute).UTC()
+	rec, err := s.Create(Meta{Session: "crashed", User: "alice", Node: "n1", Start: start}, Header{Width: 80, Height: 24}, WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Output([]byte("before the crash\r\n"))
+	// The process dies: no Finish; the last write was cut short.
+	f, err := os.OpenFile(filepath.Join(dir, "crashed.cast"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`[1.5, "o", "half a li`)
+	f.Close()
+
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s2.Recover("crashed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.End.IsZero() || !m.Truncated || m.User != "alice" {
+		t.Errorf("recovered meta %+v", m)
+	}
+	rc, _, err := s2.Open("crashed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := new(bytes.Buffer)
+	b.ReadFrom(rc)
+	rc.Close()
+	out, err := Output(bytes.NewReader(b.Bytes()))
+	if err != nil || string(out) != "before the crash\r\n" {
+		t.Fatalf("recovered output %q: %v", out, err)
+	}
+	if !strings.Contains(b.String(), "ended abruptly") || int64(b.Len()) != m.Bytes {
+		t.Errorf("recovered file (%d bytes, meta says %d):\n%s", b.Len(), m.Bytes, b.String())
+	}
+	if got, _ := s2.Get("crashed"); got.End.IsZero() {
+		t.Error("index still has no end")
+	}
+	if m2, err := s2.Recover("crashed"); err != nil || !m2.End.Equal(m.End) {
+		t.Errorf("second Recover: %+v %v", m2, err)
+	}
+	if _, err := s2.Recover("nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown session: %v", err)
+	}
+}
