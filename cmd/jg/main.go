@@ -4,9 +4,9 @@ package main
 
 import (
 	"bufio"
-	"crypto"
 	"bytes"
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
