@@ -344,6 +344,14 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("auth/proxy audit log lacks %s", ev)
 			}
 		}
+		// Every line of every process's log follows the schema; OpenSSH's
+		// scp, sftp and ssh -L above wrote their events too.
+		seen := validateAuditLogs(t, c.dir)
+		for _, want := range []string{"session.port_forward", "session.sftp", "session.sftp.op", "session.exec", "node.joined", "cert.issued"} {
+			if seen[want] == 0 {
+				t.Errorf("no %s event (saw %v)", want, seen)
+			}
+		}
 	})
 	t.Run("no drain of a proxy that shares its process with auth", func(t *testing.T) {
 		out, code := c.run("", []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}, "jgctl", "proxy", "drain", "proxy1", "--addr="+c.proxy)

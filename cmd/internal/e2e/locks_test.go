@@ -137,4 +137,10 @@ func TestLocks(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(c.dir, "auth", "audit.log")); !bytes.Contains(b, []byte(`"lock.created"`)) {
 		t.Error("the auth audit log has no lock.created event")
 	}
+	seen := validateAuditLogs(t, c.dir)
+	for _, want := range []string{"lock.created", "lock.deleted", "session.terminated"} {
+		if seen[want] == 0 {
+			t.Errorf("no valid %s event (saw %v)", want, seen)
+		}
+	}
 }
