@@ -213,6 +213,9 @@ func saveLogin(k *creds.Keys, c *authapi.Credentials, used, pin string, h *homeS
 	}
 	fmt.Printf("Logged in to cluster %s as %s (roles: %s; logins: %s), valid until %s.\n",
 		c.Cluster, c.Name, strings.Join(c.Roles, ", "), strings.Join(c.Logins, ", "), c.Expires.Local().Format("2006-01-02 15:04 MST"))
+	if c.RequireMFA {
+		fmt.Println("Your roles require a TOTP code for every session: jg ssh asks for one (enroll an authenticator with jg mfa add).")
+	}
 	return nil
 }
 
