@@ -272,6 +272,25 @@ allow:
 		t.Errorf("old code: %d %s", c, m)
 	}
 
+	// Guessing: after 5 wrong codes (one above), even the right one waits;
+	// the count is in raft, so every auth server sees it.
+	for range 4 {
+		sessionCert("123456")
+	}
+	if u, _ := store.User("alice"); u.MFAFailures < 5 {
+		t.Errorf("%d failures counted in the replicated state", u.MFAFailures)
+	}
+	if c, m, _ := sessionCert(code6(clock().Add(30 * time.Second))); c != http.StatusForbidden || !strings.Contains(m, "too many wrong codes") {
+		t.Errorf("a right code right after 5 wrong ones: %d %s", c, m)
+	}
+	advance(time.Minute)
+	if c, m, _ := sessionCert(code6(clock())); c != http.StatusOK {
+		t.Errorf("a right code after the wait: %d %s", c, m)
+	}
+	if u, _ := store.User("alice"); u.MFAFailures != 0 {
+		t.Errorf("an accepted code left %d failures counted", u.MFAFailures)
+	}
+
 	// The approved time ends: the request's roles are gone.
 	advance(2*time.Hour + time.Minute)
 	if code, msg, _ := reissue(ar.ID); code != http.StatusForbidden || !strings.Contains(msg, "expired") {

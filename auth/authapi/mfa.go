@@ -78,8 +78,11 @@ func (s *Server) checkTOTP(user string, devices []state.MFADevice, code string, 
 	mu, _ := s.mfaLocks.LoadOrStore(user, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
-	if wait := s.loginWait("mfa:"+user, now); wait > 0 {
-		return "", fmt.Errorf("too many wrong codes: try again in %s", identity.HumanDuration(wait))
+	if u, ok := s.cfg.Store.User(user); ok && u.MFAFailures >= loginFreeFailures {
+		wait := min(time.Duration(u.MFAFailures-loginFreeFailures+1)*loginPenalty, loginMaxPenalty)
+		if until := u.MFAFailedAt.Add(wait); now.Before(until) {
+			return "", fmt.Errorf("too many wrong codes: try again in %s", identity.HumanDuration(until.Sub(now)))
+		}
 	}
 	for _, d := range devices {
 		step, ok := matchTOTP(d.Secret, code, now)
@@ -92,10 +95,13 @@ func (s *Server) checkTOTP(user string, devices []state.MFADevice, code string, 
 			}
 			return "", fmt.Errorf("record the code's use: %w", err)
 		}
-		s.loginResult("mfa:"+user, true, now)
 		return d.Name, nil
 	}
-	s.loginResult("mfa:"+user, false, now)
+	// Counted through raft, so that every auth server slows the next
+	// guesses down, not only this one.
+	if _, err := s.apply(state.TypeMFAFailure|state.FlagIgnorable, state.MFAFailure{User: user, Now: now}); err != nil {
+		s.cfg.Logger.Warn("record a wrong TOTP code", "user", user, "err", err)
+	}
 	return "", errors.New("wrong TOTP code (check the time on the device that makes them)")
 }
 

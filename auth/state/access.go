@@ -21,6 +21,7 @@ const (
 	TypeRemoveMFADevice     Type = 24
 	TypeUseMFA              Type = 25
 	TypePruneAccessRequests Type = 26
+	TypeMFAFailure          Type = 27
 )
 
 // States of an access request.
@@ -221,6 +222,27 @@ type UseMFA struct {
 	Step   uint64 `json:"step"`
 }
 
+// MFAFailure records a wrong TOTP code for a user: the count (reset by the
+// next accepted code) slows guessing down on every auth server alike.
+type MFAFailure struct {
+	User string    `json:"user"`
+	Now  time.Time `json:"now"`
+}
+
+func applyMFAFailure(d *Data, c MFAFailure) (any, []Event, error) {
+	u, ok := d.Users[c.User]
+	if !ok {
+		return nil, nil, fmt.Errorf("user %s: %w", c.User, ErrNotFound)
+	}
+	if c.Now.Sub(u.MFAFailedAt) > time.Hour {
+		u.MFAFailures = 0
+	}
+	u.MFAFailures++
+	u.MFAFailedAt = c.Now
+	d.Users[c.User] = u
+	return u.MFAFailures, nil, nil
+}
+
 // ErrMFAReplay is a TOTP code that was used already.
 var ErrMFAReplay = errors.New("this code was used already: wait for the next one")
 
@@ -278,6 +300,7 @@ func applyUseMFA(d *Data, c UseMFA) (any, []Event, error) {
 	}
 	u.MFA = slices.Clone(u.MFA)
 	u.MFA[i].LastStep = c.Step
+	u.MFAFailures, u.MFAFailedAt = 0, time.Time{}
 	d.Users[c.User] = u
 	return nil, nil, nil
 }

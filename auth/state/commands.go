@@ -195,6 +195,7 @@ var table = map[Type]handler{
 	TypeAddMFADevice:        typed(applyAddMFADevice),
 	TypeRemoveMFADevice:     typed(applyRemoveMFADevice),
 	TypeUseMFA:              typed(applyUseMFA),
+	TypeMFAFailure:          typed(applyMFAFailure),
 }
 
 func typed[T any](f func(d *Data, c T) (any, []Event, error)) handler {
@@ -325,7 +326,7 @@ func applyUpsertUser(d *Data, c UpsertUser) (any, []Event, error) {
 	if u.PasswordHash == "" {
 		u.PasswordHash = old.PasswordHash
 	}
-	u.MFA = old.MFA // changed only by the MFA commands
+	u.MFA, u.MFAFailures, u.MFAFailedAt = old.MFA, old.MFAFailures, old.MFAFailedAt // changed only by the MFA commands
 	if exists {
 		u.Created = old.Created
 	}

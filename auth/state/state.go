@@ -53,6 +53,10 @@ type User struct {
 	Origin string `json:"origin,omitempty"`
 	// MFA are the user's TOTP devices (secrets: never returned by the API).
 	MFA []MFADevice `json:"mfa,omitempty"`
+	// MFAFailures counts wrong TOTP codes since the last accepted one
+	// (within an hour of each other), at MFAFailedAt.
+	MFAFailures int       `json:"mfa_failures,omitempty"`
+	MFAFailedAt time.Time `json:"mfa_failed_at,omitzero"`
 }
 
 // OriginApply marks users, roles and tokens created by jgctl apply. Only
