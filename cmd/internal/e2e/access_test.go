@@ -73,16 +73,35 @@ name: bob
 roles: [staging-re]
 traits: {logins: [LOGIN]}
 `)
-	admin := []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth}
+	os.MkdirAll(filepath.Join(dir, "tokens"), 0o700)
+	write("tokens/node9.yaml", `kind: token
+type: node
+name: node9
+labels: {env: gitops}
+ttl: 1h
+secret_env: NODE9_TOKEN
+`)
+	node9Secret := strings.Repeat("9f", 32)
+	admin := []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth, "NODE9_TOKEN=" + node9Secret}
 
 	t.Run("apply", func(t *testing.T) {
-		out := c.jgctl("apply", "-f", dir)
-		for _, want := range []string{"+ role no-staging", "+ role staging-re", "+ role break-glass", "~ user alice", "~ user bob"} {
+		out, code := c.run("", admin, "jgctl", "apply", "-f", dir)
+		if code != 0 {
+			t.Fatalf("jgctl apply: exit %d\n%s", code, out)
+		}
+		for _, want := range []string{"+ role no-staging", "+ role staging-re", "+ role break-glass", "~ user alice", "~ user bob", "+ token node/node9"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("first apply lacks %q:\n%s", want, out)
 			}
 		}
-		out, code := c.run("", admin, "jgctl", "apply", "-f", dir, "--exit-code")
+		// The token declared in git joins a node, with the secret from the
+		// environment (as a CI secret store would give it).
+		c.start("node9", "--roles=node", "--node-name=node9", "--data-dir="+filepath.Join(c.dir, "node9"), "--proxy="+c.proxy, "--token="+node9Secret, "--ca-pin="+c.pin())
+		c.waitOnline("node9")
+		if nodes := c.jgctl("nodes", "ls"); !strings.Contains(nodes, "env=gitops") {
+			t.Errorf("node9 joined without the token's labels:\n%s", nodes)
+		}
+		out, code = c.run("", admin, "jgctl", "apply", "-f", dir, "--exit-code")
 		if code != 0 || !strings.Contains(out, "unchanged") || strings.Contains(out, "+ ") || strings.Contains(out, "~ ") {
 			t.Errorf("second apply is not a no-op: exit %d\n%s", code, out)
 		}
