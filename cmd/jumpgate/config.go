@@ -320,6 +320,10 @@ type NodeConfig struct {
 	// RecordingLimit bounds one recording, in bytes (default 64 MiB);
 	// past it the session goes on unrecorded and the recording says so.
 	RecordingLimit int64 `yaml:"recording_limit"`
+	// RecordingKeep is how long the node keeps its own copy of a
+	// recording an auth server has stored (default 168h; the auth
+	// servers keep theirs). Recordings not uploaded yet are never removed.
+	RecordingKeep time.Duration `yaml:"recording_keep"`
 	// ResumeWindow is how long the node keeps a session whose client lost
 	// its path (a proxy drained or died) for the client to resume it
 	// through another proxy. Default 5 minutes.
@@ -548,6 +552,12 @@ func (c *Config) CheckAndSetDefaults() error {
 		case "", "on", "off":
 		default:
 			return fmt.Errorf("node.recording %q: want on or off", c.Node.Recording)
+		}
+		if c.Node.RecordingKeep == 0 {
+			c.Node.RecordingKeep = 7 * 24 * time.Hour
+		}
+		if c.Node.RecordingKeep < 0 {
+			return fmt.Errorf("node.recording_keep %s: want a duration such as 168h", c.Node.RecordingKeep)
 		}
 		if c.Node.RecordingLimit < 0 {
 			return fmt.Errorf("node.recording_limit %d: want a size in bytes (0 for the default, 64 MiB)", c.Node.RecordingLimit)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,11 +20,13 @@ import (
 // a restart), when a session ends, and every minute while some wait; a
 // failed upload is retried with backoff. The node keeps its own copies.
 type uploader struct {
-	store  *recording.Store
-	dir    string // the store's directory
-	client *authapi.Client
-	log    *slog.Logger
-	wake   chan struct{}
+	store *recording.Store
+	dir   string        // the store's directory
+	keep  time.Duration // how long uploaded recordings stay (node.recording_keep)
+	// send uploads one recording (authapi.Client.UploadRecording).
+	send func(ctx context.Context, m recording.Meta, body io.Reader) error
+	log  *slog.Logger
+	wake chan struct{}
 }
 
 // kick wakes the uploader: a recording has finished.
@@ -75,7 +78,13 @@ func (u *uploader) pass(ctx context.Context) (int, error) {
 			u.log.Warn("recovered a session recording the node left open (it stopped during the session)", "session", m.Session)
 			m = rm
 		}
-		if _, err := os.Stat(u.mark(m, ".uploaded")); err == nil {
+		if fi, err := os.Stat(u.mark(m, ".uploaded")); err == nil {
+			if u.keep > 0 && time.Since(fi.ModTime()) > u.keep && time.Since(m.End) > u.keep {
+				if err := u.store.Remove(m.Session); err == nil {
+					os.Remove(u.mark(m, ".uploaded"))
+					u.log.Debug("removed the node's copy of an uploaded session recording", "session", m.Session)
+				}
+			}
 			continue
 		}
 		if _, err := os.Stat(u.mark(m, ".failed")); err == nil {
@@ -128,7 +137,7 @@ func (u *uploader) upload(ctx context.Context, m recording.Meta) error {
 	defer rc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	return u.client.UploadRecording(ctx, m, rc)
+	return u.send(ctx, m, rc)
 }
 
 // watchAuditRotation logs a failed audit log rotation (events still go to

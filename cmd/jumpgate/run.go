@@ -642,9 +642,9 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		labels = map[string]string{}
 	}
 	var recs *recording.Store
-	up := &uploader{log: p.log.With("component", "recordings"), client: renewVia, wake: make(chan struct{}, 1)}
+	up := &uploader{log: p.log.With("component", "recordings"), send: renewVia.UploadRecording, wake: make(chan struct{}, 1)}
 	if cfg.Node.Recording != "off" {
-		up.dir = filepath.Join(cfg.DataDir, "recordings")
+		up.dir, up.keep = filepath.Join(cfg.DataDir, "recordings"), cfg.Node.RecordingKeep
 		if recs, err = recording.OpenStore(up.dir); err != nil {
 			return fmt.Errorf("session recordings: %w", err)
 		}
