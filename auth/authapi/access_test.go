@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,7 @@ import (
 	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/auth/state"
+	"jumpgate.dev/jumpgate/node/recording"
 )
 
 // TestAccessRequestsAndMFA: a user asks for a role their role lets them
@@ -317,3 +319,35 @@ allow:
 }
 
 func slicesEqual(a, b []string) bool { return strings.Join(a, ",") == strings.Join(b, ",") }
+
+// TestPruneRecordings: recordings that ended before the cutoff go, the
+// others (and those still running) stay.
+func TestPruneRecordings(t *testing.T) {
+	store, err := recording.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i, end := range []time.Duration{-48 * time.Hour, -time.Hour, 0} {
+		rec, err := store.Create(recording.Meta{Session: fmt.Sprint("s", i), User: "u", Node: "n", Start: now.Add(end - time.Minute)}, recording.Header{}, recording.WriterOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end != 0 {
+			rec.Finish(now.Add(end))
+		}
+	}
+	ts := newTestState(t, nil)
+	srv, err := NewServer(ServerConfig{ID: "a1", Store: ts.store, Hub: NewHub(), Apply: ts.apply, CA: ts.authority, Recordings: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := srv.PruneRecordings(now.Add(-24 * time.Hour))
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d: %v", n, err)
+	}
+	left, _ := store.List()
+	if len(left) != 2 || left[0].Session == "s0" {
+		t.Errorf("left %+v", left)
+	}
+}

@@ -403,3 +403,45 @@ func (c *Client) ForwardUpload(ctx context.Context, session string, nodeCert []b
 	}
 	return resp, nil
 }
+
+// PruneRecordings removes this server's recordings that ended before
+// before, and says how many it removed.
+func (s *Server) PruneRecordings(before time.Time) (int, error) {
+	if s.cfg.Recordings == nil {
+		return 0, nil
+	}
+	all, err := s.cfg.Recordings.List()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range all {
+		if m.End.IsZero() || !m.End.Before(before) {
+			continue
+		}
+		if err := s.cfg.Recordings.Remove(m.Session); err != nil {
+			return n, fmt.Errorf("remove recording %s: %w", m.Session, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// KeepRecordings runs PruneRecordings every hour with a cutoff of
+// retention ago, until ctx ends.
+func (s *Server) KeepRecordings(ctx context.Context, retention time.Duration) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := s.PruneRecordings(s.cfg.Now().Add(-retention)); err != nil {
+			s.cfg.Logger.Warn("remove old session recordings", "err", err)
+		} else if n > 0 {
+			s.cfg.Logger.Info("removed old session recordings", "count", n, "retention", retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -287,6 +287,9 @@ func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, erro
 	}
 	p.goServe("auth upkeep", func() error { a.upkeep(ctx, adminDir); return nil })
 	p.goServe("access request sweeper", func() error { api.SweepRequests(ctx, 15*time.Second); return nil })
+	if r := cfg.Auth.RecordingRetention; r > 0 {
+		p.goServe("recording retention", func() error { api.KeepRecordings(ctx, r); return nil })
+	}
 	p.ready = append(p.ready, func() error {
 		if id, _ := rn.Leader(); id == "" {
 			return errors.New("auth: raft has no leader")

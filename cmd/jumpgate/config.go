@@ -89,6 +89,9 @@ type AuthConfig struct {
 	Listen                 string        `yaml:"listen"`
 	KeystorePassphraseFile string        `yaml:"keystore_passphrase_file"`
 	UserCertTTL            time.Duration `yaml:"user_cert_ttl"`
+	// RecordingRetention removes session recordings that ended longer
+	// ago than this from this auth server (0, the default: keep them).
+	RecordingRetention time.Duration `yaml:"recording_retention"`
 	// Keystore says where the CA private keys live.
 	Keystore KeystoreConfig `yaml:"keystore"`
 	// AdvertiseAddr is the API address other auth servers and proxies
