@@ -61,9 +61,18 @@ func (u *uploader) run(ctx context.Context) {
 // pass uploads every finished recording not sent yet; it returns how many
 // are left and the first error.
 func (u *uploader) pass(ctx context.Context) (int, error) {
-	all, err := u.store.List()
+	all, stats, err := u.store.ListWithStats()
 	if err != nil {
 		return 0, err
+	}
+	if stats.Lines > 2*len(all)+64 {
+		// The index only grows (two lines per session, tombstones):
+		// rewrite it with one line per recording now and then.
+		if before, after, err := u.store.Compact(); err != nil {
+			u.log.Warn("compact the recording index", "err", err)
+		} else {
+			u.log.Info("compacted the recording index", "lines_before", before, "lines_after", after)
+		}
 	}
 	var pending []recording.Meta
 	for _, m := range all {

@@ -68,3 +68,47 @@ func TestRecover(t *testing.T) {
 		t.Errorf("unknown session: %v", err)
 	}
 }
+
+// TestCompact: the index keeps one line per recording, without removed
+// ones, and everything still lists and opens as before.
+func TestCompact(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, id := range []string{"a", "b", "c"} {
+		rec, err := s.Create(Meta{Session: id, User: "u", Node: "n", Start: now}, Header{}, WriterOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Output([]byte(id))
+		if _, err := rec.Finish(now.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Remove("b"); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.OpenFile(filepath.Join(dir, IndexFile), os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString("not json\n")
+	f.Close()
+	before, _ := s.List()
+	nb, na, err := s.Compact()
+	if err != nil || nb != 8 || na != 2 {
+		t.Fatalf("compact: %d → %d lines, %v", nb, na, err)
+	}
+	after, stats, err := s.ListWithStats()
+	if err != nil || stats.Lines != 2 || stats.Malformed != 0 || len(after) != len(before) {
+		t.Fatalf("after compacting: %+v %+v %v (before %+v)", after, stats, err, before)
+	}
+	for i := range before {
+		if before[i].Session != after[i].Session || !before[i].End.Equal(after[i].End) || before[i].Bytes != after[i].Bytes {
+			t.Errorf("%+v became %+v", before[i], after[i])
+		}
+	}
+	if _, err := s.Get("b"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("removed recording back: %v", err)
+	}
+}

@@ -783,3 +783,62 @@ func (s *Store) Recover(session string) (Meta, error) {
 	}
 	return m, nil
 }
+
+// Compact rewrites the index with one line per recording (the last one),
+// leaving out removed recordings and malformed lines; the index otherwise
+// only grows. It writes a new file and renames it over the old one, so a
+// crash leaves one or the other. It returns the lines before and after.
+func (s *Store) Compact() (before, after int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	entries, stats, err := s.readIndex()
+	if err != nil {
+		return 0, 0, err
+	}
+	live := make([]indexLine, 0, len(entries))
+	for _, l := range entries {
+		if !l.Removed {
+			live = append(live, l)
+		}
+	}
+	slices.SortFunc(live, func(a, b indexLine) int {
+		if c := a.Start.Compare(b.Start); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Session, b.Session)
+	})
+	var buf bytes.Buffer
+	for _, l := range live {
+		b, err := json.Marshal(l)
+		if err != nil {
+			return 0, 0, err
+		}
+		buf.Write(b)
+		buf.WriteByte('\n')
+	}
+	path := filepath.Join(s.dir, IndexFile)
+	tmp := path + ".compact"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return 0, 0, fmt.Errorf("compact index: %w", err)
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return 0, 0, fmt.Errorf("compact index: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return 0, 0, fmt.Errorf("compact index: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return 0, 0, fmt.Errorf("compact index: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return 0, 0, fmt.Errorf("compact index: %w", err)
+	}
+	return stats.Lines, len(live), nil
+}
