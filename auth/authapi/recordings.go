@@ -424,6 +424,12 @@ func (s *Server) PruneRecordings(before time.Time) (int, error) {
 		}
 		n++
 	}
+	if n > 0 {
+		// Removals leave tombstones in the index: rewrite it.
+		if _, _, err := s.cfg.Recordings.Compact(); err != nil {
+			return n, err
+		}
+	}
 	return n, nil
 }
 
