@@ -331,7 +331,11 @@ func proxyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := openNode(cmd.Context(), id, node, login, window)
+			mfa, err := proxyMFACert(cmd.Context(), id, node, login)
+			if err != nil {
+				return err
+			}
+			c, err := openNode(cmd.Context(), id, node, login, window, mfa)
 			if err != nil {
 				return err
 			}
@@ -416,7 +420,7 @@ func sshCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := openNode(cmd.Context(), id, node, login, window)
+			conn, err := openNode(cmd.Context(), id, node, login, window, "")
 			if err != nil {
 				return err
 			}

@@ -98,7 +98,7 @@ func codeReader(stdin bool) func(prompt string) (string, error) {
 	return func(prompt string) (string, error) {
 		tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 		if err != nil {
-			return "", errors.New("no terminal to ask for a TOTP code: use --code-stdin (jg mfa) or --mfa-code (jg ssh)")
+			return "", errors.New("no terminal to ask for a TOTP code: use --code-stdin (jg mfa), --mfa-code (jg ssh) or $JG_MFA_CODE (jg proxy ssh, under OpenSSH)")
 		}
 		defer tty.Close()
 		fmt.Fprint(tty, prompt)
@@ -117,29 +117,54 @@ func sessionSigner(ctx context.Context, id *creds.Identity, node, login, code st
 	if !id.Meta.RequireMFA {
 		return id.CertSigner()
 	}
+	cert, _, err := sessionCert(ctx, id, node, login, code)
+	if err != nil {
+		return nil, err
+	}
+	return ssh.NewCertSigner(cert, id.SSHKey)
+}
+
+// proxyMFACert is jg proxy ssh's per-session MFA certificate for OpenSSH:
+// OpenSSH presents the login's certificate, and this one travels with the
+// dial to the node ("" when the roles require no MFA). The code comes from
+// $JG_MFA_CODE or the terminal.
+func proxyMFACert(ctx context.Context, id *creds.Identity, node, login string) (string, error) {
+	if !id.Meta.RequireMFA {
+		return "", nil
+	}
+	if login == "" {
+		return "", errors.New("MFA: give the login (login@node): the per-session certificate is for one login")
+	}
+	_, line, err := sessionCert(ctx, id, node, login, os.Getenv("JG_MFA_CODE"))
+	return line, err
+}
+
+// sessionCert asks (for a code on the terminal, if code is "") for a
+// per-session MFA certificate for node and login.
+func sessionCert(ctx context.Context, id *creds.Identity, node, login, code string) (*ssh.Certificate, string, error) {
 	if code == "" {
 		var err error
 		if code, err = codeReader(false)(fmt.Sprintf("MFA code for %s@%s: ", login, node)); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	cl, err := proxyClient(id)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer cl.Close()
 	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(id.SSHKey.PublicKey())))
 	sc, err := cl.SessionCert(ctx, authapi.SessionCertRequest{Node: node, Login: login, Code: code, SSHPublic: pub})
 	if err != nil {
-		return nil, fmt.Errorf("MFA: %w", err)
+		return nil, "", fmt.Errorf("MFA: %w", err)
 	}
 	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(sc.SSHCert))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	cert, ok := k.(*ssh.Certificate)
 	if !ok {
-		return nil, errors.New("MFA: the auth server answered with no certificate")
+		return nil, "", errors.New("MFA: the auth server answered with no certificate")
 	}
-	return ssh.NewCertSigner(cert, id.SSHKey)
+	return cert, strings.TrimSpace(sc.SSHCert), nil
 }

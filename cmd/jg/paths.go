@@ -39,8 +39,8 @@ const offlineFor = 30 * time.Second
 // dialProxy asks the proxy at addr for a byte stream to node's SSH server.
 // resume says the client runs the resumable stream under SSH (dial
 // protocol 2); a proxy too old for version 2 is asked again in version 1.
-func dialProxy(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool) (net.Conn, *ingress.DialResponse, error) {
-	c, resp, err := dialProxyVersion(ctx, id, addr, node, login, resume, ingress.DialVersion)
+func dialProxy(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool, mfa string) (net.Conn, *ingress.DialResponse, error) {
+	c, resp, err := dialProxyVersion(ctx, id, addr, node, login, resume, mfa, ingress.DialVersion)
 	var de *ingress.DialError
 	// A proxy of dial protocol 1 answers a version 2 request with
 	// "version", or, for the "resume" field it does not know, with
@@ -48,12 +48,12 @@ func dialProxy(ctx context.Context, id *creds.Identity, addr, node, login string
 	// works through it; it only cannot move the client early when it
 	// drains).
 	if errors.As(err, &de) && (de.Code == ingress.CodeVersion || de.Code == ingress.CodeBadRequest) {
-		return dialProxyVersion(ctx, id, addr, node, login, false, 1)
+		return dialProxyVersion(ctx, id, addr, node, login, false, mfa, 1)
 	}
 	return c, resp, err
 }
 
-func dialProxyVersion(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool, v int) (net.Conn, *ingress.DialResponse, error) {
+func dialProxyVersion(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool, mfa string, v int) (net.Conn, *ingress.DialResponse, error) {
 	tcfg := authapi.ClientTLS(authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, id.GetClientCertificate, ingress.ALPNDial)
 	d := &tls.Dialer{NetDialer: netDialer(10 * time.Second), Config: tcfg}
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -67,7 +67,7 @@ func dialProxyVersion(ctx context.Context, id *creds.Identity, addr, node, login
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) }) //nolint:errcheck
 	defer stop()
-	if err := ingress.WriteLine(c, ingress.DialRequest{V: v, Node: node, Login: login, Resume: resume && v >= 2}); err != nil {
+	if err := ingress.WriteLine(c, ingress.DialRequest{V: v, Node: node, Login: login, Resume: resume && v >= 2, MFA: mfa}); err != nil {
 		c.Close()
 		return nil, nil, fmt.Errorf("proxy %s: %w", addr, err)
 	}
@@ -102,6 +102,7 @@ type paths struct {
 	node       string
 	login      string
 	resume     bool
+	mfa        string     // per-session MFA certificate for the node (jg proxy ssh), or ""
 	mu         sync.Mutex // guards the following
 	current    string
 	known      []string // proxy addresses, best first, from the last discovery
@@ -212,14 +213,14 @@ func (p *paths) avoided(addr string) bool {
 // try dials the node through the proxy at addr, or through the healthy
 // proxy it names if it is draining.
 func (p *paths) try(ctx context.Context, addr string) (net.Conn, error) {
-	c, resp, err := dialProxy(ctx, p.id, addr, p.node, p.login, p.resume)
+	c, resp, err := dialProxy(ctx, p.id, addr, p.node, p.login, p.resume, p.mfa)
 	if err != nil && resp != nil && resp.Code == ingress.CodeDraining {
 		p.mu.Lock()
 		p.avoidUntil[addr] = time.Now().Add(avoidFor)
 		p.mu.Unlock()
 		if resp.Redirect != "" {
 			addr = resp.Redirect
-			c, _, err = dialProxy(ctx, p.id, addr, p.node, p.login, p.resume)
+			c, _, err = dialProxy(ctx, p.id, addr, p.node, p.login, p.resume, p.mfa)
 		}
 	}
 	if err != nil {
@@ -302,11 +303,12 @@ func resumeWindow(flag time.Duration) (time.Duration, error) {
 // openNode opens the byte stream that SSH runs over: the resumable stream
 // through the home proxy (moving to another proxy when the path breaks),
 // or, with JG_RESUME=off or an older node, a plain dial.
-func openNode(ctx context.Context, id *creds.Identity, node, login string, window time.Duration) (net.Conn, error) {
+func openNode(ctx context.Context, id *creds.Identity, node, login string, window time.Duration, mfa string) (net.Conn, error) {
 	p := newPaths(id, node, login)
+	p.mfa = mfa
 	if strings.EqualFold(os.Getenv("JG_RESUME"), "off") {
 		p.resume = false
-		c, _, err := dialProxy(ctx, id, p.current, node, login, false)
+		c, _, err := dialProxy(ctx, id, p.current, node, login, false, mfa)
 		return c, err
 	}
 	var log *slog.Logger // nil: discarded
@@ -328,7 +330,7 @@ func openNode(ctx context.Context, id *creds.Identity, node, login string, windo
 			fmt.Fprintf(os.Stderr, "jg: node %s does not support resumable sessions (an older node); connecting without\n", node)
 		}
 		p.resume = false
-		c, _, err := dialProxy(ctx, id, p.current, node, login, false)
+		c, _, err := dialProxy(ctx, id, p.current, node, login, false, mfa)
 		return c, err
 	}
 	if err != nil {

@@ -339,7 +339,8 @@ func (pm *proxyMesh) dial(ctx context.Context, node string, user identity.Identi
 	if pm.gossip != nil && slices.ContainsFunc(pm.gossip.Holders(node), func(id string) bool { return id != pm.id }) {
 		lctx, lcancel = context.WithTimeout(ctx, route.DefaultHopTimeout)
 	}
-	c, localErr := pm.tunnels.Dial(lctx, node, proto.DialRequest{Version: proto.Version, ClientAddr: clientAddr, User: user.Name})
+	mfa := ingress.MFACertFrom(ctx)
+	c, localErr := pm.tunnels.Dial(lctx, node, proto.DialRequest{Version: proto.Version, ClientAddr: clientAddr, User: user.Name, MFACert: mfa})
 	lcancel()
 	if localErr == nil {
 		return pathConn{Conn: c, path: "local"}, nil
@@ -356,7 +357,7 @@ func (pm *proxyMesh) dial(ctx context.Context, node string, user identity.Identi
 		failures = append(failures, fmt.Sprintf("local tunnel: %v", localErr))
 	}
 	c, via, failed := route.TryPlan(ctx, plan, route.DefaultHopTimeout, func(ctx context.Context, hop route.Hop) (net.Conn, error) {
-		c, err := pm.peers.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: user.Name, ClientAddr: clientAddr, Hops: []string{pm.id}})
+		c, err := pm.peers.Dial(ctx, hop.ID, hop.PeerAddr, peer.DialRequest{Version: 1, Node: node, User: user.Name, ClientAddr: clientAddr, Hops: []string{pm.id}, MFACert: mfa})
 		result := "ok"
 		if err != nil {
 			result = "error"
@@ -406,7 +407,7 @@ func (pm *proxyMesh) lookup(id string) (route.Proxy, bool) {
 // handlePeerDial serves a peer's dial from the tunnels held here. It never
 // forwards further: the dialing proxy routes, holders only deliver.
 func (pm *proxyMesh) handlePeerDial(ctx context.Context, from string, req peer.DialRequest) (net.Conn, error) {
-	c, err := pm.tunnels.Dial(ctx, req.Node, proto.DialRequest{Version: proto.Version, ClientAddr: req.ClientAddr, User: req.User})
+	c, err := pm.tunnels.Dial(ctx, req.Node, proto.DialRequest{Version: proto.Version, ClientAddr: req.ClientAddr, User: req.User, MFACert: req.MFACert})
 	if errors.Is(err, tserver.ErrNodeOffline) {
 		return nil, &peer.Error{Code: peer.CodeOffline, Message: fmt.Sprintf("node %s has no tunnel to proxy %s", req.Node, pm.id)}
 	}

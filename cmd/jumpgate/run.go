@@ -641,6 +641,16 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 	if labels == nil {
 		labels = map[string]string{}
 	}
+	// Roles are evaluated against the node's labels in the cluster's
+	// inventory, as the proxies evaluate them: those include the join
+	// token's labels and later `jgctl nodes` changes, which the node's own
+	// configuration does not know.
+	accessLabels := func() map[string]string {
+		if n, ok := cache.Node(id.Meta.Name); ok && n.Labels != nil {
+			return n.Labels
+		}
+		return labels
+	}
 	var recs *recording.Store
 	up := &uploader{log: p.log.With("component", "recordings"), send: renewVia.UploadRecording, wake: make(chan struct{}, 1)}
 	if cfg.Node.Recording != "off" {
@@ -656,12 +666,14 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		HostSigner: live.HostSigner,
 		UserCAs:    cache.UserCAs,
 		Authorize: func(user identity.Identity, login string) error {
-			if err := identity.CheckLogin(user, cache.Role, id.Meta.Name, labels, login); err != nil {
+			if err := identity.CheckLogin(user, cache.Role, id.Meta.Name, accessLabels(), login); err != nil {
 				return err
 			}
 			return checkNodeLocks(cache, cfg.Node, identity.LockTarget{User: user.Name, Roles: user.Roles, Node: id.Meta.Name, Login: login}, time.Now())
 		},
-		Policy:     func(user identity.Identity) identity.SessionPolicy { return identity.Policy(user, cache.Role, labels) },
+		Policy: func(user identity.Identity) identity.SessionPolicy {
+			return identity.Policy(user, cache.Role, accessLabels())
+		},
 		Recordings: recs, OnRecording: up.kick, RecordingLimit: cfg.Node.RecordingLimit,
 		Audit: p.audit, Logger: p.log.With("component", "sshd"), Metrics: p.reg,
 	})

@@ -38,6 +38,7 @@ package ingress
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,8 +60,9 @@ const (
 	MinDialVersion = 1
 )
 
-// MaxLineBytes bounds a dial request or response line.
-const MaxLineBytes = 4096
+// MaxLineBytes bounds a dial request or response line (a request may carry
+// a per-session MFA certificate).
+const MaxLineBytes = 16 << 10
 
 // DialRequest is the client's first line.
 type DialRequest struct {
@@ -72,6 +74,29 @@ type DialRequest struct {
 	// connection early and the client moves to another proxy without
 	// losing the session.
 	Resume bool `json:"resume,omitempty"`
+	// MFA (optional) is a per-session MFA certificate (authorized_keys
+	// line) that jg proxy ssh got for this session: the proxy passes it
+	// to the node with the dial, and the node accepts it, once, in place
+	// of an MFA binding in the certificate OpenSSH presents. Proxies and
+	// nodes that do not know the field ignore it.
+	MFA string `json:"mfa,omitempty"`
+}
+
+type mfaKey struct{}
+
+// WithMFACert returns ctx carrying a dial's per-session MFA certificate,
+// for the NodeDialer to pass on.
+func WithMFACert(ctx context.Context, cert string) context.Context {
+	if cert == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, mfaKey{}, cert)
+}
+
+// MFACertFrom returns the per-session MFA certificate a dial carries, if any.
+func MFACertFrom(ctx context.Context) string {
+	s, _ := ctx.Value(mfaKey{}).(string)
+	return s
 }
 
 // DialResponse is the proxy's answer.

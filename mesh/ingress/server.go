@@ -418,7 +418,7 @@ func (s *Server) handleDial(tc *tls.Conn) {
 	// The handshake deadline is over: reaching the node has its own
 	// (DialTimeout), and the answer must still reach the client after it.
 	_ = tc.SetDeadline(time.Time{})
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(WithMFACert(s.ctx, req.MFA), s.cfg.DialTimeout)
 	nc, err := s.cfg.Dialer.DialNode(ctx, node.ID, user, remote)
 	cancel()
 	if err != nil {

@@ -90,6 +90,9 @@ type DialRequest struct {
 	User string `json:"user,omitempty"`
 	// ClientAddr is the user's address as the first proxy saw it.
 	ClientAddr string `json:"client_addr,omitempty"`
+	// MFACert is the user's per-session MFA certificate, if the client
+	// sent one, for the node (see ingress.DialRequest.MFA).
+	MFACert string `json:"mfa_cert,omitempty"`
 	// Hops are the proxy ids the request has passed through, first =
 	// origin. Dial appends this proxy's id. A proxy refuses a request that
 	// already names it (CodeLoop); in version 1 the holder never forwards a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -50,7 +51,7 @@ type authState struct {
 
 // serverConfig builds the ssh.ServerConfig of one connection: the host
 // signer is read per connection, and authState is per connection.
-func (s *Server) serverConfig(signer ssh.Signer) *ssh.ServerConfig {
+func (s *Server) serverConfig(signer ssh.Signer, nc net.Conn) *ssh.ServerConfig {
 	st := &authState{}
 	cfg := &ssh.ServerConfig{
 		ServerVersion: serverVersion,
@@ -64,8 +65,8 @@ func (s *Server) serverConfig(signer ssh.Signer) *ssh.ServerConfig {
 		// Authorization runs only once the client has proven it holds the
 		// certificate's private key, so that a copied certificate cannot be
 		// used to probe what the roles allow.
-		VerifiedPublicKeyCallback: func(cm ssh.ConnMetadata, _ ssh.PublicKey, perms *ssh.Permissions, _ string) (*ssh.Permissions, error) {
-			if err := s.authorize(cm, perms); err != nil {
+		VerifiedPublicKeyCallback: func(cm ssh.ConnMetadata, key ssh.PublicKey, perms *ssh.Permissions, _ string) (*ssh.Permissions, error) {
+			if err := s.authorize(cm, perms, key, nc); err != nil {
 				return nil, s.refuse(st, cm, err)
 			}
 			return perms, nil
@@ -146,7 +147,7 @@ func (s *Server) checkKey(cm ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissi
 }
 
 // authorize runs the role check and the OS login check for a verified key.
-func (s *Server) authorize(cm ssh.ConnMetadata, perms *ssh.Permissions) error {
+func (s *Server) authorize(cm ssh.ConnMetadata, perms *ssh.Permissions, key ssh.PublicKey, nc net.Conn) error {
 	id, err := identityFromPermissions(perms)
 	if err != nil {
 		return &authError{reason: reasonOther, event: audit.AuthFailed, err: err,
@@ -164,7 +165,7 @@ func (s *Server) authorize(cm ssh.ConnMetadata, perms *ssh.Permissions) error {
 	if _, err := lookupLogin(s.self, s.cfg.NodeID, login); err != nil {
 		return &authError{reason: reasonOther, event: audit.SessionDenied, msg: err.Error(), err: err, user: id.Name, roles: id.Roles}
 	}
-	return s.checkPolicy(id, login, perms)
+	return s.checkPolicy(id, login, perms, key, nc)
 }
 
 // refuse counts, audits and logs a refused attempt, and returns the error

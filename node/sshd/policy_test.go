@@ -9,6 +9,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,4 +185,66 @@ func TestAgentForwarding(t *testing.T) {
 		t.Error("carol's agent forwarding request was accepted")
 	}
 	e.audit.wait(t, audit.PortForward, func(ev audit.Event) bool { return ev.User == "carol" && ev.Command == "agent" && ev.Error != "" })
+}
+
+// mfaListener hands out connections that carry a per-session MFA
+// certificate, as the tunnel agent's do when jg proxy ssh sent one.
+type mfaListener struct {
+	net.Listener
+	line func() string
+}
+
+type mfaConn struct {
+	net.Conn
+	line string
+}
+
+func (c mfaConn) MFACert() string { return c.line }
+
+func (l mfaListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return mfaConn{Conn: c, line: l.line()}, nil
+}
+
+// TestPolicyMFAWithTheDial: OpenSSH presents the login's certificate, and
+// the per-session certificate arrives with the dial: accepted once, for
+// the same user's key only.
+func TestPolicyMFAWithTheDial(t *testing.T) {
+	e := startTestEnv(t, policyFor(map[string]identity.SessionPolicy{"dave": {RequireMFA: true}}))
+	login := e.certFor("dave", nil)
+	sessionCert := func(key ssh.PublicKey, id string) string {
+		b, _ := json.Marshal(identity.MFABinding{ID: id, Node: testNode, Login: e.login})
+		ext := identity.Identity{Kind: identity.KindUser, Name: "dave", Cluster: testCluster, Roles: []string{"dev"}}.SSHExtensions()
+		ext[identity.ExtMFA] = string(b)
+		c := &ssh.Certificate{Key: key, CertType: ssh.UserCert, KeyId: "dave", ValidPrincipals: []string{e.login},
+			ValidAfter: uint64(time.Now().Add(-time.Minute).Unix()), ValidBefore: uint64(time.Now().Add(time.Minute).Unix()),
+			Permissions: ssh.Permissions{Extensions: ext}}
+		if err := c.SignCert(rand.Reader, e.userCA); err != nil {
+			t.Fatal(err)
+		}
+		return string(ssh.MarshalAuthorizedKey(c))
+	}
+	var carried atomic.Value
+	go e.srv.Serve(&mfaListener{Listener: e.ln, line: func() string { return carried.Load().(string) }})
+	carried.Store(sessionCert(login.cert.Key, "m1"))
+	c, banner, err := e.dial(login.signer, e.login)
+	if err != nil {
+		t.Fatalf("login certificate with a per-session certificate on the dial: %v %q", err, banner)
+	}
+	c.Close()
+	if _, banner, err := e.dial(login.signer, e.login); err == nil || !strings.Contains(banner, "opened a session already") {
+		t.Errorf("the same per-session certificate again: %v %q", err, banner)
+	}
+	other := e.certFor("dave", nil) // another key
+	carried.Store(sessionCert(other.cert.Key, "m2"))
+	if _, banner, err := e.dial(login.signer, e.login); err == nil || !strings.Contains(banner, "another user's or key's") {
+		t.Errorf("a per-session certificate for another key: %v %q", err, banner)
+	}
+	carried.Store("garbage")
+	if _, banner, err := e.dial(login.signer, e.login); err == nil || !strings.Contains(banner, "not valid") {
+		t.Errorf("garbage: %v %q", err, banner)
+	}
 }

@@ -370,7 +370,7 @@ func (c *serverConn) run() {
 	if err := c.nc.SetDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout)); err != nil {
 		c.log.Debug("set handshake deadline", "err", err)
 	}
-	sc, chans, reqs, err := ssh.NewServerConn(c.nc, c.srv.serverConfig(signer))
+	sc, chans, reqs, err := ssh.NewServerConn(c.nc, c.srv.serverConfig(signer, c.nc))
 	if err != nil {
 		c.log.Debug("ssh handshake failed", "err", err)
 		return

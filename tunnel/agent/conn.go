@@ -55,6 +55,10 @@ var _ interface {
 // client's address, the session and request IDs.
 func (c *Conn) DialRequest() proto.DialRequest { return c.req }
 
+// MFACert is the per-session MFA certificate the user's client sent with
+// the dial, if any (node/sshd checks it).
+func (c *Conn) MFACert() string { return c.req.MFACert }
+
 func (c *Conn) Read(p []byte) (int, error)  { return c.st.Read(p) }
 func (c *Conn) Write(p []byte) (int, error) { return c.st.Write(p) }
 

@@ -135,6 +135,10 @@ type DialRequest struct {
 	// SessionID and RequestID tie the dial to audit events and logs.
 	SessionID string `json:"session_id,omitempty"`
 	RequestID string `json:"request_id,omitempty"`
+	// MFACert (optional) is the user's per-session MFA certificate
+	// (authorized_keys line), for the node's SSH server; agents that do
+	// not know it ignore it.
+	MFACert string `json:"mfa_cert,omitempty"`
 }
 
 // DialResponse answers a DialRequest. After OK the stream carries raw bytes.

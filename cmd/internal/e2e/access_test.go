@@ -44,6 +44,12 @@ func TestAccessControl(t *testing.T) {
 name: no-staging
 deny:
   node_labels: {env: staging}
+---
+kind: role
+name: no-login-on-gitops
+deny:
+  logins: [LOGIN]
+  node_labels: {env: gitops}
 `)
 	write("roles/staging.yaml", `kind: role
 name: staging-re
@@ -66,7 +72,7 @@ allow:
 `)
 	write("users/people.yaml", `kind: user
 name: alice
-roles: [dev, no-staging]
+roles: [dev, no-staging, no-login-on-gitops]
 ---
 kind: user
 name: bob
@@ -89,7 +95,7 @@ secret_env: NODE9_TOKEN
 		if code != 0 {
 			t.Fatalf("jgctl apply: exit %d\n%s", code, out)
 		}
-		for _, want := range []string{"+ role no-staging", "+ role staging-re", "+ role break-glass", "~ user alice", "~ user bob", "+ token node/node9"} {
+		for _, want := range []string{"+ role no-staging", "+ role no-login-on-gitops", "+ role staging-re", "+ role break-glass", "~ user alice", "~ user bob", "+ token node/node9"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("first apply lacks %q:\n%s", want, out)
 			}
@@ -129,6 +135,12 @@ secret_env: NODE9_TOKEN
 		out, code := c.run("", alice, "jg", "ssh", "node2", "--", "true")
 		if code == 0 || !strings.Contains(out, "role no-staging denies node node2") {
 			t.Errorf("alice to node2 (dev allows every node, no-staging denies staging): exit %d: %s", code, out)
+		}
+		// A deny of one login on some nodes: the proxy lets the dial
+		// through (other logins may be fine), the node refuses it.
+		out, code = c.run("", alice, "jg", "ssh", "node9", "--", "true")
+		if code == 0 || !strings.Contains(out, "role no-login-on-gitops denies login") {
+			t.Errorf("alice to node9 as %s: exit %d: %s", c.userLogin, code, out)
 		}
 	})
 	t.Run("label expressions and traits", func(t *testing.T) {
@@ -204,7 +216,10 @@ secret_env: NODE9_TOKEN
 			}
 			return s
 		}
-		if out, rc := c.run(code(time.Now())+"\n", bob, "jg", "mfa", "add", "--name=phone", "--secret="+key.Secret(), "--code-stdin"); rc != 0 || !strings.Contains(out, "MFA device phone added") {
+		// Codes of three successive time steps (one step of skew is
+		// allowed): the last one's for enrolling, then one for jg ssh,
+		// then the next one for OpenSSH. Each is newer than the last used.
+		if out, rc := c.run(code(time.Now().Add(-30*time.Second))+"\n", bob, "jg", "mfa", "add", "--name=phone", "--secret="+key.Secret(), "--code-stdin"); rc != 0 || !strings.Contains(out, "MFA device phone added") {
 			t.Fatalf("jg mfa add: exit %d: %s", rc, out)
 		}
 		out, rc := c.run("", bob, "jg", "request", "create", "--roles=break-glass", "--reason=INC-1 failover", "--duration=30s")
@@ -231,9 +246,7 @@ secret_env: NODE9_TOKEN
 		if out, rc := c.run("", bob, "jg", "ssh", "node1", "--", "true"); rc == 0 || !strings.Contains(out, "TOTP code") {
 			t.Errorf("no code: exit %d: %s", rc, out)
 		}
-		// The enrollment used this time step's code: the next step's is
-		// accepted (one step of clock skew) and is new.
-		next := code(time.Now().Add(30 * time.Second))
+		next := code(time.Now())
 		if out, rc := c.run("", bob, "jg", "ssh", "node1", "--mfa-code="+next, "--", "echo", "mfa-ok"); rc != 0 || !strings.Contains(out, "mfa-ok") {
 			t.Fatalf("with a code: exit %d: %s", rc, out)
 		}
@@ -243,15 +256,19 @@ secret_env: NODE9_TOKEN
 		if out, rc := c.run("", bob, "jg", "ssh", "node1", "--mfa-code=000000", "--", "true"); rc == 0 || !strings.Contains(out, "wrong") && !strings.Contains(out, "used already") {
 			t.Errorf("a wrong code: exit %d: %s", rc, out)
 		}
-		// OpenSSH through jg proxy ssh presents the login certificate,
-		// without an MFA binding: the node refuses and says why.
+		// OpenSSH presents the login's certificate; jg proxy ssh gets the
+		// per-session one (code from $JG_MFA_CODE here, the terminal
+		// otherwise) and sends it to the node with the dial.
 		if _, err := exec.LookPath("ssh"); err == nil {
 			cfgOut, _ := c.run("", bob, "jg", "config")
 			cfg := filepath.Join(c.dir, "bob_ssh_config")
 			os.WriteFile(cfg, []byte(cfgOut+"    BatchMode yes\n"), 0o600)
-			out, rc := c.run("", bob, "/usr/bin/ssh", "-F", cfg, "node1", "true")
-			if rc == 0 || !strings.Contains(out, "require MFA") {
-				t.Errorf("OpenSSH to an MFA node: exit %d: %s", rc, out)
+			if out, rc := c.run("", bob, "/usr/bin/ssh", "-F", cfg, "node1", "true"); rc == 0 || !strings.Contains(out, "TOTP code") {
+				t.Errorf("OpenSSH to an MFA node without a code: exit %d: %s", rc, out)
+			}
+			withCode := append(append([]string(nil), bob...), "JG_MFA_CODE="+code(time.Now().Add(30*time.Second)))
+			if out, rc := c.run("", withCode, "/usr/bin/ssh", "-F", cfg, "node1", "echo", "mfa-openssh-ok"); rc != 0 || !strings.Contains(out, "mfa-openssh-ok") {
+				t.Errorf("OpenSSH to an MFA node with a code: exit %d: %s", rc, out)
 			}
 		}
 		// The approved 30 s end: the certificates from the login come back.
