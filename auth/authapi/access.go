@@ -4,10 +4,12 @@ package authapi
 // MFA devices and per-session MFA certificates, session recordings.
 //
 // Users never talk to auth servers directly. Their jg calls the proxy at
-// /v1/user/..., the proxy checks the user's certificate and forwards the
-// call here with the certificate in HeaderUserCert. The auth server checks
-// that certificate again against the cluster's TLS CAs, so a proxy can
-// forward a user's call but never make one up.
+// /v1/user/..., signing each call with its certificate's key (proof.go);
+// the proxy checks the user's certificate and forwards the call here with
+// the certificate in HeaderUserCert and the signature. The auth server
+// checks the certificate again against the cluster's TLS CAs and the
+// signature against its key, so a proxy can forward a user's call but
+// never make one up.
 
 import (
 	"bytes"

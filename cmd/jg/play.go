@@ -43,11 +43,10 @@ func playCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				render.Recordings(os.Stdout, l.Recordings) //nolint:errcheck
 				if len(l.Missing) > 0 {
 					fmt.Fprintf(os.Stderr, "jg: auth servers %s did not answer: their recordings are not listed\n", strings.Join(l.Missing, ", "))
 				}
-				return nil
+				return render.Recordings(os.Stdout, l.Recordings)
 			}
 			rc, err := cl.Recording(cmd.Context(), true, args[0])
 			if err != nil {
