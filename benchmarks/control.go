@@ -67,7 +67,11 @@ type controlResult struct {
 	// goroutines, each over its own kept-alive TLS connection.
 	DiscoveryRate float64   // requests per second
 	Discovery     []float64 // one request's latency
-	Took          time.Duration
+	// RankUS is what GeoIP lookup and ranking of 50 proxies cost one
+	// discovery request, in µs (BenchmarkLookupAndRank50, same run); 0
+	// when it could not be run.
+	RankUS float64
+	Took   time.Duration
 }
 
 // ctlProc is one proxy or node of the control-plane cluster.
@@ -128,6 +132,12 @@ func runControl(ctx context.Context, bin string, p controlParams, parent string,
 		return nil, err
 	}
 	log.Printf("control plane: discovery %.0f requests/s, p99 %.2f ms", r.DiscoveryRate, percentile(r.Discovery, 99))
+	if us, err := measureRanking(ctx); err != nil {
+		log.Printf("control plane: GeoIP ranking benchmark: %v", err)
+	} else {
+		r.RankUS = us
+		log.Printf("control plane: GeoIP lookup and ranking of 50 proxies %.2f µs", us)
+	}
 	r.Took = time.Since(start) // stopping the cluster (in defer) is not counted
 	return r, nil
 }
@@ -574,7 +584,42 @@ func (c *controlResult) markdown() string {
 	}
 	fmt.Fprintf(&b, "\n`jg login` less the process start (medians): %.0f ms. The auth server's first login after it started, made before these and not counted in them, took %.0f ms.\n",
 		percentile(c.Login, 50)-percentile(c.Version, 50), c.FirstLogin)
+	if c.RankUS > 0 {
+		fmt.Fprintf(&b, "\nGeoIP ranking: what a proxy of a 50-proxy mesh adds to a discovery request (a GeoIP lookup of the client, then ranking 50 candidates; `BenchmarkLookupAndRank50` in cmd/jumpgate, run in this same run) is %.2f µs, %.1f%% of the median `GET /v1/discover` above (those proxies run without a mesh, so that request is the HTTPS and JSON cost alone).\n",
+			c.RankUS, 100*c.RankUS/(1000*percentile(c.Discovery, 50)))
+	}
 	return b.String()
+}
+
+// rankTargetUS is the GeoIP ranking target per discovery request.
+const rankTargetUS = 5
+
+// measureRanking runs BenchmarkLookupAndRank50 and returns its µs per
+// operation. It needs the source tree and the Go toolchain, which `make
+// bench` (go run ./benchmarks) has.
+func measureRanking(ctx context.Context) (float64, error) {
+	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", "^BenchmarkLookupAndRank50$", "-benchtime", "20000x", "-count", "3", "./cmd/jumpgate/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("%v: %s", err, out)
+	}
+	var xs []float64
+	// The benchmark's own log lines may split its result line: take the
+	// number before each "ns/op" (only this benchmark runs).
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		for i := 1; i < len(f); i++ {
+			if f[i] == "ns/op" {
+				if ns, err := strconv.ParseFloat(f[i-1], 64); err == nil {
+					xs = append(xs, ns/1000)
+				}
+			}
+		}
+	}
+	if len(xs) == 0 {
+		return 0, fmt.Errorf("no result in: %s", out)
+	}
+	return percentile(xs, 50), nil
 }
 
 // targetRows are the control-plane lines of the Targets table.
@@ -586,6 +631,9 @@ func (c *controlResult) targetRows() string {
 		}
 		p99 := percentile(r.xs, 99)
 		fmt.Fprintf(&b, "| %s | %.1f ms | %s |\n", r.targetT, p99, p99Verdict(p99, r.target))
+	}
+	if c.RankUS > 0 {
+		fmt.Fprintf(&b, "| GeoIP lookup and ranking of 50 proxies per discovery request < %d µs | %.2f µs | %s |\n", rankTargetUS, c.RankUS, p99Verdict(c.RankUS, rankTargetUS))
 	}
 	return b.String()
 }
