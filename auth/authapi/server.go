@@ -712,6 +712,9 @@ func (s *Server) NodeStatuses() []NodeStatus {
 				if p.Since.Before(st.Since) {
 					st.Since = p.Since
 				}
+				if st.DiagAddr == "" {
+					st.DiagAddr = p.DiagAddr
+				}
 			}
 		}
 		out = append(out, st)

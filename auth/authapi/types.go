@@ -111,6 +111,9 @@ type NodeStatus struct {
 	Online  bool              `json:"online"`
 	Proxies []string          `json:"proxies,omitempty"` // proxies holding a tunnel
 	Since   time.Time         `json:"since,omitzero"`    // tunnel up since (earliest)
+	// DiagAddr is where the node serves /metrics, as a proxy holding its
+	// tunnel last heard (for `jgctl targets`).
+	DiagAddr string `json:"diag_addr,omitempty"`
 }
 
 // PresenceReport is a proxy's full list of tunnels it holds.
@@ -220,6 +223,8 @@ type NodePresence struct {
 	ID     string            `json:"id"`
 	Labels map[string]string `json:"labels,omitempty"`
 	Since  time.Time         `json:"since"`
+	// DiagAddr is where the node serves /metrics, if it said.
+	DiagAddr string `json:"diag_addr,omitempty"`
 }
 
 // Status is the cluster status.

@@ -24,8 +24,9 @@ type fileSDGroup struct {
 
 // targetsCmd is `jgctl targets`: the cluster's diagnostic listeners as
 // Prometheus file_sd JSON, from auth's live view (proxies that reported in
-// the last minute, auth servers that answer). Nodes report no diagnostic
-// address: list them by hand (ops/prometheus/targets-nodes.example.json).
+// the last minute, auth servers that answer, nodes online whose agents
+// told their proxies where they serve /metrics; older nodes do not, and
+// are listed by hand, as in ops/prometheus/targets-nodes.example.json).
 func targetsCmd(g *globals) *cobra.Command {
 	var job, out string
 	c := &cobra.Command{Use: "targets", Short: "Print the proxies' and auth servers' /metrics addresses as Prometheus file_sd JSON (for file_sd_configs)", Args: cobra.NoArgs,
@@ -60,8 +61,20 @@ func targetsCmd(g *globals) *cobra.Command {
 					groups = append(groups, fileSDGroup{Targets: []string{diagTarget(s.DiagAddr, s.APIAddr)}, Labels: labels})
 				}
 			}
-			if job != "" && job != "jumpgate-proxy" && job != "jumpgate-auth" {
-				return fmt.Errorf("--job %q: want jumpgate-proxy or jumpgate-auth (nodes do not report a diagnostic address: list them in a file)", job)
+			if job == "" || job == "jumpgate-node" {
+				nodes, err := c.Nodes(ctx)
+				if err != nil {
+					return err
+				}
+				for _, n := range nodes {
+					if !n.Online || n.DiagAddr == "" {
+						continue
+					}
+					groups = append(groups, fileSDGroup{Targets: []string{n.DiagAddr}, Labels: map[string]string{"job": "jumpgate-node", "node": n.ID}})
+				}
+			}
+			if job != "" && job != "jumpgate-proxy" && job != "jumpgate-auth" && job != "jumpgate-node" {
+				return fmt.Errorf("--job %q: want jumpgate-proxy, jumpgate-auth or jumpgate-node", job)
 			}
 			slices.SortFunc(groups, func(a, b fileSDGroup) int { return strings.Compare(a.Targets[0], b.Targets[0]) })
 			if groups == nil {
@@ -81,7 +94,7 @@ func targetsCmd(g *globals) *cobra.Command {
 			}
 			return os.Rename(tmp, out)
 		})}
-	c.Flags().StringVar(&job, "job", "", "only this job's targets: jumpgate-proxy or jumpgate-auth (default both)")
+	c.Flags().StringVar(&job, "job", "", "only this job's targets: jumpgate-proxy, jumpgate-auth or jumpgate-node (default all)")
 	c.Flags().StringVarP(&out, "output", "o", "", "write to this file atomically (default stdout)")
 	return c
 }

@@ -434,7 +434,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 			var rep authapi.PresenceReport
 			rep.TTL = identity.Duration(30 * time.Second)
 			for _, n := range tsrv.Nodes() {
-				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedSince})
+				rep.Nodes = append(rep.Nodes, authapi.NodePresence{ID: n.ID, Labels: n.Labels, Since: n.ConnectedSince, DiagAddr: n.DiagAddr})
 			}
 			rep.Mesh = m.report(ing.Sessions())
 			if rep.Mesh != nil {
@@ -685,7 +685,7 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		return nil
 	})
 	ag, err := agent.New(agent.Config{
-		ProxyAddrs: cfg.Node.Proxies, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster,
+		ProxyAddrs: cfg.Node.Proxies, NodeID: id.Meta.Name, ClusterName: id.Meta.Cluster, DiagAddr: cfg.DiagListen,
 		Labels:               func() map[string]string { return labels },
 		GetClientCertificate: live.GetClientCertificate, RootCAs: trust.Pool,
 		Discover:        nodeDiscovery(cfg.Node.Proxies, func(addr string) (*authapi.Client, error) { return proxyClient(addr) }),

@@ -729,6 +729,7 @@ func (a *Agent) hello(ctx context.Context, tun transport.Conn, addr string) (pro
 		AgentVersion: a.cfg.Version,
 		InstanceID:   a.instanceID,
 		Slot:         slotName(addr, tun.Transport()),
+		DiagAddr:     a.cfg.DiagAddr,
 	})
 	var ack proto.HelloAck
 	if err == nil {

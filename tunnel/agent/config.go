@@ -43,6 +43,9 @@ type Config struct {
 	// Version is the agent's software version, sent to proxies for their
 	// logs. Optional.
 	Version string
+	// DiagAddr, if set, is where the node serves /metrics: agents tell
+	// proxies, so that `jgctl targets` lists nodes too.
+	DiagAddr string
 
 	// Transport says how tunnels are carried: TransportAuto (the default),
 	// TransportQUIC or TransportTCP. Auto tries QUIC and falls back to TLS

@@ -112,6 +112,9 @@ type Hello struct {
 	// proxy through two addresses, so they do not knock each other out.
 	InstanceID string `json:"instance_id,omitempty"`
 	Slot       string `json:"slot,omitempty"`
+	// DiagAddr (optional) is where the node serves /metrics, for `jgctl
+	// targets`; a wildcard host stands for the address the proxy sees.
+	DiagAddr string `json:"diag_addr,omitempty"`
 }
 
 // HelloAck answers a Hello.

@@ -69,6 +69,10 @@ type NodeInfo struct {
 	// Tunnels counts the node's tunnels to this proxy: normally 1, 2 when
 	// one agent reaches this proxy through two addresses.
 	Tunnels int
+	// DiagAddr is where the node serves /metrics, as it said in its Hello,
+	// with a wildcard host replaced by the agent's address; "" if it did
+	// not say.
+	DiagAddr string
 }
 
 // Server accepts reverse tunnels from node agents and dials nodes through
@@ -428,6 +432,7 @@ func (s *Server) handshake(tun transport.Conn) (*tunnel, error) {
 			ConnectedSince:  s.cfg.Now(),
 			AgentVersion:    hello.AgentVersion,
 			ProtocolVersion: version,
+			DiagAddr:        diagAddr(hello.DiagAddr, remote),
 		},
 		instance: hello.InstanceID,
 		slot:     hello.Slot,
@@ -756,4 +761,25 @@ func (s *Server) waitDrained(ctx context.Context) error {
 			return fmt.Errorf("shut down tunnel server %s with %d connections still open: %w", s.cfg.ProxyID, open, ctx.Err())
 		}
 	}
+}
+
+// diagAddr checks a node's diagnostic address from its Hello and replaces
+// a wildcard or missing host with the host the tunnel comes from; "" when
+// it is not host:port.
+func diagAddr(addr string, remote net.Addr) string {
+	if addr == "" || len(addr) > 256 {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return ""
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		rh, _, err := net.SplitHostPort(addrString(remote))
+		if err != nil {
+			return ""
+		}
+		host = rh
+	}
+	return net.JoinHostPort(host, port)
 }

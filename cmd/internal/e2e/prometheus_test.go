@@ -128,15 +128,12 @@ func TestObservability(t *testing.T) {
 
 	// Service discovery as the operator runs it.
 	dir := t.TempDir()
-	waitFor(t, "jgctl targets to list 3 proxies and the auth server", 30*time.Second, func() bool {
+	waitFor(t, "jgctl targets to list 3 proxies, the auth server and the node", 30*time.Second, func() bool {
 		out := c.jgctl("targets", "-o", filepath.Join(dir, "targets-jumpgate.json"))
 		b, _ := os.ReadFile(filepath.Join(dir, "targets-jumpgate.json"))
-		return out == "" && bytes.Count(b, []byte(`"job": "jumpgate-proxy"`)) == 3 && bytes.Count(b, []byte(`"job": "jumpgate-auth"`)) == 1
+		return out == "" && bytes.Count(b, []byte(`"job": "jumpgate-proxy"`)) == 3 && bytes.Count(b, []byte(`"job": "jumpgate-auth"`)) == 1 &&
+			bytes.Count(b, []byte(`"job": "jumpgate-node"`)) == 1 && bytes.Contains(b, []byte(nodeDiag))
 	})
-	nodes := fmt.Sprintf(`[{"targets": [%q], "labels": {"job": "jumpgate-node", "node": "node1"}}]`, nodeDiag)
-	if err := os.WriteFile(filepath.Join(dir, "targets-nodes.json"), []byte(nodes), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	root, _ := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
 	rules, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(root)), "ops", "prometheus", "alerts.yml"))
 	if err != nil {
@@ -149,10 +146,8 @@ func TestObservability(t *testing.T) {
 rule_files: [alerts.yml]
 scrape_configs:
   - job_name: jumpgate
-    # jgctl's file sets job (jumpgate-proxy, jumpgate-auth) per target.
+    # jgctl's file sets job (jumpgate-proxy, jumpgate-auth, jumpgate-node) per target.
     file_sd_configs: [{files: [targets-jumpgate.json], refresh_interval: 5s}]
-  - job_name: jumpgate-node
-    file_sd_configs: [{files: [targets-nodes.json], refresh_interval: 5s}]
 `
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
