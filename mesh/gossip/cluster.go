@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,7 +166,21 @@ func New(cfg Config) (*Cluster, error) {
 	// (29 with the default encryption version).
 	c.maxDelta = mc.UDPBufferSize - 2 - 45 - 2 - 1
 	if cfg.WrapTransport != nil {
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+		// With port 0 the kernel picks a TCP port, and UDP may find it
+		// taken: retry as memberlist does for its own transport (which a
+		// wrapped one bypasses).
+		tries := 1
+		if mc.BindPort == 0 {
+			tries = 10
+		}
+		var nt *memberlist.NetTransport
+		var err error
+		for range tries {
+			nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+			if err == nil || !strings.Contains(err.Error(), "address already in use") {
+				break
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
