@@ -15,7 +15,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -42,7 +41,7 @@ type userHandler func(w http.ResponseWriter, r *http.Request, user identity.Iden
 // certificate it carries is valid for this cluster and not locked.
 func (s *Server) requireUser(h userHandler) http.HandlerFunc {
 	return s.require(func(w http.ResponseWriter, r *http.Request, proxy identity.Identity) {
-		user, cert, err := s.forwardedUser(r)
+		user, cert, err := s.forwardedCert(r, identity.KindUser)
 		if err != nil {
 			WriteError(w, http.StatusUnauthorized, err.Error())
 			return
@@ -64,35 +63,6 @@ func (s *Server) requireUser(h userHandler) http.HandlerFunc {
 		r = r.WithContext(withUserCert(r.Context(), cert))
 		h(w, r, user, proxy)
 	}, identity.KindProxy)
-}
-
-func (s *Server) forwardedUser(r *http.Request) (identity.Identity, *x509.Certificate, error) {
-	raw := r.Header.Get(HeaderUserCert)
-	if raw == "" {
-		return identity.Identity{}, nil, errors.New("no user certificate forwarded: call this through a proxy, with jg")
-	}
-	der, err := base64.StdEncoding.DecodeString(raw)
-	if err != nil {
-		return identity.Identity{}, nil, errors.New("malformed forwarded user certificate")
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return identity.Identity{}, nil, fmt.Errorf("malformed forwarded user certificate: %v", err)
-	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: s.tlsPool(), CurrentTime: s.cfg.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return identity.Identity{}, nil, fmt.Errorf("your certificate is not valid for this cluster (%v): run jg login", err)
-	}
-	id, err := identity.FromX509(cert)
-	if err != nil {
-		return identity.Identity{}, nil, err
-	}
-	if id.Kind != identity.KindUser {
-		return identity.Identity{}, nil, fmt.Errorf("%s is not a user", id)
-	}
-	if id.Cluster != s.cfg.Store.Cluster() {
-		return identity.Identity{}, nil, fmt.Errorf("certificate is for cluster %s, this is cluster %s", id.Cluster, s.cfg.Store.Cluster())
-	}
-	return id, cert, nil
 }
 
 // --- access requests --------------------------------------------------------

@@ -78,10 +78,9 @@ func (s *Server) checkTOTP(user string, devices []state.MFADevice, code string, 
 	mu, _ := s.mfaLocks.LoadOrStore(user, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
-	if u, ok := s.cfg.Store.User(user); ok && u.MFAFailures >= loginFreeFailures {
-		wait := min(time.Duration(u.MFAFailures-loginFreeFailures+1)*loginPenalty, loginMaxPenalty)
-		if until := u.MFAFailedAt.Add(wait); now.Before(until) {
-			return "", fmt.Errorf("too many wrong codes: try again in %s", identity.HumanDuration(until.Sub(now)))
+	if u, ok := s.cfg.Store.User(user); ok {
+		if wait := penaltyLeft(u.MFAFailures, u.MFAFailedAt, now); wait > 0 {
+			return "", fmt.Errorf("too many wrong codes: try again in %s", identity.HumanDuration(wait))
 		}
 	}
 	for _, d := range devices {

@@ -75,29 +75,34 @@ func (s *Server) uploadRecording(w http.ResponseWriter, r *http.Request, proxy i
 }
 
 // forwardedCert reads and verifies a certificate a proxy forwards in
-// HeaderUserCert, of the given kind.
+// HeaderUserCert: chained to the cluster's TLS CAs, for client
+// authentication, of the given kind and of this cluster.
 func (s *Server) forwardedCert(r *http.Request, kind identity.Kind) (identity.Identity, *x509.Certificate, error) {
-	if kind == identity.KindUser {
-		return s.forwardedUser(r)
+	fail := func(format string, a ...any) (identity.Identity, *x509.Certificate, error) {
+		msg := fmt.Sprintf(format, a...)
+		if kind == identity.KindUser {
+			msg += ": run jg login, and call through a proxy with jg"
+		}
+		return identity.Identity{}, nil, errors.New(msg)
 	}
 	raw := r.Header.Get(HeaderUserCert)
 	der, err := base64.StdEncoding.DecodeString(raw)
 	if raw == "" || err != nil {
-		return identity.Identity{}, nil, fmt.Errorf("no %s certificate forwarded", kind)
+		return fail("no %s certificate forwarded", kind)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return identity.Identity{}, nil, fmt.Errorf("malformed forwarded certificate: %v", err)
+		return fail("malformed forwarded %s certificate (%v)", kind, err)
 	}
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: s.tlsPool(), CurrentTime: s.cfg.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return identity.Identity{}, nil, fmt.Errorf("forwarded certificate is not valid for this cluster: %v", err)
+		return fail("the forwarded %s certificate is not valid for this cluster (%v)", kind, err)
 	}
 	id, err := identity.FromX509(cert)
 	if err != nil {
 		return identity.Identity{}, nil, err
 	}
 	if id.Kind != kind || id.Cluster != s.cfg.Store.Cluster() {
-		return identity.Identity{}, nil, fmt.Errorf("forwarded certificate is for %s, want a %s of this cluster", id, kind)
+		return fail("the forwarded certificate is for %s, want a %s of cluster %s", id, kind, s.cfg.Store.Cluster())
 	}
 	return id, cert, nil
 }
@@ -368,17 +373,9 @@ func (c *Client) UploadRecording(ctx context.Context, m recording.Meta, body io.
 	if err != nil {
 		return err
 	}
-	base := c.bases[int(c.cur.Load())]
-	req, err := http.NewRequestWithContext(ctx, "PUT", base+recordingsPrefix+url.PathEscape(m.Session), body)
+	resp, err := c.putRecording(ctx, m.Session, http.Header{HeaderRecording: {base64.StdEncoding.EncodeToString(mj)}}, body)
 	if err != nil {
 		return err
-	}
-	req.Header.Set(HeaderRecording, base64.StdEncoding.EncodeToString(mj))
-	req.Header.Set("Content-Type", "application/x-asciicast")
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		c.cur.Store((c.cur.Load() + 1) % int32(len(c.bases))) // try the next one next time
-		return describeTransportError(base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -389,13 +386,22 @@ func (c *Client) UploadRecording(ctx context.Context, m recording.Meta, body io.
 
 // ForwardUpload passes a node's recording upload on to auth (proxies).
 func (c *Client) ForwardUpload(ctx context.Context, session string, nodeCert []byte, meta string, body io.Reader) (*http.Response, error) {
+	return c.putRecording(ctx, session, http.Header{HeaderUserCert: {base64.StdEncoding.EncodeToString(nodeCert)}, HeaderRecording: {meta}}, body)
+}
+
+// putRecording PUTs a recording to the current server, once: a streamed
+// body cannot be sent again, so a failure moves the client to the next
+// server for the caller's retry instead.
+func (c *Client) putRecording(ctx context.Context, session string, hdr http.Header, body io.Reader) (*http.Response, error) {
 	base := c.bases[int(c.cur.Load())]
 	req, err := http.NewRequestWithContext(ctx, "PUT", base+recordingsPrefix+url.PathEscape(session), body)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set(HeaderUserCert, base64.StdEncoding.EncodeToString(nodeCert))
-	req.Header.Set(HeaderRecording, meta)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", "application/x-asciicast")
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.cur.Store((c.cur.Load() + 1) % int32(len(c.bases)))

@@ -382,11 +382,17 @@ func (s *Server) loginWait(user string, now time.Time) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.failures[user]
-	if f.count < loginFreeFailures {
+	return penaltyLeft(f.count, f.last, now)
+}
+
+// penaltyLeft is how long a user who failed count times in a row, the last
+// at last, must still wait (logins and TOTP codes alike).
+func penaltyLeft(count int, last, now time.Time) time.Duration {
+	if count < loginFreeFailures {
 		return 0
 	}
-	wait := min(time.Duration(f.count-loginFreeFailures+1)*loginPenalty, loginMaxPenalty)
-	if until := f.last.Add(wait); now.Before(until) {
+	wait := min(time.Duration(count-loginFreeFailures+1)*loginPenalty, loginMaxPenalty)
+	if until := last.Add(wait); now.Before(until) {
 		return until.Sub(now)
 	}
 	return 0

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -163,7 +164,7 @@ func assume(ctx context.Context, id *creds.Identity, cl *authapi.Client, reqs []
 	// Requests assumed already stay: roles add up.
 	all := append([]string(nil), id.Meta.Requests...)
 	for _, r := range reqs {
-		if !contains(all, r) {
+		if !slices.Contains(all, r) {
 			all = append(all, r)
 		}
 	}
@@ -222,15 +223,6 @@ func copyIdentity(from, to string) error {
 	return nil
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // reassume takes up again, on the login's certificates, the requests of
 // reqs whose access has not ended: certificates carrying several requests
 // end with the first of them, and the others must not end with it. It
@@ -250,7 +242,7 @@ func reassume(base *creds.Identity, reqs []string) *creds.Identity {
 	}
 	var live []string
 	for _, r := range mine {
-		if contains(reqs, r.ID) && r.Status(time.Now()) == state.RequestApproved && time.Until(r.AccessUntil) > 10*time.Second {
+		if slices.Contains(reqs, r.ID) && r.Status(time.Now()) == state.RequestApproved && time.Until(r.AccessUntil) > 10*time.Second {
 			live = append(live, r.ID)
 		}
 	}
