@@ -29,6 +29,7 @@ type env struct {
 	proxy, auth          string
 	proxyB               string // a second proxy, peered with the first; node2 tunnels to it only
 	diagProxy, diagNode  string // diagnostic listeners with /debug/pprof/
+	diagNode2, diagNode3 string // node2's and node3's diagnostic listeners (/metrics)
 }
 
 // setup starts the baselines and the cluster. On error the returned env (if
@@ -131,8 +132,10 @@ PrintMotd no
 	if e.diagProxy, err = freeAddr(); err != nil {
 		return e, err
 	}
-	if e.diagNode, err = freeAddr(); err != nil {
-		return e, err
+	for _, a := range []*string{&e.diagNode, &e.diagNode2, &e.diagNode3} {
+		if *a, err = freeAddr(); err != nil {
+			return e, err
+		}
 	}
 	jgAuthDir := filepath.Join(dir, "jg-auth")
 	var gossipA, peerA, gossipB, peerB string
@@ -191,7 +194,7 @@ PrintMotd no
 		return e, fmt.Errorf("jgctl tokens add: %v: %s", err, out)
 	}
 	if err := e.start("jumpgate-node2", filepath.Join(bin, "jumpgate"), "start", "--roles=node", "--node-name=node2", "--labels=env=bench",
-		"--data-dir="+filepath.Join(dir, "jg-node2"), "--proxy="+e.proxyB, "--connection-count=1", "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn"); err != nil {
+		"--data-dir="+filepath.Join(dir, "jg-node2"), "--proxy="+e.proxyB, "--connection-count=1", "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn", "--diag-listen="+e.diagNode2); err != nil {
 		return e, err
 	}
 	if out, err = e.cmd(admin, "", "jgctl", "tokens", "add", "--type=node", "--json"); err != nil {
@@ -203,7 +206,7 @@ PrintMotd no
 	// node3: like node1, but its tunnel is TLS over TCP (yamux) instead of QUIC.
 	if err := e.start("jumpgate-node3", filepath.Join(bin, "jumpgate"), "start", "--roles=node", "--node-name=node3", "--labels=env=bench",
 		"--data-dir="+filepath.Join(dir, "jg-node3"), "--proxy="+e.proxy, "--connection-count=1", "--tunnel-transport=tcp",
-		"--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn"); err != nil {
+		"--token="+tok.Token, "--ca-pin="+tok.CAPin, "--log-level=warn", "--diag-listen="+e.diagNode3); err != nil {
 		return e, err
 	}
 	if out, err = e.cmd(admin, "", "jgctl", "tokens", "add", "--type=node", "--json"); err != nil {

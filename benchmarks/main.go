@@ -19,6 +19,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -179,6 +180,7 @@ func run(ctx context.Context, env *env, p params) (*results, error) {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
+			env.settle(ctx)
 			p0, n0, n3 := env.cpuSeconds("jumpgate-auth-proxy"), env.cpuSeconds("jumpgate-node"), env.cpuSeconds("jumpgate-node3")
 			mbps, err := env.download(ctx, pa.Host, p.Bytes)
 			if err != nil {
@@ -197,6 +199,7 @@ func run(ctx context.Context, env *env, p params) (*results, error) {
 			r.Throughput[pa.Host] = append(r.Throughput[pa.Host], mbps)
 			log.Printf("rep %d %-10s download %7.1f MB/s", i+1, pa.Host, mbps)
 			if p.Upload {
+				env.settle(ctx)
 				mbps, err := env.upload(ctx, pa.Host, p.Bytes)
 				if err != nil {
 					return nil, fmt.Errorf("%s upload: %w", pa.Title, err)
@@ -318,6 +321,46 @@ func (z *zeroReader) Read(b []byte) (int, error) {
 	clear(b[:k])
 	z.left -= k
 	return int(k), nil
+}
+
+// settle waits until no Jumpgate node has a session open or a recording
+// waiting for its upload, so that one measurement does not pay for the
+// previous one's upload: nodes record sessions (the default), and a 1 GiB
+// transfer leaves a 64 MiB recording (node.recording_limit) that goes
+// through the proxy to the auth server after the session. It gives up,
+// saying so, after a minute.
+func (e *env) settle(ctx context.Context) {
+	time.Sleep(300 * time.Millisecond) // the upload pass starts when the session's recording is closed
+	deadline := time.Now().Add(time.Minute)
+	hc := &http.Client{Timeout: 5 * time.Second}
+	busy := func(diag string) bool {
+		resp, err := hc.Get("http://" + diag + "/metrics")
+		if err != nil {
+			return true
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return true
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			for _, name := range []string{"jumpgate_node_recordings_pending ", "jumpgate_node_sessions_active "} {
+				if v, ok := strings.CutPrefix(l, name); ok && strings.TrimSpace(v) != "0" {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for _, diag := range []string{e.diagNode, e.diagNode2, e.diagNode3} {
+		for busy(diag) {
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				log.Printf("warning: node at %s still has sessions or recording uploads after a minute; measuring anyway", diag)
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 // sshCmd runs the OpenSSH client with the suite's config.

@@ -76,7 +76,7 @@ func (r *results) markdown() string {
 	fmt.Fprintf(&b, "Written by `make bench` (mode %s). Every figure below was measured in the same run on the machine described here; ratios compare medians from this run only. Re-run `make bench` on your own machine rather than trusting these numbers.\n\n", r.Mode)
 	fmt.Fprintf(&b, "| | |\n|---|---|\n| Date | %s |\n| Commit | %s |\n| CPU | %s |\n| Cores | %d |\n| Kernel | %s |\n| Go | %s |\n| OpenSSH | %s |\n| Repetitions | %d × %s per path and direction; %d connects per path |\n\n",
 		m.Date, m.Commit, m.CPU, m.Cores, m.Kernel, m.Go, m.OpenSSH, r.Params.Reps, human(r.Params.Bytes), r.Params.Connects)
-	fmt.Fprintf(&b, "All paths use the same OpenSSH client with `Ciphers aes128-gcm@openssh.com`, no compression, on loopback. Medians with min–max in brackets.\n\n")
+	fmt.Fprintf(&b, "All paths use the same OpenSSH client with `Ciphers aes128-gcm@openssh.com`, no compression, on loopback. Jumpgate nodes record sessions, as by default (a 1 GiB transfer fills a recording up to node.recording_limit, 64 MiB, then stops recording); before each transfer the suite waits until the nodes have uploaded the previous recordings, so no measurement pays for another's upload. Medians with min–max in brackets.\n\n")
 
 	fmt.Fprintf(&b, "## Paths\n\n| Path | What the bytes go through |\n|---|---|\n")
 	fmt.Fprintf(&b, "| raw loopback TCP | one Go TCP connection, 256 KiB writes (the ceiling) |\n")

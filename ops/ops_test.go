@@ -73,6 +73,9 @@ var knownMetrics = setOf(
 	"jumpgate_resume_resumptions_total",
 	"jumpgate_resume_stall_seconds",
 	"jumpgate_resume_replayed_bytes_total",
+	"jumpgate_node_recordings_pending",
+	"jumpgate_node_recording_uploads_total",
+	"jumpgate_node_recording_upload_bytes_total",
 	// auth servers
 	"jumpgate_raft_state",
 	"jumpgate_raft_has_leader",
@@ -107,6 +110,7 @@ var requiredAlerts = []string{
 	"JumpgateRaftNoLeader", "JumpgateRaftLeaderFlapping", "JumpgateLockPropagationSlow",
 	"JumpgateCertExpiringSoon", "JumpgateDrainStuck", "JumpgateWatchLagging",
 	"JumpgateNodeUnderConnected", "JumpgateResumeRefusals", "JumpgateDialErrors",
+	"JumpgateRecordingsNotUploaded", "JumpgateRecordingRefused",
 }
 
 // firingTests are the alerts alerts_test.yml must show firing (and, in the

@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"jumpgate.dev/jumpgate/auth/audit"
 	"jumpgate.dev/jumpgate/auth/authapi"
@@ -24,9 +27,71 @@ type uploader struct {
 	dir   string        // the store's directory
 	keep  time.Duration // how long uploaded recordings stay (node.recording_keep)
 	// send uploads one recording (authapi.Client.UploadRecording).
-	send func(ctx context.Context, m recording.Meta, body io.Reader) error
-	log  *slog.Logger
-	wake chan struct{}
+	send    func(ctx context.Context, m recording.Meta, body io.Reader) error
+	log     *slog.Logger
+	wake    chan struct{}
+	metrics *uploadMetrics // nil: none
+}
+
+// uploadMetrics tell an SRE whether a node's recordings reach the auth
+// servers: jumpgate_node_recordings_pending (finished, not uploaded yet),
+// jumpgate_node_recording_uploads_total{result} and
+// jumpgate_node_recording_upload_bytes_total.
+type uploadMetrics struct {
+	pending prometheus.Gauge
+	uploads *prometheus.CounterVec
+	bytes   prometheus.Counter
+}
+
+// Upload results, the values of the result label.
+const (
+	uploadOK      = "ok"      // an auth server stored it
+	uploadRefused = "refused" // an auth server will never take it (marked .failed, kept on the node)
+	uploadError   = "error"   // failed for now; retried with backoff
+)
+
+func newUploadMetrics(reg prometheus.Registerer) (*uploadMetrics, error) {
+	m := &uploadMetrics{
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "jumpgate_node_recordings_pending",
+			Help: "Finished session recordings on this node not uploaded to an auth server yet (at the end of the last upload pass).",
+		}),
+		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "jumpgate_node_recording_uploads_total",
+			Help: "Session recording uploads from this node, by result (ok, refused: kept on the node for good, error: retried).",
+		}, []string{"result"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jumpgate_node_recording_upload_bytes_total",
+			Help: "Bytes of session recordings this node uploaded successfully.",
+		}),
+	}
+	for _, r := range []string{uploadOK, uploadRefused, uploadError} {
+		m.uploads.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.pending, m.uploads, m.bytes} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register recording upload metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// count records one upload's result.
+func (u *uploader) count(result string, bytes int64) {
+	if u.metrics == nil {
+		return
+	}
+	u.metrics.uploads.WithLabelValues(result).Inc()
+	if result == uploadOK {
+		u.metrics.bytes.Add(float64(bytes))
+	}
+}
+
+// setPending records how many recordings wait for an upload.
+func (u *uploader) setPending(n int) {
+	if u.metrics != nil {
+		u.metrics.pending.Set(float64(n))
+	}
 }
 
 // kick wakes the uploader: a recording has finished.
@@ -102,6 +167,8 @@ func (u *uploader) pass(ctx context.Context) (int, error) {
 		pending = append(pending, m)
 	}
 	left := len(pending)
+	u.setPending(left)
+	defer func() { u.setPending(left) }()
 	var first error
 	for _, m := range pending {
 		err := u.upload(ctx, m)
@@ -112,16 +179,19 @@ func (u *uploader) pass(ctx context.Context) (int, error) {
 				return left, err
 			}
 			left--
+			u.count(uploadOK, m.Bytes)
 			u.log.Info("session recording uploaded", "session", m.Session, "bytes", m.Bytes)
 		case errors.As(err, &ae) && ae.Code/100 == 4 && ae.Code != 408 && ae.Code != 429:
 			// The auth server will never take it: say so, keep the
 			// file, and go on with the others.
 			left--
+			u.count(uploadRefused, 0)
 			u.log.Error("an auth server refused a session recording: it stays on this node only", "session", m.Session, "err", err)
 			if err := os.WriteFile(u.mark(m, ".failed"), []byte(err.Error()+"\n"), 0o600); err != nil {
 				return left, err
 			}
 		default:
+			u.count(uploadError, 0)
 			if first == nil {
 				first = err
 			}

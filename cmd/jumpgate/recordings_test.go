@@ -8,10 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/node/recording"
 )
 
@@ -45,7 +49,12 @@ func TestUploader(t *testing.T) {
 
 	got := map[string]string{}
 	flaky := 1
-	u := &uploader{dir: dir, keep: 7 * 24 * time.Hour, log: slog.New(slog.DiscardHandler), wake: make(chan struct{}, 1)}
+	reg := prometheus.NewRegistry()
+	um, err := newUploadMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &uploader{dir: dir, keep: 7 * 24 * time.Hour, log: slog.New(slog.DiscardHandler), wake: make(chan struct{}, 1), metrics: um}
 	u.send = func(_ context.Context, m recording.Meta, body io.Reader) error {
 		b, _ := io.ReadAll(body)
 		switch {
@@ -77,8 +86,22 @@ func TestUploader(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "b-bad.failed")); err != nil {
 		t.Errorf("refused upload not marked: %v", err)
 	}
+	wantMetrics := func(when string, pending, ok, refused, failed float64) {
+		t.Helper()
+		m := func(name string, labels ...string) float64 { return authtest.Metric(t, reg, name, labels...) }
+		const uploads = "jumpgate_node_recording_uploads_total"
+		got := []float64{m("jumpgate_node_recordings_pending"), m(uploads, "result", uploadOK), m(uploads, "result", uploadRefused), m(uploads, "result", uploadError)}
+		if want := []float64{pending, ok, refused, failed}; !slices.Equal(got, want) {
+			t.Errorf("%s: pending, ok, refused, error = %v, want %v", when, got, want)
+		}
+	}
+	wantMetrics("first pass", 1, 2, 1, 1)
 	if left, err := u.pass(context.Background()); err != nil || left != 0 || got["c-flaky"] == "" {
 		t.Errorf("second pass: %d left, %v, uploads %q", left, err, got)
+	}
+	wantMetrics("second pass", 0, 3, 1, 1)
+	if b := authtest.Metric(t, reg, "jumpgate_node_recording_upload_bytes_total"); b <= 0 {
+		t.Errorf("uploaded bytes = %v", b)
 	}
 	// Uploaded a while ago and older than keep: the node's copy goes.
 	mark := filepath.Join(dir, "a-old.uploaded")

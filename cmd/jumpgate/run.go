@@ -659,6 +659,9 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 			return fmt.Errorf("session recordings: %w", err)
 		}
 		up.store = recs
+		if up.metrics, err = newUploadMetrics(p.reg); err != nil {
+			return err
+		}
 		p.goServe("recording uploads", func() error { up.run(ctx); return nil })
 	}
 	srv, err := sshd.New(sshd.Config{
