@@ -54,6 +54,7 @@ func dialProxy(ctx context.Context, id *creds.Identity, addr, node, login string
 }
 
 func dialProxyVersion(ctx context.Context, id *creds.Identity, addr, node, login string, resume bool, mfa string, v int) (net.Conn, *ingress.DialResponse, error) {
+	start := time.Now()
 	tcfg := authapi.ClientTLS(authapi.TrustConfig{RootCAs: id.RootCAs, Kinds: []identity.Kind{identity.KindProxy}}, id.GetClientCertificate, ingress.ALPNDial)
 	d := &tls.Dialer{NetDialer: netDialer(10 * time.Second), Config: tcfg}
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -79,11 +80,10 @@ func dialProxyVersion(ctx context.Context, id *creds.Identity, addr, node, login
 	}
 	if !resp.OK {
 		c.Close()
+		debugf("proxy %s refused the dial to %s in %v: %s: %s", addr, node, time.Since(start).Round(time.Millisecond), resp.Code, resp.Error)
 		return nil, &resp, &ingress.DialError{Code: resp.Code, Message: resp.Error}
 	}
-	if debug {
-		fmt.Fprintf(os.Stderr, "jg: connected to %s via proxy %s (path %s)\n", resp.Node, addr, resp.Path)
-	}
+	debugf("connected to %s via proxy %s (path %s) in %v", resp.Node, addr, resp.Path, time.Since(start).Round(time.Millisecond))
 	return &bufConn{Conn: c, r: br}, &resp, nil
 }
 
@@ -107,7 +107,11 @@ type paths struct {
 	current    string
 	known      []string // proxy addresses, best first, from the last discovery
 	avoidUntil map[string]time.Time
-	offline    time.Time // when proxies first answered that they cannot reach the node; zero while they can
+	// drained: proxies avoided because they were draining, not because
+	// they failed; discovery showing one active again (restarted after an
+	// upgrade) lifts that.
+	drained map[string]bool
+	offline time.Time // when proxies first answered that they cannot reach the node; zero while they can
 }
 
 func newPaths(id *creds.Identity, node, login string) *paths {
@@ -119,7 +123,7 @@ func newPaths(id *creds.Identity, node, login string) *paths {
 			}
 		}
 	}
-	return &paths{id: id, node: node, login: login, resume: true, current: id.Meta.Proxy, known: known, avoidUntil: map[string]time.Time{}}
+	return &paths{id: id, node: node, login: login, resume: true, current: id.Meta.Proxy, known: known, avoidUntil: map[string]time.Time{}, drained: map[string]bool{}}
 }
 
 // dial opens a transport for attempt a of resume.Client.
@@ -134,11 +138,10 @@ func (p *paths) dial(ctx context.Context, a resume.Attempt) (net.Conn, error) {
 		// discovery then says, or from one whose path behind it (the
 		// node's tunnel) moved: it is still the best way in.
 		p.avoidUntil[p.current] = time.Now().Add(avoidFor)
+		delete(p.drained, p.current)
 	}
 	p.mu.Unlock()
-	if debug {
-		fmt.Fprintf(os.Stderr, "jg: path to %s lost (%v, moved %v); reconnecting (attempt %d)\n", p.node, a.Err, a.Moved, a.N)
-	}
+	debugf("path to %s lost (%v, moved %v); reconnecting (attempt %d)", p.node, a.Err, a.Moved, a.N)
 	c, err := p.elsewhere(ctx)
 	var de *ingress.DialError
 	switch {
@@ -217,6 +220,7 @@ func (p *paths) try(ctx context.Context, addr string) (net.Conn, error) {
 	if err != nil && resp != nil && resp.Code == ingress.CodeDraining {
 		p.mu.Lock()
 		p.avoidUntil[addr] = time.Now().Add(avoidFor)
+		p.drained[addr] = true
 		p.mu.Unlock()
 		if resp.Redirect != "" {
 			addr = resp.Redirect
@@ -253,12 +257,15 @@ func (p *paths) refresh(ctx context.Context) {
 			continue
 		}
 		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		start := time.Now()
 		d, err := cl.Discover(dctx)
 		cancel()
 		cl.Close()
 		if err != nil || len(d.Proxies) == 0 {
+			debugf("discovery through %s failed after %v: %v", addr, time.Since(start).Round(time.Millisecond), err)
 			continue
 		}
+		debugf("discovery through %s answered in %v", addr, time.Since(start).Round(time.Millisecond))
 		var active, draining []string
 		for _, dp := range d.Proxies {
 			if dp.State == "draining" {
@@ -276,8 +283,15 @@ func (p *paths) refresh(ctx context.Context) {
 		}
 		p.known = fresh
 		for _, dp := range d.Proxies {
-			if dp.State == "draining" {
+			switch {
+			case dp.State == "draining":
 				p.avoidUntil[dp.PublicAddr] = time.Now().Add(avoidFor)
+				p.drained[dp.PublicAddr] = true
+			case p.drained[dp.PublicAddr] && dp.Health == "alive":
+				// It drained, and is back (an upgrade's restart):
+				// the home proxy is the nearest again.
+				delete(p.avoidUntil, dp.PublicAddr)
+				delete(p.drained, dp.PublicAddr)
 			}
 		}
 		p.mu.Unlock()
@@ -320,15 +334,11 @@ func openNode(ctx context.Context, id *creds.Identity, node, login string, windo
 		Window: window,
 		Logger: log,
 		OnResume: func(ri resume.ResumeInfo) {
-			if debug {
-				fmt.Fprintf(os.Stderr, "jg: session to %s resumed via %s after %v (%d attempts, %d bytes replayed)\n", node, p.current, ri.Stall.Round(time.Millisecond), ri.Attempts, ri.Replayed)
-			}
+			debugf("session to %s resumed via %s after %v (%d attempts, %d bytes replayed)", node, p.current, ri.Stall.Round(time.Millisecond), ri.Attempts, ri.Replayed)
 		},
 	})
 	if errors.Is(err, resume.ErrUnsupported) {
-		if debug {
-			fmt.Fprintf(os.Stderr, "jg: node %s does not support resumable sessions (an older node); connecting without\n", node)
-		}
+		debugf("node %s does not support resumable sessions (an older node); connecting without", node)
 		p.resume = false
 		c, _, err := dialProxy(ctx, id, p.current, node, login, false, mfa)
 		return c, err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,6 +59,8 @@ type drainer struct {
 
 	phaseGauge *prometheus.GaugeVec
 	remaining  *prometheus.GaugeVec
+
+	redirects atomic.Uint64 // redirects given, to rotate among equals
 
 	mu     sync.Mutex // guards the following
 	status *authapi.DrainStatus
@@ -247,8 +250,14 @@ func (d *drainer) nodesOnlyHere() []string {
 	return out
 }
 
-// redirect names the healthy proxy nearest to a client, for the refusal of
-// a dial while draining.
+// redirect names a healthy proxy near a client, for the refusal of a dial
+// while draining. Every client of a draining proxy asks within a second or
+// so, and the load figures ranking uses are gossiped every few seconds: the
+// best-ranked proxy would take them all, then drain them all again when its
+// turn comes. So the answer rotates among the proxies as good as the best
+// for this client: in the same distance band (route.BandKm) when GeoIP
+// places the client, within redirectRTTSlack of the best RTT from here
+// when it does not.
 func (d *drainer) redirect(clientAddr string) (ingress.Redirect, bool) {
 	if d.disc == nil {
 		return ingress.Redirect{}, false
@@ -259,12 +268,48 @@ func (d *drainer) redirect(clientAddr string) (ingress.Redirect, bool) {
 			client = route.ClientLocation{Known: true, Lat: loc.Lat, Lon: loc.Lon}
 		}
 	}
-	for _, rp := range route.Rank(client, d.disc.candidates()) {
-		if rp.ID != d.id && !rp.Draining && rp.Health == route.Alive {
-			return ingress.Redirect{ID: rp.ID, Addr: rp.PublicAddr}, true
-		}
+	rp, ok := pickRedirect(route.Rank(client, d.disc.candidates()), d.id, d.redirects.Add(1)-1)
+	if !ok {
+		return ingress.Redirect{}, false
 	}
-	return ingress.Redirect{}, false
+	return ingress.Redirect{ID: rp.ID, Addr: rp.PublicAddr}, true
+}
+
+// pickRedirect returns the n-th (modulo their number) of the proxies in
+// ranked, other than self, that are alive, not draining and as good as the
+// best of them.
+func pickRedirect(ranked []route.Ranked, self string, n uint64) (route.Ranked, bool) {
+	var pool []route.Ranked
+	for _, rp := range ranked {
+		if rp.ID == self || rp.Draining || rp.Health != route.Alive {
+			continue
+		}
+		if len(pool) > 0 && !asGood(pool[0], rp) {
+			break
+		}
+		pool = append(pool, rp)
+	}
+	if len(pool) == 0 {
+		return route.Ranked{}, false
+	}
+	return pool[n%uint64(len(pool))], true
+}
+
+// redirectRTTSlack is how much further (in RTT from the draining proxy) a
+// redirect target may be than the nearest when the client's location is
+// unknown.
+const redirectRTTSlack = 5 * time.Millisecond
+
+// asGood reports whether b, ranked after best, is as good a place to send
+// a client: same distance band, or (no location) an RTT within the slack.
+func asGood(best, b route.Ranked) bool {
+	if best.DistanceKm >= 0 || b.DistanceKm >= 0 {
+		return best.DistanceKm >= 0 && b.DistanceKm >= 0 && int(best.DistanceKm/route.BandKm) == int(b.DistanceKm/route.BandKm)
+	}
+	if best.RTT == 0 || b.RTT == 0 {
+		return best.RTT == b.RTT // both unmeasured
+	}
+	return b.RTT <= best.RTT+redirectRTTSlack
 }
 
 // drainOnSignal drains the proxy after SIGTERM or SIGINT (proxy.drain_timeout

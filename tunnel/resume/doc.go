@@ -94,7 +94,7 @@
 //	ERROR 0x0f {code, reason} the session is over (2 protocol, 3 the node is shutting down)
 //
 // A side acknowledges what it received once 64 KiB are unacknowledged, or
-// 50 ms after the first unacknowledged byte, or with anything else it
+// 200 ms after the first unacknowledged byte, or with anything else it
 // sends; the sender keeps unacknowledged bytes (and only those) in a replay
 // buffer of chunks, and Write blocks when MaxUnacked bytes are
 // unacknowledged. FIN and CLOSE are sent after all data before them, and

@@ -23,6 +23,13 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
+// Reset forgets what was written so far.
+func (w *lockedWriter) Reset() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.b.Reset()
+}
+
 func (w *lockedWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()

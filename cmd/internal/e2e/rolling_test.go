@@ -89,6 +89,10 @@ type stream struct {
 	writerDone chan struct{} // closed when the writer has returned
 }
 
+// rollDebug (JUMPGATE_ROLL_DEBUG=1) runs the roll's clients with JG_DEBUG
+// and logs what the slowest sessions' clients said at each stage.
+var rollDebug = os.Getenv("JUMPGATE_ROLL_DEBUG") != ""
+
 func streamLine(name string, i int) string {
 	sum := sha256.Sum256([]byte(name + strconv.Itoa(i)))
 	return fmt.Sprintf("%s %08d %s", name, i, hex.EncodeToString(sum[:16]))
@@ -454,6 +458,9 @@ func TestRollingUpgrade(t *testing.T) {
 			cmd = exec.Command("/usr/bin/ssh", "-F", sshCfg, node, "cat")
 		}
 		cmd.Env = append(os.Environ(), homes[p.id]...)
+		if rollDebug {
+			cmd.Env = append(cmd.Env, "JG_DEBUG=1")
+		}
 		streams = append(streams, startStream(t, name, cmd, interval))
 	}
 	waitFor(t, "every session streaming", 60*time.Second, func() bool {
@@ -498,12 +505,24 @@ func TestRollingUpgrade(t *testing.T) {
 	}
 	gaps := func() []time.Duration {
 		var out []time.Duration
+		worst := slices.Clone(streams)
+		gap := map[*stream]time.Duration{}
 		for _, s := range streams {
 			_, _, g, _ := s.snapshot()
 			out = append(out, g)
+			gap[s] = g
 			s.resetGap()
 		}
 		slices.Sort(out)
+		if rollDebug {
+			// JUMPGATE_ROLL_DEBUG=1: what the slowest sessions' clients
+			// said (jg --debug, with times) about their moves.
+			slices.SortFunc(worst, func(a, b *stream) int { return int(gap[b] - gap[a]) })
+			for _, s := range worst[:min(3, len(worst))] {
+				t.Logf("stall %v in session %s; its stderr ends:\n%s", gap[s].Round(time.Millisecond), s.name, tail([]byte(s.out.String()), 3000))
+				s.out.Reset()
+			}
+		}
 		return out
 	}
 	report := func(what string, g []time.Duration) {
