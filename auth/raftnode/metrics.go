@@ -11,7 +11,9 @@ import (
 
 // Metrics are read from raft itself when Prometheus scrapes (state,
 // leader, indexes, last contact), counted from its leader observations
-// (leader changes), and timed around Apply (apply latency). hashicorp/raft's
+// (leader changes), timed around Apply (apply latency: what a writer
+// waits) and in the FSM (commit latency: from the leader's append, which
+// raft records in each log entry, to the apply here). hashicorp/raft's
 // own go-metrics telemetry is not used: it is process-global, and several
 // nodes share one process in tests.
 
@@ -20,6 +22,7 @@ var raftStates = []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, ra
 type metrics struct {
 	leaderChanges prometheus.Counter
 	apply         prometheus.Histogram
+	commit        prometheus.Histogram
 	state         *prometheus.Desc
 	hasLeader     *prometheus.Desc
 	commitIndex   *prometheus.Desc
@@ -28,9 +31,20 @@ type metrics struct {
 	n             *Node
 }
 
-func newMetrics(n *Node, reg prometheus.Registerer) (*metrics, error) {
+// newCommitHistogram is jumpgate_raft_commit_duration_seconds, made
+// before raft starts because the FSM observes it.
+func newCommitHistogram() prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "jumpgate_raft_commit_duration_seconds",
+		Help:    "Time from the raft leader appending a write to its log to this auth server applying it: on the leader, the commit latency (replication to a quorum, fsync); on a follower, the replication delay as well (measured against the leader's clock).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+}
+
+func newMetrics(n *Node, reg prometheus.Registerer, commit prometheus.Histogram) (*metrics, error) {
 	m := &metrics{
-		n: n,
+		n:      n,
+		commit: commit,
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "jumpgate_raft_leader_changes_total",
 			Help: "Times this auth server saw the raft leader change (including to no leader).",
@@ -47,7 +61,7 @@ func newMetrics(n *Node, reg prometheus.Registerer) (*metrics, error) {
 		lastContact:  prometheus.NewDesc("jumpgate_raft_last_contact_seconds", "Seconds since this auth server last heard from the leader (0 on the leader).", nil, nil),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.leaderChanges, m.apply, m} {
+		for _, c := range []prometheus.Collector{m.leaderChanges, m.apply, m.commit, m} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("raftnode: register metrics: %w", err)
 			}

@@ -161,14 +161,15 @@ func Open(cfg Config) (*Node, error) {
 		tr.Close()
 		return nil, fmt.Errorf("raftnode: %w", err)
 	}
-	r, err := raft.NewRaft(rc, &fsm{store: cfg.Store}, bolt, bolt, snaps, tr)
+	commit := newCommitHistogram()
+	r, err := raft.NewRaft(rc, &fsm{store: cfg.Store, commit: commit, since: time.Now()}, bolt, bolt, snaps, tr)
 	if err != nil {
 		bolt.Close()
 		tr.Close()
 		return nil, fmt.Errorf("raftnode: %w", err)
 	}
 	n := &Node{cfg: cfg, raft: r, transport: tr, bolt: bolt, closed: make(chan struct{}), observed: make(chan struct{})}
-	if n.metrics, err = newMetrics(n, cfg.Metrics); err != nil {
+	if n.metrics, err = newMetrics(n, cfg.Metrics, commit); err != nil {
 		r.Shutdown().Error() //nolint:errcheck
 		bolt.Close()
 		tr.Close()
@@ -326,11 +327,21 @@ type applyResult struct {
 }
 
 // fsm adapts state.Store to raft.FSM.
-type fsm struct{ store *state.Store }
+type fsm struct {
+	store *state.Store
+	// commit times each command from the leader's append to its apply
+	// here; entries appended before since (replayed from the log at
+	// start) are not timed.
+	commit prometheus.Histogram
+	since  time.Time
+}
 
 func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return applyResult{}
+	}
+	if l.AppendedAt.After(f.since) {
+		f.commit.Observe(max(time.Since(l.AppendedAt), 0).Seconds())
 	}
 	v, err := f.store.Apply(l.Index, l.Data)
 	return applyResult{value: v, err: err}
