@@ -60,6 +60,7 @@ var knownMetrics = setOf(
 	"jumpgate_mesh_peer_up",
 	"jumpgate_mesh_peer_rtt_seconds",
 	"jumpgate_mesh_node_without_tunnel",
+	"jumpgate_mesh_peer_dials_total",
 	"jumpgate_watch_lag_seconds", // proxies and nodes
 	// nodes
 	"jumpgate_node_sessions_active",
@@ -81,6 +82,7 @@ var knownMetrics = setOf(
 	"jumpgate_raft_has_leader",
 	"jumpgate_raft_leader_changes_total",
 	"jumpgate_raft_apply_duration_seconds",
+	"jumpgate_raft_commit_duration_seconds",
 	"jumpgate_raft_commit_index",
 	"jumpgate_raft_applied_index",
 	"jumpgate_raft_last_contact_seconds",
@@ -98,6 +100,7 @@ var histograms = setOf(
 	"jumpgate_tunnel_dial_duration_seconds",
 	"jumpgate_resume_stall_seconds",
 	"jumpgate_raft_apply_duration_seconds",
+	"jumpgate_raft_commit_duration_seconds",
 	"jumpgate_ca_sign_duration_seconds",
 )
 
@@ -110,14 +113,14 @@ var requiredAlerts = []string{
 	"JumpgateRaftNoLeader", "JumpgateRaftLeaderFlapping", "JumpgateLockPropagationSlow",
 	"JumpgateCertExpiringSoon", "JumpgateDrainStuck", "JumpgateWatchLagging",
 	"JumpgateNodeUnderConnected", "JumpgateResumeRefusals", "JumpgateDialErrors",
-	"JumpgateRecordingsNotUploaded", "JumpgateRecordingRefused",
+	"JumpgateRecordingsNotUploaded", "JumpgateRecordingRefused", "JumpgatePeerDialsFailing",
 }
 
 // firingTests are the alerts alerts_test.yml must show firing (and, in the
 // same tests, not firing on the series next to them).
 var firingTests = []string{
 	"JumpgateProxyDown", "JumpgatePeerLinkDown", "JumpgateNodeWithoutTunnel",
-	"JumpgateRaftNoLeader", "JumpgateDrainStuck",
+	"JumpgateRaftNoLeader", "JumpgateDrainStuck", "JumpgatePeerDialsFailing",
 }
 
 // dashboardRows are the dashboard's rows, in order, each with metrics its
@@ -131,11 +134,12 @@ var dashboardRows = []struct {
 	{"Per region", []string{"jumpgate_proxy_sessions_active", "jumpgate_proxy_dials_total", "jumpgate_discovery_decisions_total"}},
 	{"Per proxy", []string{"jumpgate_proxy_sessions_active", "jumpgate_proxy_forwarded_bytes_total",
 		"jumpgate_proxy_dial_duration_seconds", "jumpgate_mesh_peer_rtt_seconds", "jumpgate_tunnel_tunnels",
-		"jumpgate_proxy_drain_phase", "jumpgate_proxy_drain_remaining", "jumpgate_proxy_session_moves_total"}},
+		"jumpgate_proxy_drain_phase", "jumpgate_proxy_drain_remaining", "jumpgate_proxy_session_moves_total",
+		"jumpgate_mesh_peer_dials_total"}},
 	{"Nodes", []string{"jumpgate_tunnel_agent_connected_proxies", "jumpgate_tunnel_agent_desired_proxies",
 		"jumpgate_tunnel_agent_rehomes_total", "jumpgate_resume_resumptions_total", "jumpgate_resume_stall_seconds"}},
 	{"Auth / raft", []string{"jumpgate_raft_state", "jumpgate_raft_has_leader", "jumpgate_raft_leader_changes_total",
-		"jumpgate_raft_apply_duration_seconds", "jumpgate_raft_commit_index", "jumpgate_raft_applied_index",
+		"jumpgate_raft_apply_duration_seconds", "jumpgate_raft_commit_duration_seconds", "jumpgate_raft_commit_index", "jumpgate_raft_applied_index",
 		"jumpgate_ca_certs_issued_total", "jumpgate_ca_sign_duration_seconds", "jumpgate_lock_propagation_seconds",
 		"jumpgate_watch_lag_seconds"}},
 	{"Certificates", []string{"jumpgate_cert_expiry_timestamp_seconds"}},

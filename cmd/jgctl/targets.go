@@ -29,7 +29,7 @@ type fileSDGroup struct {
 // are listed by hand, as in ops/prometheus/targets-nodes.example.json).
 func targetsCmd(g *globals) *cobra.Command {
 	var job, out string
-	c := &cobra.Command{Use: "targets", Short: "Print the proxies' and auth servers' /metrics addresses as Prometheus file_sd JSON (for file_sd_configs)", Args: cobra.NoArgs,
+	c := &cobra.Command{Use: "targets", Short: "Print the /metrics addresses of the proxies, auth servers and online nodes as Prometheus file_sd JSON (for file_sd_configs)", Args: cobra.NoArgs,
 		RunE: withClient(g, func(ctx context.Context, c *authapi.Client, _ []string) error {
 			var groups []fileSDGroup
 			if job == "" || job == "jumpgate-proxy" {

@@ -2,11 +2,15 @@ package main
 
 import (
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"jumpgate.dev/jumpgate/auth/authapi"
+	"jumpgate.dev/jumpgate/auth/authtest"
 	"jumpgate.dev/jumpgate/auth/identity"
 )
 
@@ -48,4 +52,75 @@ func TestCheckNodeLocks(t *testing.T) {
 	if err := checkNodeLocks(hub, strict, alice, time.Now()); err != nil {
 		t.Errorf("strict after a heartbeat: %v", err)
 	}
+}
+
+// TestLockWatcherPropagation: a lock that appears after the first snapshot
+// is observed in jumpgate_lock_propagation_seconds under the watcher's
+// role, once, with the time since its creation; the snapshot's locks, an
+// expired lock and a lock seen again are not.
+func TestLockWatcherPropagation(t *testing.T) {
+	p := &process{log: slog.New(slog.DiscardHandler), reg: prometheus.NewRegistry()}
+	var enforced [][]identity.Lock
+	w := newLockWatcher(p, "proxy", func(locks []identity.Lock) int {
+		enforced = append(enforced, locks)
+		return 0
+	})
+	// A node watcher in the same process shares the histogram, under its
+	// own role.
+	newLockWatcher(p, "node", func([]identity.Lock) int { return 0 })
+	const name = "jumpgate_lock_propagation_seconds"
+	count := func(role string) float64 { return authtest.Metric(t, p.reg, name, "role", role) }
+
+	now := time.Now()
+	old := identity.Lock{ID: "old", User: "mallory", Created: now.Add(-time.Hour)}
+	w.update([]identity.Lock{old})
+	if n := count("proxy"); n != 0 {
+		t.Fatalf("after the first snapshot: %v observations, want 0 (its locks predate the watcher)", n)
+	}
+
+	fresh := identity.Lock{ID: "fresh", User: "eve", Created: now.Add(-2 * time.Second)}
+	expired := identity.Lock{ID: "expired", User: "trent", Created: now.Add(-time.Minute), Expires: now.Add(-time.Second)}
+	w.update([]identity.Lock{old, fresh, expired})
+	if n := count("proxy"); n != 1 {
+		t.Fatalf("after a new lock: %v observations, want 1", n)
+	}
+	// The delay is the time since the lock's creation: about 2 s.
+	if sum := histogramSum(t, p.reg, name, "proxy"); sum < 2 || sum >= 3 {
+		t.Errorf("observed delay %.3fs, want 2s (the lock was created 2s before update)", sum)
+	}
+	if n := count("node"); n != 0 {
+		t.Errorf("role=node: %v observations, want 0 (the proxy's watcher saw the lock)", n)
+	}
+
+	w.update([]identity.Lock{old, fresh, expired})
+	if n := count("proxy"); n != 1 {
+		t.Errorf("after the same locks again: %v observations, want still 1", n)
+	}
+	if len(enforced) != 3 || len(enforced[2]) != 3 {
+		t.Errorf("enforce got %d lock sets, want 3 with every lock in each: %v", len(enforced), enforced)
+	}
+}
+
+// histogramSum returns the sum of the histogram series of name with the
+// label role.
+func histogramSum(t *testing.T, g prometheus.Gatherer, name, role string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "role" && l.GetValue() == role {
+					return m.GetHistogram().GetSampleSum()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{role=%q}", name, role)
+	return 0
 }

@@ -64,8 +64,12 @@ func promQuery(t *testing.T, prom, q string) ([]map[string]string, error) {
 // auth, and a hand-kept file lists the node. Prometheus loads the shipped
 // alert rules (ops/prometheus/alerts.yml). The test asks its HTTP API that
 // every target is up, that the series the dashboard and the alerts use are
-// there, and that a proxy killed with -9 shows in the series its alerts
-// use: up == 0, and its peers' jumpgate_mesh_peer_up == 0. Headless
+// there, that every process's diagnostic listener answers /healthz and
+// /readyz, that a session through a peer shows in the dial and byte
+// counters, and that a proxy killed with -9 shows in the series its alerts
+// use: up == 0, its peers' jumpgate_mesh_peer_up == 0, and
+// jumpgate_mesh_node_without_tunnel == 1 for the node whose only tunnel it
+// held, until the node re-homes. Headless
 // Chromium loads a proxy's mesh page while another proxy drains, checks
 // what it shows and saves a screenshot (t.ArtifactDir: go test -artifacts
 // keeps it).
@@ -125,6 +129,7 @@ func TestObservability(t *testing.T) {
 	c.start("node1", "--roles=node", "--node-name=node1", "--data-dir="+filepath.Join(c.dir, "node1"), "--proxy="+proxies[2].listen,
 		"--connection-count=1", "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--diag-listen="+nodeDiag)
 	c.waitOnline("node1")
+	c.addAlice()
 
 	// Service discovery as the operator runs it.
 	dir := t.TempDir()
@@ -196,6 +201,26 @@ scrape_configs:
 			t.Errorf("targets by job: %v", jobs)
 		}
 	})
+	t.Run("every diagnostic listener healthy and ready", func(t *testing.T) {
+		diags := map[string]string{"auth": authDiag, "node1": nodeDiag}
+		for _, p := range proxies {
+			diags[p.id] = p.diag
+		}
+		for name, addr := range diags {
+			for _, path := range []string{"/healthz", "/readyz"} {
+				resp, err := http.Get("http://" + addr + path)
+				if err != nil {
+					t.Errorf("%s: GET %s: %v", name, path, err)
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("%s: GET %s: %d %s, want 200", name, path, resp.StatusCode, bytes.TrimSpace(b))
+				}
+			}
+		}
+	})
 	t.Run("the rules loaded", func(t *testing.T) {
 		resp, err := http.Get("http://" + prom + "/api/v1/rules")
 		if err != nil {
@@ -203,7 +228,7 @@ scrape_configs:
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		for _, alert := range []string{"JumpgateProxyDown", "JumpgatePeerLinkDown", "JumpgateNodeWithoutTunnel", "JumpgateRaftNoLeader", "JumpgateDrainStuck"} {
+		for _, alert := range []string{"JumpgateProxyDown", "JumpgatePeerLinkDown", "JumpgateNodeWithoutTunnel", "JumpgateRaftNoLeader", "JumpgateDrainStuck", "JumpgatePeerDialsFailing"} {
 			if !bytes.Contains(b, []byte(`"name":"`+alert+`"`)) {
 				t.Errorf("Prometheus did not load alert %s from ops/prometheus/alerts.yml", alert)
 			}
@@ -255,10 +280,35 @@ scrape_configs:
 			t.Errorf("promtool check metrics on the auth server: %v\n%s", err, out)
 		}
 	})
+	t.Run("a session through a peer in the dial and byte counters", func(t *testing.T) {
+		// pa holds no tunnel to node1 (pc holds its only one): pa dials
+		// node1 through its peer pc.
+		home := filepath.Join(c.dir, "home-pa")
+		env := []string{"JUMPGATE_HOME=" + home}
+		if out, code := c.run("alice-password\n", env, "jg", "login", "--proxy="+proxies[0].listen, "--user=alice", "--password-stdin", "--ca-pin="+c.pin()); code != 0 {
+			t.Fatalf("jg login: %s", out)
+		}
+		if err := creds.SetProxy(home, proxies[0].listen); err != nil {
+			t.Fatal(err)
+		}
+		if out, code := c.run("", env, "jg", "ssh", "node1", "--", "echo", "via-pa-and-pc"); code != 0 || !strings.Contains(out, "via-pa-and-pc") {
+			t.Fatalf("jg ssh node1 through pa: exit %d: %s", code, out)
+		}
+		// The byte counters grow when a session ends, in both directions.
+		for _, q := range []string{
+			`jumpgate_mesh_peer_dials_total{proxy="pa",peer="pc",result="ok"} >= 1`,
+			`jumpgate_proxy_forwarded_bytes_total{proxy="pa",direction="to_node"} > 0`,
+			`jumpgate_proxy_forwarded_bytes_total{proxy="pa",direction="to_client"} > 0`,
+		} {
+			waitFor(t, q, 30*time.Second, func() bool {
+				r, err := promQuery(t, prom, q)
+				return err == nil && len(r) == 1
+			})
+		}
+	})
 	t.Run("a draining proxy on the mesh page and in Prometheus", func(t *testing.T) {
 		// A session without the resumable stream (an older client) keeps
 		// pb in its drain's last phase until the session ends.
-		c.addAlice()
 		home := filepath.Join(c.dir, "home-pb")
 		env := []string{"JUMPGATE_HOME=" + home, "JUMPGATE_BIND=127.0.0.2"}
 		if out, code := c.run("alice-password\n", env, "jg", "login", "--proxy="+proxies[1].listen, "--user=alice", "--password-stdin", "--ca-pin="+c.pin()); code != 0 {
@@ -303,6 +353,27 @@ scrape_configs:
 			r, err := promQuery(t, prom, `jumpgate_proxy_drain_phase{proxy="pb",phase="waiting"} == 1`)
 			return err == nil && len(r) == 1
 		})
+		// The session's dial went pb → pc; pb still holds the session.
+		for _, q := range []string{
+			`jumpgate_mesh_peer_dials_total{proxy="pb",peer="pc",result="ok"} >= 1`,
+			`jumpgate_proxy_drain_remaining{proxy="pb",kind="sessions"} == 1`,
+		} {
+			waitFor(t, q, 30*time.Second, func() bool {
+				r, err := promQuery(t, prom, q)
+				return err == nil && len(r) == 1
+			})
+		}
+		// A draining proxy tells load balancers and wait-ready it is not
+		// ready.
+		if resp, err := http.Get("http://" + proxies[1].diag + "/readyz"); err != nil {
+			t.Errorf("pb: GET /readyz: %v", err)
+		} else {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains(b, []byte("draining")) {
+				t.Errorf("draining pb: GET /readyz: %d %s, want 503 saying draining", resp.StatusCode, bytes.TrimSpace(b))
+			}
+		}
 		chrome := meshpagetest.FindChromium(t)
 		dom := meshpagetest.DumpDOM(t, chrome, pa)
 		rows := meshpagetest.FindElements(dom, "tr", "proxy")
@@ -368,6 +439,7 @@ scrape_configs:
 		}
 	})
 	t.Run("a killed proxy shows in the alerts' series", func(t *testing.T) {
+		killed := time.Now()
 		c.procs["pc"].Process.Signal(syscall.SIGKILL)
 		c.procs["pc"].Wait()
 		waitFor(t, `up{proxy="pc"} == 0`, 30*time.Second, func() bool {
@@ -378,6 +450,21 @@ scrape_configs:
 		// last session went through pc).
 		waitFor(t, `pa sees pc down: jumpgate_mesh_peer_up{proxy="pa",peer="pc"} == 0`, 30*time.Second, func() bool {
 			r, err := promQuery(t, prom, `jumpgate_mesh_peer_up{proxy="pa",peer="pc"} == 0`)
+			return err == nil && len(r) == 1
+		})
+		// node1 held its one tunnel at pc (--connection-count=1). pa's
+		// directory drops pc's tunnels once gossip no longer sees pc
+		// alive, and node1 holds none until its agent notices (QUIC idle
+		// timeout, 15 s) and re-homes. Asked over the time since the kill,
+		// as that window may close before Prometheus is asked.
+		waitFor(t, `pa: jumpgate_mesh_node_without_tunnel{node="node1"} == 1 after the kill`, 30*time.Second, func() bool {
+			since := int(time.Since(killed).Seconds()) + 1
+			r, err := promQuery(t, prom, fmt.Sprintf(`max_over_time(jumpgate_mesh_node_without_tunnel{proxy="pa",node="node1"}[%ds]) == 1`, since))
+			return err == nil && len(r) == 1
+		})
+		// Then node1 re-homes to a surviving proxy, and the gauge says so.
+		waitFor(t, `pa: jumpgate_mesh_node_without_tunnel{node="node1"} == 0 after node1 re-homes`, 60*time.Second, func() bool {
+			r, err := promQuery(t, prom, `jumpgate_mesh_node_without_tunnel{proxy="pa",node="node1"} == 0`)
 			return err == nil && len(r) == 1
 		})
 	})
