@@ -137,6 +137,7 @@ func (d *drainer) setPhase(ph string) {
 		d.phaseGauge.WithLabelValues(p).Set(v)
 	}
 	d.update()
+	d.kick() // a new phase is news even when the counts did not change
 	st := d.Status()
 	d.log.Info("drain phase", "phase", ph, "sessions", st.Sessions, "tunnels", st.Tunnels)
 }

@@ -9,7 +9,9 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -147,6 +149,108 @@ func TestResumeFromAnotherAddress(t *testing.T) {
 	if got := sc.RemoteAddr().String(); got != first {
 		t.Errorf("ServerConn.RemoteAddr changed from %s to %s; it is the first transport's", first, got)
 	}
+}
+
+// TestResumeFromAnotherIP: the client's network changes (a Wi-Fi roam):
+// the first transport comes from 127.0.0.1 and, after it is reset, the
+// resumption from 127.0.0.2. The node must accept the session from its new
+// source IP, and every byte sent across the change must arrive once and in
+// order. (Linux routes all of 127.0.0.0/8 to lo.)
+func TestResumeFromAnotherIP(t *testing.T) {
+	checkLeaks(t)
+	var mu sync.Mutex
+	var seen []string // remote IPs of the transports the node attached, in order
+	node := newTestNode(t, ServerConfig{User: func(c net.Conn) string {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, c.RemoteAddr().(*net.TCPAddr).IP.String())
+		return "alice"
+	}})
+	// The first transport goes through a relay, which the test resets as
+	// a failing path would; its connection to the node leaves from
+	// 127.0.0.1. The resumption dials the node directly from 127.0.0.2.
+	first := newRelay(t, node.addr(), nil, "")
+	from := func(ip string) *net.Dialer {
+		return &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	}
+	if c, err := from("127.0.0.2").Dial("tcp", node.addr()); err != nil {
+		t.Skipf("cannot dial from 127.0.0.2 (not Linux, or lo is not 127.0.0.0/8): %v", err)
+	} else {
+		c.Close()
+	}
+	resumes := make(chan ResumeInfo, 4)
+	c, sc := dialSession(t, node, ClientConfig{
+		Dial: func(ctx context.Context, a Attempt) (net.Conn, error) {
+			if a.N == 0 {
+				return from("127.0.0.1").DialContext(ctx, "tcp", first.addr())
+			}
+			return from("127.0.0.2").DialContext(ctx, "tcp", node.addr())
+		},
+		OnResume: func(i ResumeInfo) { resumes <- i },
+	})
+
+	const size = 2 << 20
+	var up, down atomic.Int64 // bytes checked by the node, by the client
+	errs := make(chan error, 4)
+	go func() {
+		err := sendPattern(c, 3, size, nil)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		errs <- err
+	}()
+	go func() { errs <- checkPattern(sc, 3, size, true, &up) }()
+	go func() {
+		err := sendPattern(sc, 4, size, nil)
+		if err == nil {
+			err = sc.CloseWrite()
+		}
+		errs <- err
+	}()
+	go func() { errs <- checkPattern(c, 4, size, true, &down) }()
+
+	waitFor(t, 30*time.Second, "the transfer to progress", func() bool {
+		return up.Load() >= size/3 && down.Load() >= size/3
+	})
+	if n := first.cut(); n != 1 {
+		t.Fatalf("the relay had %d connections, want 1", n)
+	}
+	info := waitResume(t, resumes)
+	if info.Moved {
+		t.Errorf("ResumeInfo.Moved = true after a reset (err %v)", info.Err)
+	}
+	for range 4 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("timed out waiting for the transfer")
+		}
+	}
+
+	if got := c.Transport().LocalAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.2" {
+		t.Errorf("client's transport after the resumption leaves from %s, want 127.0.0.2", got)
+	}
+	mu.Lock()
+	got := slices.Clone(seen)
+	mu.Unlock()
+	if want := []string{"127.0.0.1", "127.0.0.2"}; !slices.Equal(got, want) {
+		t.Errorf("the node attached transports from %v, want %v (the session, then its resumption from the new IP)", got, want)
+	}
+	if got := sc.RemoteAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.1" {
+		t.Errorf("ServerConn.RemoteAddr is %s; want the first transport's, 127.0.0.1", got)
+	}
+	// The node counts the resumption, and marks the session attached,
+	// right after answering it: the client may be done before that. It
+	// may not have seen the reset yet either (a takeover).
+	waitFor(t, 5*time.Second, "the node to count the resumption from the new IP", func() bool {
+		a, d := node.l.Sessions()
+		ok := node.metric(t, "jumpgate_resume_resumptions_total", "outcome", outcomeOK)
+		takeover := node.metric(t, "jumpgate_resume_resumptions_total", "outcome", outcomeTakeover)
+		return ok+takeover == 1 && a == 1 && d == 0
+	})
 }
 
 // TestRefusedWithoutKey: a resumption signed with another key is refused,
