@@ -12,11 +12,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -358,14 +361,42 @@ func proxyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer c.Close()
+			// OpenSSH ends its ProxyCommand with SIGHUP as it exits,
+			// right after closing the pipes, and a write to its closed
+			// stdout would end jg with SIGPIPE. Either way jg must not
+			// die before it has passed on the end of the stream (FIN,
+			// then the CLOSE exchange): a resumable session whose
+			// client vanished is kept by the node for node.resume_window
+			// (5 minutes), SSH session and all, waiting for a
+			// resumption that will not come.
+			signal.Ignore(syscall.SIGPIPE)
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			stdinDone := make(chan struct{})
 			go func() {
+				defer close(stdinDone)
 				io.Copy(c, os.Stdin) //nolint:errcheck
 				if cw, ok := c.(interface{ CloseWrite() error }); ok {
 					cw.CloseWrite() //nolint:errcheck
 				}
 			}()
+			finish := sync.OnceFunc(func() {
+				select {
+				case <-stdinDone:
+				case <-time.After(time.Second):
+				}
+				c.Close() // waits (a while at most) for the node to confirm the end
+			})
+			go func() {
+				<-hup
+				finish()
+				os.Exit(0)
+			}()
 			_, err = io.Copy(os.Stdout, c)
+			finish()
+			if errors.Is(err, syscall.EPIPE) {
+				err = nil // OpenSSH went first
+			}
 			return err
 		},
 	}

@@ -721,6 +721,21 @@ func TestRollingUpgrade(t *testing.T) {
 		}
 		wg.Wait()
 	})
+	t.Run("the nodes keep no session after its client ended", func(t *testing.T) {
+		// Half the clients were OpenSSH, which stops its ProxyCommand
+		// (jg proxy ssh) with SIGHUP as it exits: a jg that died there
+		// without passing on the end of the stream left its session
+		// detached on the node for node.resume_window, waiting for a
+		// resumption that would never come.
+		waitFor(t, "no resumable session left on the nodes", 15*time.Second, func() bool {
+			for _, d := range nodeDiag {
+				if metricSum(t, d, "jumpgate_resume_sessions") != 0 || metricSum(t, d, "jumpgate_node_sessions_active") != 0 {
+					return false
+				}
+			}
+			return true
+		})
+	})
 	rollReport.Took = time.Since(rollStart)
 	if path := os.Getenv("JUMPGATE_ROLL_REPORT"); path != "" {
 		b, _ := json.MarshalIndent(rollReport, "", "  ")
