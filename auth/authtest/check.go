@@ -42,6 +42,29 @@ func Metric(t testing.TB, g prometheus.Gatherer, name string, labels ...string) 
 	return 0
 }
 
+// HistogramSum returns the sum of the observations of the histogram
+// series of metric name whose labels include the given name/value pairs.
+// It fails the test when no series matches.
+func HistogramSum(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if labelsMatch(m.GetLabel(), labels) && m.Histogram != nil {
+				return m.Histogram.GetSampleSum()
+			}
+		}
+	}
+	t.Fatalf("histogram %s%v not found", name, labels)
+	return 0
+}
+
 // MetricSum adds the values of every counter series of metric name (0 when
 // there is none).
 func MetricSum(t testing.TB, g prometheus.Gatherer, name string) float64 {

@@ -85,7 +85,7 @@ func TestLockWatcherPropagation(t *testing.T) {
 		t.Fatalf("after a new lock: %v observations, want 1", n)
 	}
 	// The delay is the time since the lock's creation: about 2 s.
-	if sum := histogramSum(t, p.reg, name, "proxy"); sum < 2 || sum >= 3 {
+	if sum := authtest.HistogramSum(t, p.reg, name, "role", "proxy"); sum < 2 || sum >= 3 {
 		t.Errorf("observed delay %.3fs, want 2s (the lock was created 2s before update)", sum)
 	}
 	if n := count("node"); n != 0 {
@@ -99,28 +99,4 @@ func TestLockWatcherPropagation(t *testing.T) {
 	if len(enforced) != 3 || len(enforced[2]) != 3 {
 		t.Errorf("enforce got %d lock sets, want 3 with every lock in each: %v", len(enforced), enforced)
 	}
-}
-
-// histogramSum returns the sum of the histogram series of name with the
-// label role.
-func histogramSum(t *testing.T, g prometheus.Gatherer, name, role string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "role" && l.GetValue() == role {
-					return m.GetHistogram().GetSampleSum()
-				}
-			}
-		}
-	}
-	t.Fatalf("no %s{role=%q}", name, role)
-	return 0
 }

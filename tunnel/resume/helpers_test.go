@@ -431,3 +431,29 @@ func roundTrip(t *testing.T, c *Conn, sc *ServerConn, msg string) {
 		t.Fatalf("node echo: %v", err)
 	}
 }
+
+// bothWays sends size bytes of pattern seedUp from c to sc and of seedDown
+// from sc to c, each followed by a half close, and checks them on arrival,
+// counting checked bytes in up and down. The four goroutines report on
+// the returned channel.
+func bothWays(c, sc interface {
+	io.ReadWriter
+	CloseWrite() error
+}, seedUp, seedDown byte, size int, up, down *atomic.Int64) chan error {
+	errs := make(chan error, 4)
+	send := func(w interface {
+		io.Writer
+		CloseWrite() error
+	}, seed byte) {
+		err := sendPattern(w, seed, size, nil)
+		if err == nil {
+			err = w.CloseWrite()
+		}
+		errs <- err
+	}
+	go send(c, seedUp)
+	go func() { errs <- checkPattern(sc, seedUp, size, true, up) }()
+	go send(sc, seedDown)
+	go func() { errs <- checkPattern(c, seedDown, size, true, down) }()
+	return errs
+}

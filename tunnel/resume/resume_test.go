@@ -43,23 +43,7 @@ func TestSurvivesCuts(t *testing.T) {
 
 	const size = 8 << 20
 	var up, down atomic.Int64 // bytes checked by the node, by the client
-	errs := make(chan error, 4)
-	go func() {
-		err := sendPattern(c, 1, size, nil)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		errs <- err
-	}()
-	go func() { errs <- checkPattern(sc, 1, size, true, &up) }()
-	go func() {
-		err := sendPattern(sc, 2, size, nil)
-		if err == nil {
-			err = sc.CloseWrite()
-		}
-		errs <- err
-	}()
-	go func() { errs <- checkPattern(c, 2, size, true, &down) }()
+	errs := bothWays(c, sc, 1, 2, size, &up, &down)
 
 	const cuts = 6
 	rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0))
@@ -191,23 +175,7 @@ func TestResumeFromAnotherIP(t *testing.T) {
 
 	const size = 2 << 20
 	var up, down atomic.Int64 // bytes checked by the node, by the client
-	errs := make(chan error, 4)
-	go func() {
-		err := sendPattern(c, 3, size, nil)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		errs <- err
-	}()
-	go func() { errs <- checkPattern(sc, 3, size, true, &up) }()
-	go func() {
-		err := sendPattern(sc, 4, size, nil)
-		if err == nil {
-			err = sc.CloseWrite()
-		}
-		errs <- err
-	}()
-	go func() { errs <- checkPattern(c, 4, size, true, &down) }()
+	errs := bothWays(c, sc, 3, 4, size, &up, &down)
 
 	waitFor(t, 30*time.Second, "the transfer to progress", func() bool {
 		return up.Load() >= size/3 && down.Load() >= size/3
