@@ -288,8 +288,9 @@ func (p *paths) refresh(ctx context.Context) {
 				p.avoidUntil[dp.PublicAddr] = time.Now().Add(avoidFor)
 				p.drained[dp.PublicAddr] = true
 			case p.drained[dp.PublicAddr] && dp.Health == "alive":
-				// It drained, and is back (an upgrade's restart):
-				// the home proxy is the nearest again.
+				// It drained and is back (an upgrade's restart): it
+				// takes its place in the order again, and the home
+				// proxy is tried first again.
 				delete(p.avoidUntil, dp.PublicAddr)
 				delete(p.drained, dp.PublicAddr)
 			}
