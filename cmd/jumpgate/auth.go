@@ -22,6 +22,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"jumpgate.dev/jumpgate/auth/authapi"
 	"jumpgate.dev/jumpgate/auth/ca"
 	"jumpgate.dev/jumpgate/auth/identity"
@@ -71,6 +73,34 @@ type authServer struct {
 	// talking to the others before this server has the state.
 	joinPool atomic.Pointer[x509.CertPool]
 	log      *slog.Logger
+	// expiry is jumpgate_cert_expiry_timestamp_seconds, shared with a
+	// proxy or node renewer in the same process (kinds auth and tls_ca).
+	expiry *prometheus.GaugeVec
+}
+
+// updateCertExpiry reports when this server's own TLS certificate
+// expires (kind auth) and the soonest expiry among the cluster's trusted
+// TLS CA certificates (kind tls_ca): an auth server whose renewal keeps
+// failing, or a CA nobody rotated, shows before it stops the cluster.
+func (a *authServer) updateCertExpiry() {
+	if c := a.cert.Load(); c != nil && len(c.Certificate) > 0 {
+		leaf := c.Leaf
+		if leaf == nil {
+			leaf, _ = x509.ParseCertificate(c.Certificate[0])
+		}
+		if leaf != nil {
+			a.expiry.WithLabelValues("auth").Set(float64(leaf.NotAfter.Unix()))
+		}
+	}
+	var soonest time.Time
+	for _, der := range a.store.CAs().TLS {
+		if c, err := x509.ParseCertificate(der); err == nil && (soonest.IsZero() || c.NotAfter.Before(soonest)) {
+			soonest = c.NotAfter
+		}
+	}
+	if !soonest.IsZero() {
+		a.expiry.WithLabelValues("tls_ca").Set(float64(soonest.Unix()))
+	}
 }
 
 // trusted reports whether the cluster trusts this server's CA keys.
@@ -145,7 +175,7 @@ func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
 }
 
 func startAuth(ctx context.Context, p *process, cfg Config) (*ca.Authority, error) {
-	a := &authServer{cfg: cfg, dir: filepath.Join(cfg.DataDir, "auth"), log: p.log.With("auth_server", cfg.Auth.ID)}
+	a := &authServer{cfg: cfg, dir: filepath.Join(cfg.DataDir, "auth"), log: p.log.With("auth_server", cfg.Auth.ID), expiry: newRenewMetrics(p.reg).expiry}
 	var err error
 	if a.caMetrics, err = ca.NewMetrics(p.reg); err != nil {
 		return nil, err
@@ -578,12 +608,14 @@ func (a *authServer) upkeep(ctx context.Context, adminDir string) {
 	defer renew.Stop()
 	save := time.NewTicker(10 * time.Second)
 	defer save.Stop()
+	a.updateCertExpiry()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-save.C:
 			a.saveTrusted()
+			a.updateCertExpiry()
 		case <-renew.C:
 			if !a.trusted() {
 				continue

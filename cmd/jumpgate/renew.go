@@ -204,7 +204,7 @@ func newRenewMetrics(reg prometheus.Registerer) *renewMetrics {
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jumpgate_cert_renewals_total",
 			Help: "Certificate renewal attempts of this node or proxy, by kind (node, proxy) and result (ok, error)."}, []string{"kind", "result"}),
 		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jumpgate_cert_expiry_timestamp_seconds",
-			Help: "When the certificate this node or proxy presents expires (its NotAfter, Unix seconds), by kind (node, proxy)."}, []string{"kind"}),
+			Help: "When a certificate expires (its NotAfter, Unix seconds), by kind: node, proxy and auth (the one this process presents), tls_ca (on auth servers: the soonest of the cluster's trusted TLS CA certificates)."}, []string{"kind"}),
 	}
 	m.renewals = registerOrExisting(reg, m.renewals)
 	m.expiry = registerOrExisting(reg, m.expiry)

@@ -250,6 +250,9 @@ scrape_configs:
 			`jumpgate_tunnel_connected_nodes{proxy="pc"} == 1`:                1,
 			`jumpgate_tunnel_agent_connected_proxies{node="node1"} == 1`:      1,
 			`jumpgate_cert_expiry_timestamp_seconds`:                          4,
+			`jumpgate_cert_expiry_timestamp_seconds{job="jumpgate-auth",kind="auth"} > time()`:   1,
+			`jumpgate_cert_expiry_timestamp_seconds{job="jumpgate-auth",kind="tls_ca"} > time()`: 1,
+			`jumpgate_raft_commit_duration_seconds_count > 0`:                                    1,
 			`jumpgate_proxy_drain_phase`:                                      12,
 		}
 		waitFor(t, "every expected series", 60*time.Second, func() bool {
