@@ -236,24 +236,24 @@ scrape_configs:
 	})
 	t.Run("the series the dashboard and alerts use", func(t *testing.T) {
 		want := map[string]int{ // query: at least this many series
-			`jumpgate_build_info{job="jumpgate-proxy"}`:                       3,
-			`jumpgate_raft_has_leader{job="jumpgate-auth"} == 1`:              1,
-			`jumpgate_raft_state{state="leader"} == 1`:                        1,
-			`jumpgate_raft_apply_duration_seconds_count > 0`:                  1,
-			`jumpgate_ca_certs_issued_total{kind="node",keystore="software"}`: 1,
-			`jumpgate_mesh_peer_up == 1`:                                      6, // each of 3 proxies sees 2 peers
-			`jumpgate_mesh_peer_rtt_seconds`:                                  6,
-			`jumpgate_mesh_node_without_tunnel{node="node1"} == 0`:            3,
-			`jumpgate_watch_lag_seconds{job="jumpgate-proxy"} < 30`:           3,
-			`jumpgate_watch_lag_seconds{job="jumpgate-node"} < 30`:            1,
-			`jumpgate_proxy_sessions_active`:                                  3,
-			`jumpgate_tunnel_connected_nodes{proxy="pc"} == 1`:                1,
-			`jumpgate_tunnel_agent_connected_proxies{node="node1"} == 1`:      1,
-			`jumpgate_cert_expiry_timestamp_seconds`:                          4,
+			`jumpgate_build_info{job="jumpgate-proxy"}`:                                          3,
+			`jumpgate_raft_has_leader{job="jumpgate-auth"} == 1`:                                 1,
+			`jumpgate_raft_state{state="leader"} == 1`:                                           1,
+			`jumpgate_raft_apply_duration_seconds_count > 0`:                                     1,
+			`jumpgate_ca_certs_issued_total{kind="node",keystore="software"}`:                    1,
+			`jumpgate_mesh_peer_up == 1`:                                                         6, // each of 3 proxies sees 2 peers
+			`jumpgate_mesh_peer_rtt_seconds`:                                                     6,
+			`jumpgate_mesh_node_without_tunnel{node="node1"} == 0`:                               3,
+			`jumpgate_watch_lag_seconds{job="jumpgate-proxy"} < 30`:                              3,
+			`jumpgate_watch_lag_seconds{job="jumpgate-node"} < 30`:                               1,
+			`jumpgate_proxy_sessions_active`:                                                     3,
+			`jumpgate_tunnel_connected_nodes{proxy="pc"} == 1`:                                   1,
+			`jumpgate_tunnel_agent_connected_proxies{node="node1"} == 1`:                         1,
+			`jumpgate_cert_expiry_timestamp_seconds`:                                             4,
 			`jumpgate_cert_expiry_timestamp_seconds{job="jumpgate-auth",kind="auth"} > time()`:   1,
 			`jumpgate_cert_expiry_timestamp_seconds{job="jumpgate-auth",kind="tls_ca"} > time()`: 1,
 			`jumpgate_raft_commit_duration_seconds_count > 0`:                                    1,
-			`jumpgate_proxy_drain_phase`:                                      12,
+			`jumpgate_proxy_drain_phase`:                                                         12,
 		}
 		waitFor(t, "every expected series", 60*time.Second, func() bool {
 			for q, n := range want {
