@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -484,7 +485,27 @@ func sshCmd() *cobra.Command {
 			}
 			client := ssh.NewClient(sc, chans, reqs)
 			defer client.Close()
-			return runSession(client, args[1:], forceTTY, forwardAgent)
+			// The terminal closing (SIGHUP), kill or Ctrl-C without a
+			// terminal end the session on the node now, as with
+			// OpenSSH: jg closes the resumable stream (the node's
+			// CLOSE confirms it) instead of dying and leaving the
+			// session detached on the node for node.resume_window,
+			// with its command still running.
+			stop := make(chan os.Signal, 1)
+			signal.Notify(stop, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+			defer signal.Stop(stop)
+			var stoppedBy atomic.Value
+			go func() {
+				if sig, ok := <-stop; ok {
+					stoppedBy.Store(sig)
+					conn.Close() //nolint:errcheck
+				}
+			}()
+			err = runSession(client, args[1:], forceTTY, forwardAgent)
+			if sig, ok := stoppedBy.Load().(syscall.Signal); ok {
+				return exitError{code: 128 + int(sig)}
+			}
+			return err
 		},
 	}
 	c.Flags().BoolVarP(&forceTTY, "tty", "t", false, "allocate a terminal even for a command")

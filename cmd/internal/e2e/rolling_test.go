@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -726,7 +727,32 @@ func TestRollingUpgrade(t *testing.T) {
 		// (jg proxy ssh) with SIGHUP as it exits: a jg that died there
 		// without passing on the end of the stream left its session
 		// detached on the node for node.resume_window, waiting for a
-		// resumption that would never come.
+		// resumption that would never come. The same goes for jg ssh
+		// stopped by its terminal closing (SIGHUP) or by kill (SIGTERM):
+		// it must end its session, with the command, on the node.
+		for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM} {
+			cmd := exec.Command(filepath.Join(c.bin, "jg"), "ssh", "node-a", "--", "echo started; sleep 300")
+			cmd.Env = append(os.Environ(), homes["pa1"]...)
+			out := &lockedWriter{}
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "jg ssh node-a running its command", 20*time.Second, func() bool { return strings.Contains(out.String(), "started") })
+			cmd.Process.Signal(sig)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 128+int(sig) {
+					t.Errorf("jg ssh after %v: %v (want exit status %d): %s", sig, err, 128+int(sig), out.String())
+				}
+			case <-time.After(15 * time.Second):
+				cmd.Process.Kill()
+				t.Errorf("jg ssh still running 15s after %v", sig)
+			}
+		}
 		waitFor(t, "no resumable session left on the nodes", 15*time.Second, func() bool {
 			for _, d := range nodeDiag {
 				if metricSum(t, d, "jumpgate_resume_sessions") != 0 || metricSum(t, d, "jumpgate_node_sessions_active") != 0 {
