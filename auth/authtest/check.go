@@ -16,36 +16,28 @@ import (
 // histogram's sample count. It fails the test when no series matches.
 func Metric(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
+	m := series(t, g, name, labels, func(m *dto.Metric) bool { return m.Counter != nil || m.Gauge != nil || m.Histogram != nil })
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !labelsMatch(m.GetLabel(), labels) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return 0
+	return float64(m.Histogram.GetSampleCount())
 }
 
 // HistogramSum returns the sum of the observations of the histogram
 // series of metric name whose labels include the given name/value pairs.
 // It fails the test when no series matches.
 func HistogramSum(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	return series(t, g, name, labels, func(m *dto.Metric) bool { return m.Histogram != nil }).Histogram.GetSampleSum()
+}
+
+// series returns the first series of metric name whose labels include the
+// given name/value pairs and that ok accepts; it fails the test when none
+// does.
+func series(t testing.TB, g prometheus.Gatherer, name string, labels []string, ok func(*dto.Metric) bool) *dto.Metric {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -56,13 +48,13 @@ func HistogramSum(t testing.TB, g prometheus.Gatherer, name string, labels ...st
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if labelsMatch(m.GetLabel(), labels) && m.Histogram != nil {
-				return m.Histogram.GetSampleSum()
+			if labelsMatch(m.GetLabel(), labels) && ok(m) {
+				return m
 			}
 		}
 	}
-	t.Fatalf("histogram %s%v not found", name, labels)
-	return 0
+	t.Fatalf("metric %s%v not found", name, labels)
+	return nil
 }
 
 // MetricSum adds the values of every counter series of metric name (0 when

@@ -221,6 +221,9 @@ func (d *drainer) run() {
 	d.update()
 	if st := d.Status(); st.Sessions > 0 {
 		d.log.Warn("drain timeout: exiting with sessions still open (their clients cannot resume)", "sessions", st.Sessions)
+		// They had until the deadline, which has passed: end them now,
+		// not after the process's --shutdown-timeout as well.
+		d.ing.Close() //nolint:errcheck
 	}
 	d.setPhase("done")
 	d.log.Info("drained: exiting", "took", time.Since(st.Started).Round(time.Millisecond))

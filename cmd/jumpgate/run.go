@@ -426,16 +426,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 		p.log.Info("PROXY protocol on the proxy port", "mode", d.ProxyProtocol, "load_balancers", d.LoadBalancers)
 	}
 	p.goServe("proxy ingress", func() error { return ing.Serve(ln) })
-	p.onShutdown(func(ctx context.Context) {
-		if dr.Status().Phase == "done" {
-			// A drain ran to its end: the sessions still here had until
-			// its deadline, which has passed ("the proxy exits with
-			// whatever is left"); --shutdown-timeout is not theirs too.
-			ing.Close() //nolint:errcheck
-			return
-		}
-		ing.Shutdown(ctx) //nolint:errcheck
-	})
+	p.onShutdown(func(ctx context.Context) { ing.Shutdown(ctx) }) //nolint:errcheck
 	p.goServe("presence", func() error {
 		t := time.NewTicker(10 * time.Second)
 		defer t.Stop()

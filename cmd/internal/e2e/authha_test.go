@@ -133,11 +133,7 @@ func TestAuthHA(t *testing.T) {
 
 	// A proxy that knows every auth server, a node behind it, a user.
 	c.proxy = freeAddr(t)
-	var ptok struct {
-		Token string `json:"token"`
-		CAPin string `json:"ca_pin"`
-	}
-	json.Unmarshal([]byte(c.jgctl("tokens", "add", "--type=proxy", "--name=p1", "--json")), &ptok)
+	ptok := c.proxyToken("p1")
 	c.start("p1", "--roles=proxy", "--proxy-id=p1", "--proxy-listen="+c.proxy, "--auth="+allAuth, "--data-dir="+filepath.Join(c.dir, "p1"),
 		"--token="+ptok.Token, "--ca-pin="+ptok.CAPin)
 	ntok := c.token()

@@ -79,11 +79,7 @@ func TestNearestProxy(t *testing.T) {
 		return code == 0
 	})
 	for _, p := range []*meshProxy{eu, ap} {
-		var tok struct {
-			Token string `json:"token"`
-			CAPin string `json:"ca_pin"`
-		}
-		json.Unmarshal([]byte(c.jgctl("tokens", "add", "--type=proxy", "--name="+p.id, "--json")), &tok)
+		tok := c.proxyToken(p.id)
 		c.start(p.id, "--roles=proxy", "--proxy-id="+p.id, "--region="+p.region, "--location="+loc[p.id], "--data-dir="+filepath.Join(c.dir, p.id),
 			"--auth="+c.auth, "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--proxy-listen="+p.listen,
 			"--gossip-listen="+p.gossip, "--peer-listen="+p.peer, "--seeds="+us.gossip, "--geoip-db="+db)

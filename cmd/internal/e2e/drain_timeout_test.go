@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -45,13 +44,7 @@ func TestDrainTimeout(t *testing.T) {
 		p.listen, p.gossip, p.peer = freeAddrOn(t, p.ip), freeAddrOn(t, p.ip), freeAddrOn(t, p.ip)
 	}
 	for _, p := range []*meshProxy{p1, p2} {
-		var tok struct {
-			Token string `json:"token"`
-			CAPin string `json:"ca_pin"`
-		}
-		if out := c.jgctl("tokens", "add", "--type=proxy", "--name="+p.id, "--json"); json.Unmarshal([]byte(out), &tok) != nil {
-			t.Fatalf("proxy token: %s", out)
-		}
+		tok := c.proxyToken(p.id)
 		seed := p2.gossip
 		if p == p2 {
 			seed = p1.gossip

@@ -186,11 +186,26 @@ func (c *cluster) addAlice() {
 	}
 }
 
-func (c *cluster) token() (r struct {
+// joinToken is a join token and the CA pin that goes with it.
+type joinToken struct {
 	Token string `json:"token"`
 	CAPin string `json:"ca_pin"`
-}) {
-	out := c.jgctl("tokens", "add", "--type=node", "--json")
+}
+
+// token makes a node join token.
+func (c *cluster) token() joinToken { return c.newToken("--type=node") }
+
+// proxyToken makes a proxy join token, for the proxy named name ("": any).
+func (c *cluster) proxyToken(name string) joinToken {
+	if name == "" {
+		return c.newToken("--type=proxy")
+	}
+	return c.newToken("--type=proxy", "--name="+name)
+}
+
+func (c *cluster) newToken(args ...string) (r joinToken) {
+	c.t.Helper()
+	out := c.jgctl(append(append([]string{"tokens", "add"}, args...), "--json")...)
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		c.t.Fatalf("token: %v: %s", err, out)
 	}

@@ -175,14 +175,7 @@ func TestMesh(t *testing.T) {
 		return code == 0
 	})
 	for _, p := range []*meshProxy{b, cc} {
-		out := c.jgctl("tokens", "add", "--type=proxy", "--json")
-		var tok struct {
-			Token string `json:"token"`
-			CAPin string `json:"ca_pin"`
-		}
-		if err := json.Unmarshal([]byte(out), &tok); err != nil {
-			t.Fatalf("proxy token: %v: %s", err, out)
-		}
+		tok := c.proxyToken("")
 		p.args = []string{"--roles=proxy", "--proxy-id=" + p.id, "--region=" + p.region, "--data-dir=" + filepath.Join(c.dir, p.id),
 			"--auth=" + c.auth, "--token=" + tok.Token, "--ca-pin=" + tok.CAPin, "--proxy-listen=" + p.listen,
 			"--gossip-listen=" + p.gossip, "--peer-listen=" + p.peer, "--seeds=" + a.gossip}
@@ -265,14 +258,7 @@ func TestMesh(t *testing.T) {
 		for _, r := range []*meshProxy{a, b, cc} {
 			p2 := &meshProxy{id: r.id + "2", region: r.region, ip: r.ip}
 			p2.listen, p2.gossip, p2.peer = freeAddrOn(t, p2.ip), freeAddrOn(t, p2.ip), freeAddrOn(t, p2.ip)
-			out := c.jgctl("tokens", "add", "--type=proxy", "--json")
-			var tok struct {
-				Token string `json:"token"`
-				CAPin string `json:"ca_pin"`
-			}
-			if err := json.Unmarshal([]byte(out), &tok); err != nil {
-				t.Fatalf("proxy token: %v: %s", err, out)
-			}
+			tok := c.proxyToken("")
 			c.start(p2.id, "--roles=proxy", "--proxy-id="+p2.id, "--region="+p2.region, "--data-dir="+filepath.Join(c.dir, p2.id),
 				"--auth="+c.auth, "--token="+tok.Token, "--ca-pin="+tok.CAPin, "--proxy-listen="+p2.listen,
 				"--gossip-listen="+p2.gossip, "--peer-listen="+p2.peer, "--seeds="+seeds[strings.TrimPrefix(r.region, "region-")])

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os/exec"
@@ -27,13 +26,7 @@ func TestMetricsLint(t *testing.T) {
 	proxyDiag, nodeDiag := freeAddr(t), freeAddr(t)
 	gossip, peer := freeAddr(t), freeAddr(t)
 	proxy2 := freeAddr(t)
-	var tok struct {
-		Token string `json:"token"`
-		CAPin string `json:"ca_pin"`
-	}
-	if err := json.Unmarshal([]byte(c.jgctl("tokens", "add", "--type=proxy", "--name=proxy2", "--json")), &tok); err != nil {
-		t.Fatal(err)
-	}
+	tok := c.proxyToken("proxy2")
 	c.start("proxy2", "--roles=proxy", "--proxy-id=proxy2", "--data-dir="+filepath.Join(c.dir, "proxy2"), "--auth="+c.auth,
 		"--token="+tok.Token, "--ca-pin="+tok.CAPin, "--proxy-listen="+proxy2, "--gossip-listen="+gossip, "--peer-listen="+peer, "--diag-listen="+proxyDiag)
 	ntok := c.token()

@@ -105,13 +105,7 @@ func TestObservability(t *testing.T) {
 		p := &proxy{id: r.id, region: "region-" + r.id[1:], ip: r.ip}
 		p.listen, p.gossip, p.peer, p.diag = freeAddrOn(t, r.ip), freeAddrOn(t, r.ip), freeAddrOn(t, r.ip), freeAddrOn(t, r.ip)
 		proxies = append(proxies, p)
-		var tok struct {
-			Token string `json:"token"`
-			CAPin string `json:"ca_pin"`
-		}
-		if err := json.Unmarshal([]byte(c.jgctl("tokens", "add", "--type=proxy", "--name="+p.id, "--json")), &tok); err != nil {
-			t.Fatal(err)
-		}
+		tok := c.proxyToken(p.id)
 		seed := proxies[0].gossip
 		if i == 0 {
 			seed = freeAddr(t) // nobody there: the first proxy starts the mesh

@@ -331,14 +331,7 @@ func TestRollingUpgrade(t *testing.T) {
 		return code == 0
 	})
 	for i, p := range proxies {
-		out := c.jgctl("tokens", "add", "--type=proxy", "--name="+p.id, "--json")
-		var tok struct {
-			Token string `json:"token"`
-			CAPin string `json:"ca_pin"`
-		}
-		if err := json.Unmarshal([]byte(out), &tok); err != nil {
-			t.Fatalf("proxy token: %v: %s", err, out)
-		}
+		tok := c.proxyToken(p.id)
 		seed := proxies[0].gossip
 		if i == 0 {
 			seed = proxies[1].gossip

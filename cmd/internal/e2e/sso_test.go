@@ -376,11 +376,7 @@ func TestSSO(t *testing.T) {
 	rf := filepath.Join(c.dir, "roles.yaml")
 	os.WriteFile(rf, []byte(fmt.Sprintf("kind: role\nname: dev\nallow:\n  logins: [%s]\n  node_labels: {\"*\": \"*\"}\n", c.userLogin)), 0o600)
 	c.jgctl("roles", "apply", "-f", rf)
-	var tok struct {
-		Token string `json:"token"`
-		CAPin string `json:"ca_pin"`
-	}
-	json.Unmarshal([]byte(c.jgctl("tokens", "add", "--type=proxy", "--name=proxy2", "--json")), &tok)
+	tok := c.proxyToken("proxy2")
 	c.start("proxy2", "--roles=proxy", "--proxy-id=proxy2", "--data-dir="+filepath.Join(c.dir, "proxy2"), "--auth="+c.auth,
 		"--token="+tok.Token, "--ca-pin="+tok.CAPin, "--proxy-listen="+proxy2)
 	pin := c.pin()
