@@ -27,6 +27,7 @@ import (
 	"jumpgate.dev/jumpgate/mesh/route"
 	"jumpgate.dev/jumpgate/tunnel/proto"
 	tserver "jumpgate.dev/jumpgate/tunnel/server"
+	"jumpgate.dev/jumpgate/tunnel/udpgro"
 )
 
 // proxyMesh joins this proxy's tunnel server (tunnel/) to the other proxies
@@ -89,7 +90,7 @@ func startMesh(ctx context.Context, p *process, cfg Config, cluster string, tunn
 	}
 	pm.keys = keys
 
-	pudp, err := net.ListenPacket("udp", mc.PeerListen)
+	pudp, err := udpgro.Listen(mc.PeerListen)
 	if err != nil {
 		return nil, fmt.Errorf("proxy mesh: peer listen (UDP %s): %w", mc.PeerListen, err)
 	}

@@ -37,6 +37,7 @@ import (
 	"jumpgate.dev/jumpgate/tunnel/proto"
 	"jumpgate.dev/jumpgate/tunnel/resume"
 	tserver "jumpgate.dev/jumpgate/tunnel/server"
+	"jumpgate.dev/jumpgate/tunnel/udpgro"
 )
 
 // process holds what one jumpgate process runs, for shutdown and health.
@@ -326,7 +327,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	if err != nil {
 		return err
 	}
-	udp, err := net.ListenPacket("udp", cfg.Proxy.Listen)
+	udp, err := udpgro.Listen(cfg.Proxy.Listen)
 	if err != nil {
 		return fmt.Errorf("proxy tunnel listen (UDP %s): %w", cfg.Proxy.Listen, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"jumpgate.dev/jumpgate/auth/identity"
 	"jumpgate.dev/jumpgate/tunnel/internal/transport"
 	"jumpgate.dev/jumpgate/tunnel/proto"
+	"jumpgate.dev/jumpgate/tunnel/udpgro"
 )
 
 // State is the state of one tunnel slot.
@@ -296,7 +297,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("tunnel agent: open UDP socket: %w", err)
 		}
 		defer udp.Close()
-		tr = &quic.Transport{Conn: udp}
+		// GRO: see tunnel/udpgro. Without it (old kernels) quic-go reads
+		// the socket as before.
+		pc, _ := udpgro.Wrap(udp)
+		tr = &quic.Transport{Conn: pc}
 		defer tr.Close()
 	}
 

@@ -39,6 +39,7 @@ import (
 	"jumpgate.dev/jumpgate/tunnel/proto"
 	"jumpgate.dev/jumpgate/tunnel/server"
 	"jumpgate.dev/jumpgate/tunnel/server/servertest"
+	"jumpgate.dev/jumpgate/tunnel/udpgro"
 )
 
 // What BenchmarkIdleTunnels tells its client process (TestIdleTunnelClients)
@@ -160,7 +161,7 @@ func idleTunnelsOnce(b *testing.B, n int) idleResult {
 		}
 	}()
 	reg := prometheus.NewRegistry()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, err := udpgro.Listen("127.0.0.1:0") // as the proxy does
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -527,7 +528,8 @@ func TestIdleTunnelClients(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		trs[i] = &quic.Transport{Conn: udp}
+		gro, _ := udpgro.Wrap(udp) // as the agent does
+		trs[i] = &quic.Transport{Conn: gro}
 	}
 	instance := make([]byte, 8)
 	rand.Read(instance)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"jumpgate.dev/jumpgate/tunnel/proto"
+	"jumpgate.dev/jumpgate/tunnel/udpgro"
 )
 
 // ListenBoth opens a UDP socket and a TCP listener on the same free port of
@@ -19,7 +20,7 @@ import (
 func ListenBoth(t testing.TB, host string) (net.PacketConn, net.Listener) {
 	t.Helper()
 	for range 50 {
-		pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
+		pc, err := udpgro.Listen(net.JoinHostPort(host, "0")) // as the proxy does
 		if err != nil {
 			t.Fatal(err)
 		}
