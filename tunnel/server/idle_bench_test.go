@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -291,10 +292,22 @@ func idleTunnelsOnce(b *testing.B, n int) idleResult {
 	time.Sleep(idleSettle) // the measurement's protocol: let the handshakes' state go
 	after := measureIdleMemory()
 
+	// JUMPGATE_IDLE_CPUPROFILE=file profiles the proxy over the idle window.
+	if f := os.Getenv("JUMPGATE_IDLE_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			b.Fatal(err)
+		}
+	}
 	u0, s0 := processCPU()
 	t0 := time.Now()
 	time.Sleep(idleWindow) // the measurement window: nothing runs here but the proxy
 	u1, s1 := processCPU()
+	pprof.StopCPUProfile()
 	wall := time.Since(t0)
 	user, sys := u1-u0, s1-s0
 	rss := vmRSS()

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -336,6 +337,57 @@ type ioConn struct {
 
 	mu   sync.Mutex // guards rerr
 	rerr error
+
+	// A data frame's header held back for its body (see Write). Only
+	// yamux's send loop writes, one write at a time.
+	hdr    [yamuxHeaderSize]byte
+	hdrLen int
+}
+
+// yamux v0.1.2's frame header: version, type, flags (2), stream ID (4),
+// length (4). Type 0 is data.
+const (
+	yamuxHeaderSize = 12
+	yamuxTypeData   = 0
+	// tlsRecordMax is the most plaintext one TLS record carries.
+	tlsRecordMax = 16 << 10
+)
+
+// recordPool holds the buffers Write joins a header and the start of its
+// body in: one TLS record's worth, taken for the write only, so an idle
+// connection holds none.
+var recordPool = sync.Pool{New: func() any { b := make([]byte, 0, tlsRecordMax); return &b }}
+
+// Write passes yamux's writes to TLS. yamux writes a data frame as two
+// writes, the 12-byte header and then the body, and crypto/tls makes each
+// write at least one record: a seal, a syscall and a record header for
+// 12 bytes, and again on the reading side. Write holds a data frame's
+// header back and sends it in one record with the first bytes of the body
+// (the rest, if any, follows in the same call). Headers without a body
+// (window updates, pings, SYN/FIN without data) are written at once.
+func (c *ioConn) Write(p []byte) (int, error) {
+	if c.hdrLen == 0 {
+		if len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:12]) > 0 {
+			c.hdrLen = copy(c.hdr[:], p)
+			return len(p), nil
+		}
+		return c.Conn.Write(p)
+	}
+	bp := recordPool.Get().(*[]byte)
+	defer recordPool.Put(bp)
+	first := min(len(p), tlsRecordMax-c.hdrLen)
+	b := append(append((*bp)[:0], c.hdr[:c.hdrLen]...), p[:first]...)
+	hl := c.hdrLen
+	c.hdrLen = 0
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		return max(n-hl, 0), err
+	}
+	if first == len(p) {
+		return len(p), nil
+	}
+	m, err := c.Conn.Write(p[first:])
+	return first + m, err
 }
 
 func (c *ioConn) Read(p []byte) (int, error) {

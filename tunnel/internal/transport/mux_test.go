@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +26,13 @@ const waitFor = 10 * time.Second
 
 // tlsPair returns both ends of a TLS 1.3 connection on loopback TCP.
 func tlsPair(t testing.TB) (client, server *tls.Conn) {
+	t.Helper()
+	return tlsPairWrap(t, nil)
+}
+
+// tlsPairWrap is tlsPair with the client's TCP connection passed through
+// wrap (when not nil) under TLS.
+func tlsPairWrap(t testing.TB, wrap func(net.Conn) net.Conn) (client, server *tls.Conn) {
 	t.Helper()
 	ca := servertest.NewCA(t, "transport test CA")
 	cert := ca.Issue(t, identity.Identity{Kind: identity.KindProxy, Name: "p1", Cluster: "prod"})
@@ -50,6 +59,9 @@ func tlsPair(t testing.TB) (client, server *tls.Conn) {
 	raw, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		raw = wrap(raw)
 	}
 	client = tls.Client(raw, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{proto.ALPN}}) // test pair only
 	if err := client.Handshake(); err != nil {
@@ -339,5 +351,83 @@ func BenchmarkMux(b *testing.B) {
 			ps.Close()
 			as.Close()
 		})
+	}
+}
+
+// writeCounter counts the writes to the TCP connection under TLS: each is
+// one TLS record (crypto/tls writes a record at a time).
+type writeCounter struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.n.Add(1)
+	return w.Conn.Write(p)
+}
+
+// A yamux data frame goes out with its header in the body's first record,
+// not in a record of its own; frames without a body go out at once; the
+// peer reads the same bytes in the same order.
+func TestIOConnJoinsHeaderAndBody(t *testing.T) {
+	wc := &writeCounter{}
+	client, server := tlsPairWrap(t, func(c net.Conn) net.Conn { wc.Conn = c; return wc })
+	defer client.Close()
+	defer server.Close()
+	c := &ioConn{Conn: client}
+
+	header := func(typ byte, length uint32) []byte {
+		h := make([]byte, yamuxHeaderSize)
+		h[1] = typ
+		binary.BigEndian.PutUint32(h[4:8], 3)
+		binary.BigEndian.PutUint32(h[8:12], length)
+		return h
+	}
+	var want bytes.Buffer
+	write := func(p []byte) {
+		t.Helper()
+		if n, err := c.Write(p); err != nil || n != len(p) {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(p), n, err)
+		}
+		want.Write(p)
+	}
+	records := func(what string, want int64) {
+		t.Helper()
+		if got := wc.n.Swap(0); got != want {
+			t.Fatalf("%s: %d TLS records, want %d", what, got, want)
+		}
+	}
+	// crypto/tls sends small records over the first 128 KiB of a
+	// connection (dynamic record sizing); get past them.
+	warm := make([]byte, 256<<10)
+	write(warm)
+	wc.n.Store(0)
+
+	small := bytes.Repeat([]byte("s"), 100)
+	write(header(yamuxTypeData, uint32(len(small))))
+	records("a data header alone", 0)
+	write(small)
+	records("a data frame of 100 bytes", 1)
+
+	write(header(1, 0)) // window update: no body
+	records("a window update", 1)
+	write(header(yamuxTypeData, 0)) // FIN without data
+	records("a data header without a body", 1)
+
+	big := make([]byte, 40<<10)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	write(header(yamuxTypeData, uint32(len(big))))
+	write(big)
+	records("a data frame of 40 KiB", 3) // header + 16 KiB - 12, 16 KiB, the rest
+
+	got := make([]byte, want.Len())
+	server.SetReadDeadline(time.Now().Add(waitFor))
+	if _, err := io.ReadFull(server, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Fatal("the peer read different bytes than were written")
 	}
 }
