@@ -148,7 +148,7 @@ func (r *results) markdown() string {
 		b.WriteString(r.Roll.targetRows())
 	}
 
-	fmt.Fprintf(&b, "\n## Not measured yet\n\n")
+	fmt.Fprintf(&b, "\n## Measured elsewhere\n\n")
 	fmt.Fprintf(&b, "1,000 concurrent sessions run in BENCH=full only (quick mode holds 100). Idle tunnels per proxy (1,000 and 10,000 simulated agents: memory per tunnel, idle CPU) are a Go benchmark in tunnel/server (`BenchmarkIdleTunnels`, figures in README.md). Certificate issuance per second (software keys and SoftHSM2) and raft writes per second (3 voters, 1 and 64 writers) are Go benchmarks in auth/ca and auth/raftnode. Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
 	return b.String()
 }

@@ -44,6 +44,7 @@ import (
 //	  ca_pin: sha256:...
 //	  region: eu-central                # shown in jgctl proxies ls; used by routing
 //	  location: {lat: 50.11, lon: 8.68} # where the proxy is, for nearest-proxy choices
+//	  tunnel_idle_timeout: 15s          # drop a silent node's tunnel after this; ping every third of it
 //	  mesh:                             # off when gossip_listen is empty (a lone proxy)
 //	    gossip_listen: 0.0.0.0:3082     # membership and tunnel directory, TCP and UDP
 //	    peer_listen: 0.0.0.0:3081       # proxy-to-proxy QUIC (UDP)
@@ -57,6 +58,7 @@ import (
 //	  ca_pin: sha256:...
 //	  connection_count: 2               # tunnels to this many distinct proxies, nearest first
 //	  tunnel_transport: auto            # auto (QUIC, TLS over TCP where UDP is blocked), quic or tcp
+//	  tunnel_idle_timeout: 15s          # leave a silent proxy after this; ping every third of it
 //	  bench_ssh_listen: 127.0.0.1:3022  # benchmarks only: SSH server also on this loopback address
 type Config struct {
 	DataDir    string    `yaml:"data_dir"`
@@ -222,6 +224,11 @@ type ProxyConfig struct {
 	// signal stops at once. Zero (the default): SIGTERM shuts down after
 	// --shutdown-timeout. Give systemd a TimeoutStopSec above it.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// TunnelIdleTimeout closes a node's tunnel after this long without a
+	// packet from it (a node that vanished without closing), and sets how
+	// often the proxy pings idle tunnels: a third of it. Default 15s. See
+	// node.tunnel_idle_timeout: QUIC uses the lower of the two.
+	TunnelIdleTimeout time.Duration `yaml:"tunnel_idle_timeout"`
 }
 
 // DiscoveryConfig tells a proxy where its clients are.
@@ -331,6 +338,38 @@ type NodeConfig struct {
 	// its path (a proxy drained or died) for the client to resume it
 	// through another proxy. Default 5 minutes.
 	ResumeWindow time.Duration `yaml:"resume_window"`
+	// TunnelIdleTimeout is how long the node waits for a packet from a
+	// proxy before it gives that tunnel up and connects elsewhere (a proxy
+	// that died without closing, or a path that broke), and sets how often
+	// it pings idle tunnels: a third of it, which also keeps NAT mappings
+	// open. Default 15s. A QUIC tunnel uses the lower of the node's and the
+	// proxy's proxy.tunnel_idle_timeout, so raise both together. Longer
+	// timeouts cost the proxy less CPU per idle tunnel (benchmarks/README.md)
+	// and notice a dead proxy later; a drained or restarted proxy is left at
+	// once either way.
+	TunnelIdleTimeout time.Duration `yaml:"tunnel_idle_timeout"`
+}
+
+// Tunnel idle timeouts (proxy.tunnel_idle_timeout, node.tunnel_idle_timeout):
+// the default notices a vanished peer within seconds; the bounds keep a
+// keepalive (a third of it) at least a second and keep NAT mappings, which
+// commonly expire after 30 s to a few minutes of silence, open.
+const (
+	defaultTunnelIdleTimeout = 15 * time.Second
+	minTunnelIdleTimeout     = 3 * time.Second
+	maxTunnelIdleTimeout     = 5 * time.Minute
+)
+
+// checkTunnelIdleTimeout applies the default to *d, or says why it is out
+// of bounds.
+func checkTunnelIdleTimeout(name string, d *time.Duration) error {
+	switch {
+	case *d == 0:
+		*d = defaultTunnelIdleTimeout
+	case *d < minTunnelIdleTimeout || *d > maxTunnelIdleTimeout:
+		return fmt.Errorf("%s %v: want %v to %v (default %v; pings go out every third of it)", name, *d, minTunnelIdleTimeout, maxTunnelIdleTimeout, defaultTunnelIdleTimeout)
+	}
+	return nil
 }
 
 // defaultResumeWindow is node.resume_window's default: longer than jg's
@@ -470,6 +509,11 @@ func (c *Config) CheckAndSetDefaults() error {
 			return fmt.Errorf("auth.keystore.backend %q: want software or pkcs11", ks.Backend)
 		}
 	}
+	if c.Has("proxy") {
+		if err := checkTunnelIdleTimeout("proxy.tunnel_idle_timeout", &c.Proxy.TunnelIdleTimeout); err != nil {
+			return err
+		}
+	}
 	if c.Proxy.DrainTimeout < 0 {
 		return fmt.Errorf("proxy.drain_timeout %v: must not be negative (0 turns drain-on-SIGTERM off)", c.Proxy.DrainTimeout)
 	}
@@ -575,6 +619,9 @@ func (c *Config) CheckAndSetDefaults() error {
 			return fmt.Errorf("node.resume_window %v: must not be negative", c.Node.ResumeWindow)
 		case c.Node.ResumeWindow == 0:
 			c.Node.ResumeWindow = defaultResumeWindow
+		}
+		if err := checkTunnelIdleTimeout("node.tunnel_idle_timeout", &c.Node.TunnelIdleTimeout); err != nil {
+			return err
 		}
 		if err := identity.CheckName(c.Node.Name); err != nil {
 			return fmt.Errorf("node: name: %w", err)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -32,6 +33,20 @@ func TestParseConfig(t *testing.T) {
 		"roles: [proxy]\ndata_dir: /x\nproxy: {id: p2, auth_addr: 'a:1', token: t}\n",                         // token without pin
 		"roles: [proxy]\ndata_dir: /x\nproxy: {id: p2, auth_addr: 'a:1', mesh: {advertise_addr: 'h:3082'}}\n", // advertise with a port
 		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, tunnel_transport: udp}\n",
+		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, tunnel_idle_timeout: 1s}\n", // keepalive under a second
+		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, tunnel_idle_timeout: 1h}\n", // NAT mappings expire
+		"roles: [node]\ndata_dir: /x\nnode: {name: n1, proxy: a:1, tunnel_idle_timeout: -15s}\n",
+		"roles: [auth, proxy]\ndata_dir: /x\nauth: {cluster_name: c}\nproxy: {id: p1, tunnel_idle_timeout: 2s}\n",
+	}
+	if ok, err := ParseConfig([]byte("roles: [auth, proxy, node]\ndata_dir: /x\nauth: {cluster_name: c}\nproxy: {id: p1}\nnode: {name: n1}\n")); err != nil || ok.CheckAndSetDefaults() != nil {
+		t.Fatal("all-in-one config refused")
+	} else if ok.Proxy.TunnelIdleTimeout != 15*time.Second || ok.Node.TunnelIdleTimeout != 15*time.Second {
+		t.Fatalf("tunnel_idle_timeout defaults: proxy %v, node %v, want 15s", ok.Proxy.TunnelIdleTimeout, ok.Node.TunnelIdleTimeout)
+	}
+	if ok, err := ParseConfig([]byte("roles: [auth, proxy, node]\ndata_dir: /x\nauth: {cluster_name: c}\nproxy: {id: p1, tunnel_idle_timeout: 2m}\nnode: {name: n1, tunnel_idle_timeout: 90s}\n")); err != nil || ok.CheckAndSetDefaults() != nil {
+		t.Fatal("tunnel_idle_timeout 2m / 90s refused")
+	} else if ok.Proxy.TunnelIdleTimeout != 2*time.Minute || ok.Node.TunnelIdleTimeout != 90*time.Second {
+		t.Fatalf("tunnel_idle_timeout: proxy %v, node %v, want 2m and 90s", ok.Proxy.TunnelIdleTimeout, ok.Node.TunnelIdleTimeout)
 	}
 	// A joined proxy restarts with neither token nor pin.
 	restart, err := ParseConfig([]byte("roles: [proxy]\ndata_dir: /x\nproxy: {id: p2, auth_addr: 'a:1', mesh: {gossip_listen: '0.0.0.0:3082', peer_listen: '0.0.0.0:3081', advertise_addr: '203.0.113.7'}}\n"))

@@ -123,6 +123,9 @@ func startCmd() *cobra.Command {
 			if fl.Changed("resume-window") {
 				cfg.Node.ResumeWindow = f.Node.ResumeWindow
 			}
+			if fl.Changed("tunnel-idle-timeout") {
+				cfg.Proxy.TunnelIdleTimeout, cfg.Node.TunnelIdleTimeout = f.Node.TunnelIdleTimeout, f.Node.TunnelIdleTimeout
+			}
 			if fl.Changed("public-addr") {
 				cfg.Proxy.PublicAddrs = f.Proxy.PublicAddrs
 			}
@@ -197,6 +200,7 @@ func startCmd() *cobra.Command {
 	_ = fl.MarkHidden("bench-ssh-listen")
 	fl.DurationVar(&drain, "shutdown-timeout", 10*time.Second, "how long shutting down waits for live sessions")
 	fl.DurationVar(&f.Proxy.DrainTimeout, "drain-timeout", 0, "proxy: on SIGTERM, drain first (agents and resumable sessions move to other proxies) for at most this long; 0: no drain")
+	fl.DurationVar(&f.Node.TunnelIdleTimeout, "tunnel-idle-timeout", 0, "proxy and node: drop a tunnel after this long without a packet from the other end, and ping idle tunnels every third of it (default 15s; proxy.tunnel_idle_timeout, node.tunnel_idle_timeout)")
 	fl.DurationVar(&f.Node.ResumeWindow, "resume-window", 0, "node: how long a session whose client lost its path waits to be resumed (default 5m)")
 	return c
 }

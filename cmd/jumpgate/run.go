@@ -315,6 +315,7 @@ func startProxy(ctx context.Context, p *process, cfg Config, authority *ca.Autho
 	}
 	tsrv, err := tserver.New(tserver.Config{
 		ProxyID: cfg.Proxy.ID, ClusterName: cluster, GetCertificate: getCert, ClientCAs: cache.TLSPool, StatelessResetKey: tunnelReset,
+		MaxIdleTimeout: cfg.Proxy.TunnelIdleTimeout, KeepAlivePeriod: cfg.Proxy.TunnelIdleTimeout / 3,
 		OnTunnel: func(ev tserver.TunnelEvent) {
 			pm.onTunnel(ev)
 			select {
@@ -695,7 +696,8 @@ func startNode(ctx context.Context, p *process, cfg Config) error {
 		Discover:        nodeDiscovery(cfg.Node.Proxies, func(addr string) (*authapi.Client, error) { return proxyClient(addr) }),
 		ConnectionCount: cfg.Node.ConnectionCount,
 		Transport:       cfg.Node.TunnelTransport,
-		Logger:          p.log.With("component", "agent"), Metrics: p.reg,
+		MaxIdleTimeout:  cfg.Node.TunnelIdleTimeout, KeepAlivePeriod: cfg.Node.TunnelIdleTimeout / 3,
+		Logger: p.log.With("component", "agent"), Metrics: p.reg,
 	})
 	if err != nil {
 		return err
