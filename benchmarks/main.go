@@ -63,6 +63,7 @@ func main() {
 	hold := flag.Bool("hold", false, "set up, print how to use each path, and wait for Ctrl-C instead of measuring")
 	controlOnly := flag.Bool("control", false, "only run the control-plane section (lock propagation, login time) on a cluster of its own and print it")
 	rollOnly := flag.Bool("roll", false, "only run the rolling upgrade (TestRollingUpgrade with 200 sessions) and print it")
+	idleOnly := flag.Bool("idle", false, "only run the idle-tunnel section (BenchmarkIdleTunnels) and print it")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	p, ok := modes[*mode]
@@ -86,6 +87,21 @@ func main() {
 		}
 		fmt.Print(rr.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", rr.targetRows())
 		return
+	}
+	if *idleOnly {
+		ir, err := runIdle(ctx, *mode)
+		if err != nil {
+			log.Fatalf("idle tunnels: %v", err)
+		}
+		fmt.Print(ir.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", ir.targetRows())
+		return
+	}
+	// Idle tunnels first, while the machine is quiet: the figure is CPU
+	// at idle.
+	log.Printf("idle tunnels (BenchmarkIdleTunnels, %s)", idleModes[*mode])
+	idle, err := runIdle(ctx, *mode)
+	if err != nil {
+		log.Fatalf("idle tunnels: %v", err)
 	}
 	if *controlOnly {
 		cr, err := runControl(ctx, absBin, controlModes[*mode], "", *keep)
@@ -127,6 +143,7 @@ func main() {
 	if res.Roll, err = runRoll(ctx, env.dir); err != nil {
 		log.Fatalf("rolling upgrade: %v", err)
 	}
+	res.Idle = idle
 	res.Mode = *mode
 	res.Params = p
 	res.Machine = machineInfo(env.sshVersion)

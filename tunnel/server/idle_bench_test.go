@@ -103,7 +103,7 @@ const (
 //
 //	go test -run '^$' -bench IdleTunnels -benchtime 1x -timeout 20m ./tunnel/server
 //
-// The sub-benchmarks named idle=... run 10,000 tunnels with a longer
+// The sub-benchmarks named 10000-idle=... run 10,000 tunnels with a longer
 // tunnel_idle_timeout on both ends (keepalives every third of it), the
 // setting that trades CPU at idle against noticing a vanished peer later.
 func BenchmarkIdleTunnels(b *testing.B) {
@@ -115,8 +115,8 @@ func BenchmarkIdleTunnels(b *testing.B) {
 	}{
 		{"1000", 1000, agent.DefaultMaxIdleTimeout},
 		{"10000", 10000, agent.DefaultMaxIdleTimeout},
-		{"10000/idle=60s", 10000, time.Minute},
-		{"10000/idle=120s", 10000, 2 * time.Minute},
+		{"10000-idle=60s", 10000, time.Minute},
+		{"10000-idle=120s", 10000, 2 * time.Minute},
 	}
 	for _, tc := range cases {
 		n := tc.n
@@ -311,6 +311,13 @@ func idleTunnelsOnce(b *testing.B, n int, idle time.Duration) idleResult {
 
 	time.Sleep(idleSettle) // the measurement's protocol: let the handshakes' state go
 	after := measureIdleMemory()
+	// JUMPGATE_IDLE_HEAPPROFILE=file writes the proxy's heap once every
+	// tunnel is up and settled.
+	if f := os.Getenv("JUMPGATE_IDLE_HEAPPROFILE"); f != "" {
+		if err := writeHeapProfile(f); err != nil {
+			b.Fatal(err)
+		}
+	}
 
 	// JUMPGATE_IDLE_CPUPROFILE=file profiles the proxy over the idle window.
 	if f := os.Getenv("JUMPGATE_IDLE_CPUPROFILE"); f != "" {
@@ -688,4 +695,16 @@ func forEachIdle(n, workers int, f func(i int) error) error {
 	}
 	wg.Wait()
 	return first
+}
+
+func writeHeapProfile(file string) error {
+	out, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(out); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// idleRow is one run of BenchmarkIdleTunnels (tunnel/server): N simulated
+// agents holding idle QUIC tunnels to one proxy.
+type idleRow struct {
+	Name      string  // the sub-benchmark: "10000", "10000-idle=120s"
+	Tunnels   int     // N
+	Idle      string  // tunnel_idle_timeout, "" for the default
+	CorePct   float64 // the proxy's CPU at idle, % of one core
+	HeapKiB   float64 // Go heap and stacks per tunnel
+	RSSKiB    float64 // resident set per tunnel
+	ConnectS  float64 // seconds to bring all N up
+	Benchmark string  // how to run it again
+}
+
+// idleResult is the idle-tunnel section: every row run, in order.
+type idleResult struct {
+	Rows []idleRow
+}
+
+// Targets of the performance issue for idle tunnels.
+const (
+	idleTargetKiB     = 64
+	idleTargetCorePct = 5.0
+	idleTargetTunnels = 10000
+)
+
+// idleModes are the sub-benchmarks each mode runs: quick measures the
+// default setting; full adds the longer idle timeouts that trade noticing
+// a dead peer later for less CPU.
+var idleModes = map[string]string{
+	"quick": `^BenchmarkIdleTunnels$/^(1000|10000)$`,
+	"full":  `^BenchmarkIdleTunnels$`,
+}
+
+// runIdle runs BenchmarkIdleTunnels in its own process (a tunnel server in
+// the benchmark process, the agents in a child) and parses its figures. It
+// needs the source tree and the Go toolchain, which `make bench` has. It
+// runs before anything else in the suite, when the machine is quiet.
+func runIdle(ctx context.Context, mode string) (*idleResult, error) {
+	re, ok := idleModes[mode]
+	if !ok {
+		return nil, fmt.Errorf("mode %q", mode)
+	}
+	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", re, "-benchtime", "1x", "-timeout", "30m", "./tunnel/server/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%v: %s", err, out)
+	}
+	rows, err := parseIdle(string(out))
+	if err != nil {
+		return nil, err
+	}
+	return &idleResult{Rows: rows}, nil
+}
+
+// idleLine is a result line of go test -bench for BenchmarkIdleTunnels:
+// the name with its -GOMAXPROCS suffix, iterations, ns/op, then the
+// benchmark's own metrics as value-unit pairs.
+var idleLine = regexp.MustCompile(`(?m)^BenchmarkIdleTunnels/(\S+?)(?:-\d+)?\s+\d+\s+\d+ ns/op((?:[ \t]+[0-9.e+-]+ [^\s]+)+)[ \t]*$`)
+
+// parseIdle reads the result lines of go test -bench IdleTunnels.
+func parseIdle(out string) ([]idleRow, error) {
+	var rows []idleRow
+	for _, m := range idleLine.FindAllStringSubmatch(out, -1) {
+		r := idleRow{Name: m[1], Benchmark: "BenchmarkIdleTunnels/" + m[1]}
+		n, idle, _ := strings.Cut(m[1], "-")
+		var err error
+		if r.Tunnels, err = strconv.Atoi(n); err != nil {
+			return nil, fmt.Errorf("idle tunnels: sub-benchmark %q: want a tunnel count first", m[1])
+		}
+		r.Idle = strings.TrimPrefix(idle, "idle=")
+		f := strings.Fields(m[2])
+		seen := 0
+		for i := 0; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return nil, fmt.Errorf("idle tunnels: %s: %q is not a number", m[1], f[i])
+			}
+			switch f[i+1] {
+			case "%core-idle":
+				r.CorePct = v
+			case "KiB/tunnel-heap":
+				r.HeapKiB = v
+			case "KiB/tunnel-rss":
+				r.RSSKiB = v
+			case "s-to-connect":
+				r.ConnectS = v
+			default:
+				continue
+			}
+			seen++
+		}
+		if seen != 4 {
+			return nil, fmt.Errorf("idle tunnels: %s: %d of the 4 metrics in %q", m[1], seen, m[0])
+		}
+		rows = append(rows, r)
+	}
+	if len(rows) == 0 {
+		return nil, fmt.Errorf("idle tunnels: no result line in: %s", out)
+	}
+	return rows, nil
+}
+
+// markdown is the section of RESULTS.md.
+func (r *idleResult) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n## Idle tunnels on one proxy\n\n")
+	fmt.Fprintf(&b, "`BenchmarkIdleTunnels` (tunnel/server), run first in this same run while nothing else was busy: a real tunnel server on a socket opened as the proxy opens it; N simulated agents in a child process (so the figures are the proxy's alone), each a QUIC tunnel with its own node certificate, the agent's Hello, then nothing but keepalives. Memory is the Go heap and stacks after a forced collection, and the resident set, both per tunnel; CPU is the proxy's over at least 20 s and two keepalive periods. `tunnel_idle_timeout` is set on both ends (keepalives every third of it); the default is 15 s, and longer ones trade how soon a node notices a proxy that vanished without a trace for less CPU (ops/README.md, \"Mesh operations\").\n\n")
+	fmt.Fprintf(&b, "| Tunnels | tunnel_idle_timeout | Heap and stacks per tunnel | RSS per tunnel | CPU at idle | Time to connect all |\n|---:|---|---:|---:|---:|---:|\n")
+	for _, x := range r.Rows {
+		idle := "15s (default)"
+		if x.Idle != "" {
+			idle = x.Idle
+		}
+		fmt.Fprintf(&b, "| %d | %s | %.1f KiB | %.1f KiB | %.2f%% of a core | %.1f s |\n", x.Tunnels, idle, x.HeapKiB, x.RSSKiB, x.CorePct, x.ConnectS)
+	}
+	return b.String()
+}
+
+// targetRows are the idle-tunnel lines of the Targets table: memory at the
+// largest count with the default setting, and CPU for 10,000 tunnels at
+// each setting measured.
+func (r *idleResult) targetRows() string {
+	var b strings.Builder
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**missed**"
+	}
+	for _, x := range r.Rows {
+		if x.Tunnels != idleTargetTunnels {
+			continue
+		}
+		setting := "default tunnel_idle_timeout (15s)"
+		if x.Idle != "" {
+			setting = "tunnel_idle_timeout " + x.Idle
+		}
+		if x.Idle == "" {
+			fmt.Fprintf(&b, "| memory per idle tunnel ≤ %d KiB (10,000 tunnels, heap and stacks) | %.1f KiB | %s |\n", idleTargetKiB, x.HeapKiB, verdict(x.HeapKiB <= idleTargetKiB))
+			fmt.Fprintf(&b, "| memory per idle tunnel ≤ %d KiB (10,000 tunnels, resident set) | %.1f KiB | %s |\n", idleTargetKiB, x.RSSKiB, verdict(x.RSSKiB <= idleTargetKiB))
+		}
+		fmt.Fprintf(&b, "| 10,000 idle tunnels on one proxy < %.0f%% of one core, %s | %.2f%% | %s |\n", idleTargetCorePct, setting, x.CorePct, verdict(x.CorePct < idleTargetCorePct))
+	}
+	return b.String()
+}
