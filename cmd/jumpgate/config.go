@@ -342,7 +342,8 @@ type NodeConfig struct {
 	// proxy before it gives that tunnel up and connects elsewhere (a proxy
 	// that died without closing, or a path that broke), and sets how often
 	// it pings idle tunnels: a third of it, which also keeps NAT mappings
-	// open. Default 15s. A QUIC tunnel uses the lower of the node's and the
+	// open (above 90s, some NATs forget an idle mapping between two pings).
+	// Default 15s. A QUIC tunnel uses the lower of the node's and the
 	// proxy's proxy.tunnel_idle_timeout, so raise both together. Longer
 	// timeouts cost the proxy less CPU per idle tunnel (benchmarks/README.md)
 	// and notice a dead proxy later; a drained or restarted proxy is left at
@@ -351,13 +352,15 @@ type NodeConfig struct {
 }
 
 // Tunnel idle timeouts (proxy.tunnel_idle_timeout, node.tunnel_idle_timeout):
-// the default notices a vanished peer within seconds; the bounds keep a
-// keepalive (a third of it) at least a second and keep NAT mappings, which
-// commonly expire after 30 s to a few minutes of silence, open.
+// the default notices a vanished peer within seconds. The bounds keep a
+// keepalive (a third of it) at least a second, and at most 40 s: RFC 4787
+// asks NATs to keep an idle UDP mapping for two minutes, but many keep it
+// for 30 s to a minute, and a node whose mapping expired loses its tunnel
+// until the timeout runs out.
 const (
 	defaultTunnelIdleTimeout = 15 * time.Second
 	minTunnelIdleTimeout     = 3 * time.Second
-	maxTunnelIdleTimeout     = 5 * time.Minute
+	maxTunnelIdleTimeout     = 2 * time.Minute
 )
 
 // checkTunnelIdleTimeout applies the default to *d, or says why it is out
