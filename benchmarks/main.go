@@ -96,13 +96,6 @@ func main() {
 		fmt.Print(ir.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", ir.targetRows())
 		return
 	}
-	// Idle tunnels first, while the machine is quiet: the figure is CPU
-	// at idle.
-	log.Printf("idle tunnels (BenchmarkIdleTunnels, %s)", idleModes[*mode])
-	idle, err := runIdle(ctx, *mode)
-	if err != nil {
-		log.Fatalf("idle tunnels: %v", err)
-	}
 	if *controlOnly {
 		cr, err := runControl(ctx, absBin, controlModes[*mode], "", *keep)
 		if err != nil {
@@ -112,6 +105,15 @@ func main() {
 		return
 	}
 
+	// A full run measures idle tunnels first, while the machine is quiet:
+	// the figure is CPU at idle.
+	var idle *idleResult
+	if !*hold && *sessionsOnly == 0 {
+		log.Printf("idle tunnels (BenchmarkIdleTunnels, %s)", idleModes[*mode])
+		if idle, err = runIdle(ctx, *mode); err != nil {
+			log.Fatalf("idle tunnels: %v", err)
+		}
+	}
 	env, err := setup(ctx, absBin)
 	if env != nil {
 		defer env.close(*keep)
