@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 )
@@ -63,50 +62,22 @@ func runIdle(ctx context.Context, mode string) (*idleResult, error) {
 	return &idleResult{Rows: rows}, nil
 }
 
-// idleLine is a result line of go test -bench for BenchmarkIdleTunnels:
-// the name with its -GOMAXPROCS suffix, iterations, ns/op, then the
-// benchmark's own metrics as value-unit pairs.
-var idleLine = regexp.MustCompile(`(?m)^BenchmarkIdleTunnels/(\S+?)(?:-\d+)?\s+\d+\s+\d+ ns/op((?:[ \t]+[0-9.e+-]+ [^\s]+)+)[ \t]*$`)
-
 // parseIdle reads the result lines of go test -bench IdleTunnels.
 func parseIdle(out string) ([]idleRow, error) {
+	lines, err := parseGoBench(out, "BenchmarkIdleTunnels", "%core-idle", "KiB/tunnel-heap", "KiB/tunnel-rss", "s-to-connect")
+	if err != nil {
+		return nil, fmt.Errorf("idle tunnels: %w", err)
+	}
 	var rows []idleRow
-	for _, m := range idleLine.FindAllStringSubmatch(out, -1) {
-		r := idleRow{Name: m[1], Benchmark: "BenchmarkIdleTunnels/" + m[1]}
-		n, idle, _ := strings.Cut(m[1], "-")
-		var err error
+	for _, l := range lines {
+		r := idleRow{Name: l.Sub, Benchmark: "BenchmarkIdleTunnels/" + l.Sub}
+		n, idle, _ := strings.Cut(l.Sub, "-")
 		if r.Tunnels, err = strconv.Atoi(n); err != nil {
-			return nil, fmt.Errorf("idle tunnels: sub-benchmark %q: want a tunnel count first", m[1])
+			return nil, fmt.Errorf("idle tunnels: sub-benchmark %q: want a tunnel count first", l.Sub)
 		}
 		r.Idle = strings.TrimPrefix(idle, "idle=")
-		f := strings.Fields(m[2])
-		seen := 0
-		for i := 0; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				return nil, fmt.Errorf("idle tunnels: %s: %q is not a number", m[1], f[i])
-			}
-			switch f[i+1] {
-			case "%core-idle":
-				r.CorePct = v
-			case "KiB/tunnel-heap":
-				r.HeapKiB = v
-			case "KiB/tunnel-rss":
-				r.RSSKiB = v
-			case "s-to-connect":
-				r.ConnectS = v
-			default:
-				continue
-			}
-			seen++
-		}
-		if seen != 4 {
-			return nil, fmt.Errorf("idle tunnels: %s: %d of the 4 metrics in %q", m[1], seen, m[0])
-		}
+		r.CorePct, r.HeapKiB, r.RSSKiB, r.ConnectS = l.Metrics["%core-idle"], l.Metrics["KiB/tunnel-heap"], l.Metrics["KiB/tunnel-rss"], l.Metrics["s-to-connect"]
 		rows = append(rows, r)
-	}
-	if len(rows) == 0 {
-		return nil, fmt.Errorf("idle tunnels: no result line in: %s", out)
 	}
 	return rows, nil
 }

@@ -64,6 +64,7 @@ func main() {
 	controlOnly := flag.Bool("control", false, "only run the control-plane section (lock propagation, login time) on a cluster of its own and print it")
 	rollOnly := flag.Bool("roll", false, "only run the rolling upgrade (TestRollingUpgrade with 200 sessions) and print it")
 	idleOnly := flag.Bool("idle", false, "only run the idle-tunnel section (BenchmarkIdleTunnels) and print it")
+	authOnly := flag.Bool("auth", false, "only run the certificate-issuance and raft-write benchmarks and print them")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	p, ok := modes[*mode]
@@ -86,6 +87,14 @@ func main() {
 			log.Fatalf("rolling upgrade: %v", err)
 		}
 		fmt.Print(rr.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", rr.targetRows())
+		return
+	}
+	if *authOnly {
+		ar, err := runAuth(ctx)
+		if err != nil {
+			log.Fatalf("certificates and raft: %v", err)
+		}
+		fmt.Print(ar.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", ar.targetRows())
 		return
 	}
 	if *idleOnly {
@@ -144,6 +153,10 @@ func main() {
 	}
 	if res.Roll, err = runRoll(ctx, env.dir); err != nil {
 		log.Fatalf("rolling upgrade: %v", err)
+	}
+	log.Printf("certificate issuance and raft writes (BenchmarkSignUserSSH, BenchmarkApply)")
+	if res.Auth, err = runAuth(ctx); err != nil {
+		log.Fatalf("certificates and raft: %v", err)
 	}
 	res.Idle = idle
 	res.Mode = *mode

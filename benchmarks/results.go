@@ -22,6 +22,7 @@ type results struct {
 	Control  *controlResult // nil: not measured
 	Roll     *rollResult    // nil: not measured
 	Idle     *idleResult    // nil: not measured
+	Auth     *authResult    // nil: not measured
 }
 
 // target is one goal from the performance issue, as a ratio of two medians.
@@ -125,6 +126,9 @@ func (r *results) markdown() string {
 	if r.Control != nil {
 		b.WriteString(r.Control.markdown())
 	}
+	if r.Auth != nil {
+		b.WriteString(r.Auth.markdown())
+	}
 	if r.Roll != nil {
 		b.WriteString(r.Roll.markdown())
 	}
@@ -151,11 +155,14 @@ func (r *results) markdown() string {
 	if r.Control != nil {
 		b.WriteString(r.Control.targetRows())
 	}
+	if r.Auth != nil {
+		b.WriteString(r.Auth.targetRows())
+	}
 	if r.Roll != nil {
 		b.WriteString(r.Roll.targetRows())
 	}
 
 	fmt.Fprintf(&b, "\n## Measured elsewhere\n\n")
-	fmt.Fprintf(&b, "1,000 concurrent sessions run in BENCH=full only (quick mode holds 100), and so do the idle tunnels with a longer tunnel_idle_timeout. Certificate issuance per second (software keys and SoftHSM2) and raft writes per second (3 voters, 1 and 64 writers) are Go benchmarks in auth/ca and auth/raftnode. Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
+	fmt.Fprintf(&b, "1,000 concurrent sessions run in BENCH=full only (quick mode holds 100), and so do the idle tunnels with a longer tunnel_idle_timeout. Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
 	return b.String()
 }
