@@ -487,6 +487,9 @@ func TestRehomeOnDrainMessage(t *testing.T) {
 	if n := logs.Count("proxy is draining: moving the tunnel to another proxy", "proxy=p2"); n != 1 {
 		t.Fatalf("logged the drain notice %d times, want 1", n)
 	}
+	// The agent counts the old tunnel gone when it closes it; p2 learns
+	// so when the close arrives, a moment later.
+	servertest.WaitFor(t, waitFor, "p2 to see its tunnel closed", func() bool { return p2.srv.Load().Tunnels == 0 })
 	if l := p2.srv.Load(); l.Tunnels != 0 || !p2.srv.Draining() {
 		t.Fatalf("p2 after the move: %+v, draining %v", l, p2.srv.Draining())
 	}
