@@ -554,12 +554,7 @@ func (c *controlResult) rows() []controlRow {
 	}
 }
 
-func p99Verdict(p99, limit float64) string {
-	if p99 < limit {
-		return "met"
-	}
-	return "**missed**"
-}
+func p99Verdict(p99, limit float64) string { return verdictOf(p99 < limit) }
 
 // markdown is the "Control plane" section of RESULTS.md.
 func (c *controlResult) markdown() string {

@@ -104,22 +104,16 @@ func (r *authResult) markdown() string {
 // targetRows are the lines of the Targets table.
 func (r *authResult) targetRows() string {
 	var b strings.Builder
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "**missed**"
-	}
 	for _, l := range r.Sign {
 		if strings.HasPrefix(l.Sub, "software-") {
 			v := l.Metrics["certs/s"]
-			fmt.Fprintf(&b, "| certificate issuance, %s ≥ %d/s | %.0f/s | %s |\n", l.Sub, signTargetPerS, v, verdict(v >= signTargetPerS))
+			fmt.Fprintf(&b, "| certificate issuance, %s ≥ %d/s | %.0f/s | %s |\n", l.Sub, signTargetPerS, v, verdictOf(v >= signTargetPerS))
 		}
 	}
 	for _, l := range r.Apply {
 		if l.Sub == "writers=64" {
 			v := l.Metrics["writes/s"]
-			fmt.Fprintf(&b, "| raft writes with 64 writers ≥ %d/s | %.0f/s | %s |\n", applyTargetPerS, v, verdict(v >= applyTargetPerS))
+			fmt.Fprintf(&b, "| raft writes with 64 writers ≥ %d/s | %.0f/s | %s |\n", applyTargetPerS, v, verdictOf(v >= applyTargetPerS))
 		}
 	}
 	return b.String()

@@ -11,14 +11,12 @@ import (
 // idleRow is one run of BenchmarkIdleTunnels (tunnel/server): N simulated
 // agents holding idle QUIC tunnels to one proxy.
 type idleRow struct {
-	Name      string  // the sub-benchmark: "10000", "10000-idle=120s"
-	Tunnels   int     // N
-	Idle      string  // tunnel_idle_timeout, "" for the default
-	CorePct   float64 // the proxy's CPU at idle, % of one core
-	HeapKiB   float64 // Go heap and stacks per tunnel
-	RSSKiB    float64 // resident set per tunnel
-	ConnectS  float64 // seconds to bring all N up
-	Benchmark string  // how to run it again
+	Tunnels  int     // N
+	Idle     string  // tunnel_idle_timeout, "" for the default
+	CorePct  float64 // the proxy's CPU at idle, % of one core
+	HeapKiB  float64 // Go heap and stacks per tunnel
+	RSSKiB   float64 // resident set per tunnel
+	ConnectS float64 // seconds to bring all N up
 }
 
 // idleResult is the idle-tunnel section: every row run, in order.
@@ -70,7 +68,7 @@ func parseIdle(out string) ([]idleRow, error) {
 	}
 	var rows []idleRow
 	for _, l := range lines {
-		r := idleRow{Name: l.Sub, Benchmark: "BenchmarkIdleTunnels/" + l.Sub}
+		var r idleRow
 		n, idle, _ := strings.Cut(l.Sub, "-")
 		if r.Tunnels, err = strconv.Atoi(n); err != nil {
 			return nil, fmt.Errorf("idle tunnels: sub-benchmark %q: want a tunnel count first", l.Sub)
@@ -103,12 +101,6 @@ func (r *idleResult) markdown() string {
 // each setting measured.
 func (r *idleResult) targetRows() string {
 	var b strings.Builder
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "**missed**"
-	}
 	for _, x := range r.Rows {
 		if x.Tunnels != idleTargetTunnels {
 			continue
@@ -118,10 +110,10 @@ func (r *idleResult) targetRows() string {
 			setting = "tunnel_idle_timeout " + x.Idle
 		}
 		if x.Idle == "" {
-			fmt.Fprintf(&b, "| memory per idle tunnel ≤ %d KiB (10,000 tunnels, heap and stacks) | %.1f KiB | %s |\n", idleTargetKiB, x.HeapKiB, verdict(x.HeapKiB <= idleTargetKiB))
-			fmt.Fprintf(&b, "| memory per idle tunnel ≤ %d KiB (10,000 tunnels, resident set) | %.1f KiB | %s |\n", idleTargetKiB, x.RSSKiB, verdict(x.RSSKiB <= idleTargetKiB))
+			fmt.Fprintf(&b, "| memory per idle tunnel ≤ %d KiB (10,000 tunnels, heap and stacks) | %.1f KiB | %s |\n", idleTargetKiB, x.HeapKiB, verdictOf(x.HeapKiB <= idleTargetKiB))
+			fmt.Fprintf(&b, "| memory per idle tunnel ≤ %d KiB (10,000 tunnels, resident set) | %.1f KiB | %s |\n", idleTargetKiB, x.RSSKiB, verdictOf(x.RSSKiB <= idleTargetKiB))
 		}
-		fmt.Fprintf(&b, "| 10,000 idle tunnels on one proxy < %.0f%% of one core, %s | %.2f%% | %s |\n", idleTargetCorePct, setting, x.CorePct, verdict(x.CorePct < idleTargetCorePct))
+		fmt.Fprintf(&b, "| 10,000 idle tunnels on one proxy < %.0f%% of one core, %s | %.2f%% | %s |\n", idleTargetCorePct, setting, x.CorePct, verdictOf(x.CorePct < idleTargetCorePct))
 	}
 	return b.String()
 }

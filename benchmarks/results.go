@@ -141,11 +141,7 @@ func (r *results) markdown() string {
 		if den > 0 {
 			v := num / den
 			got = fmt.Sprintf("%.2f×", v)
-			if t.AtLeast && v >= t.Limit || !t.AtLeast && v <= t.Limit {
-				verdict = "met"
-			} else {
-				verdict = "**missed**"
-			}
+			verdict = verdictOf(t.AtLeast && v >= t.Limit || !t.AtLeast && v <= t.Limit)
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", t.What, got, verdict)
 	}
@@ -165,4 +161,12 @@ func (r *results) markdown() string {
 	fmt.Fprintf(&b, "\n## Measured elsewhere\n\n")
 	fmt.Fprintf(&b, "1,000 concurrent sessions run in BENCH=full only (quick mode holds 100), and so do the idle tunnels with a longer tunnel_idle_timeout. Gossip convergence, failure detection, tunnel-directory bandwidth and peer dial setup are Go benchmarks in mesh/meshtest, and the tunnels' own throughput against raw TCP is `BenchmarkTunnelThroughput` in tunnel/server (`make bench-go`; figures in README.md).\n")
 	return b.String()
+}
+
+// verdictOf is a target's Result column.
+func verdictOf(met bool) string {
+	if met {
+		return "met"
+	}
+	return "**missed**"
 }

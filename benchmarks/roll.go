@@ -74,14 +74,7 @@ func (r *rollResult) markdown() string {
 }
 
 func (r *rollResult) targetRows() string {
-	lost := "met"
-	if r.Lost != 0 {
-		lost = "**missed**"
-	}
-	stall := "met"
-	if r.DrainP99 >= time.Second {
-		stall = "**missed**"
-	}
+	lost, stall := verdictOf(r.Lost == 0), verdictOf(r.DrainP99 < time.Second)
 	return fmt.Sprintf("| rolling upgrade of 6 proxies with %d sessions: 0 lost | %d lost | %s |\n| rolling upgrade: p99 stall during drains < 1 s | %d ms | %s |\n",
 		r.Sessions, r.Lost, lost, r.DrainP99.Milliseconds(), stall)
 }

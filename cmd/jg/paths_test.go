@@ -146,6 +146,18 @@ func (fc *fakeCluster) paths(home *fakeProxy) *paths {
 	return newPaths(fc.id, "node1", "alice")
 }
 
+// dialedThroughA is two active proxies, a (jg's home) and b, and the
+// paths of a session whose first dial went through a.
+func dialedThroughA(t *testing.T) (fc *fakeCluster, a, b *fakeProxy, p *paths) {
+	t.Helper()
+	fc = newFakeCluster(t)
+	a, b = fc.proxy("a"), fc.proxy("b")
+	fc.setDiscovery(a, b)("active/alive", "active/alive")
+	p = fc.paths(a)
+	mustDial(t, p, resume.Attempt{}, a)
+	return fc, a, b, p
+}
+
 // mustDial runs attempt a and checks that it reached the proxy want.
 func mustDial(t *testing.T, p *paths, a resume.Attempt, want *fakeProxy) {
 	t.Helper()
@@ -199,11 +211,7 @@ func TestPathsDrainRedirect(t *testing.T) {
 // is tried last; after a clean end (Moved) it is still the first choice.
 func TestPathsAvoidFailed(t *testing.T) {
 	for _, moved := range []bool{false, true} {
-		fc := newFakeCluster(t)
-		a, b := fc.proxy("a"), fc.proxy("b")
-		fc.setDiscovery(a, b)("active/alive", "active/alive")
-		p := fc.paths(a)
-		mustDial(t, p, resume.Attempt{}, a)
+		_, a, b, p := dialedThroughA(t)
 		want := b
 		if moved {
 			want = a
@@ -220,11 +228,7 @@ func TestPathsAvoidFailed(t *testing.T) {
 func TestPathsFinalDial(t *testing.T) {
 	for _, code := range []string{ingress.CodeDenied, ingress.CodeUnknown} {
 		for _, moved := range []bool{false, true} {
-			fc := newFakeCluster(t)
-			a, b := fc.proxy("a"), fc.proxy("b")
-			fc.setDiscovery(a, b)("active/alive", "active/alive")
-			p := fc.paths(a)
-			mustDial(t, p, resume.Attempt{}, a)
+			_, a, b, p := dialedThroughA(t)
 			a.refuse(code)
 			b.refuse(code)
 			_, err := p.dial(context.Background(), resume.Attempt{N: 1, Err: errReset, Moved: moved})
@@ -242,11 +246,7 @@ func TestPathsFinalDial(t *testing.T) {
 // jg keeps trying for offlineFor, then gives up with resume.ErrRefused;
 // while no proxy answers at all, it keeps trying for the whole window.
 func TestPathsOffline(t *testing.T) {
-	fc := newFakeCluster(t)
-	a, b := fc.proxy("a"), fc.proxy("b")
-	fc.setDiscovery(a, b)("active/alive", "active/alive")
-	p := fc.paths(a)
-	mustDial(t, p, resume.Attempt{}, a)
+	fc, a, b, p := dialedThroughA(t)
 	a.refuse(ingress.CodeOffline)
 	b.refuse(ingress.CodeOffline)
 	ctx := context.Background()

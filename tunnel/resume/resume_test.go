@@ -74,16 +74,7 @@ func TestSurvivesCuts(t *testing.T) {
 		replayed += info.Replayed
 		t.Logf("cut %d (clean %v) at %d/%d bytes: resumed after %v, %d attempts, client replayed %d bytes", i, clean, up.Load(), down.Load(), info.Stall, info.Attempts, info.Replayed)
 	}
-	for range 4 {
-		select {
-		case err := <-errs:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Fatal("timed out waiting for the transfer")
-		}
-	}
+	waitTransfers(t, errs, 4)
 	// The node counts a resumption right after answering it.
 	var ok, takeover float64
 	waitFor(t, 5*time.Second, "the node to count every resumption", func() bool {
@@ -187,16 +178,7 @@ func TestResumeFromAnotherIP(t *testing.T) {
 	if info.Moved {
 		t.Errorf("ResumeInfo.Moved = true after a reset (err %v)", info.Err)
 	}
-	for range 4 {
-		select {
-		case err := <-errs:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Fatal("timed out waiting for the transfer")
-		}
-	}
+	waitTransfers(t, errs, 4)
 
 	if got := c.Transport().LocalAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.2" {
 		t.Errorf("client's transport after the resumption leaves from %s, want 127.0.0.2", got)
@@ -764,5 +746,21 @@ func TestConfigErrors(t *testing.T) {
 	defer ln.Close()
 	if _, err := NewListener(ln, ServerConfig{MaxUnacked: -1}); err == nil || !strings.Contains(err.Error(), "ServerConfig.MaxUnacked") {
 		t.Errorf("negative MaxUnacked: %v", err)
+	}
+}
+
+// waitTransfers waits for n transfer goroutines to report on errs, and
+// fails on the first error.
+func waitTransfers(t *testing.T, errs <-chan error, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("timed out waiting for the transfer")
+		}
 	}
 }

@@ -3,7 +3,6 @@ package udpgro
 import (
 	"encoding/binary"
 	"net"
-	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -27,7 +26,8 @@ type Conn struct {
 	*net.UDPConn
 	pc *ipv4.PacketConn // recvmmsg on the same socket
 
-	mu   sync.Mutex     // one reader at a time (quic-go has one)
+	// Read state, used by ReadBatch only: quic-go reads a socket from one
+	// goroutine, and ReadBatch must not be called concurrently.
 	msgs []ipv4.Message // what the last recvmmsg filled
 	ctl  [batch][]byte  // each message's control messages less UDP_GRO
 	seg  [batch]int     // each message's segment size
@@ -67,10 +67,9 @@ func Wrap(c *net.UDPConn) (pc net.PacketConn, enabled bool) {
 // sender's address and its buffer's control messages (ECN, packet info)
 // less UDP_GRO itself, as quic-go expects of recvmmsg. A message whose
 // buffer is shorter than the segment gets it truncated, as the kernel
-// truncates a datagram; quic-go then drops it as undecryptable.
+// truncates a datagram; quic-go then drops it as undecryptable. One
+// goroutine at a time, as quic-go calls it.
 func (c *Conn) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.cur >= c.n {
 		if err := c.fill(); err != nil {
 			return 0, err

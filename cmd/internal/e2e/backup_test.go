@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -22,11 +20,7 @@ func TestBackupRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test in -short mode")
 	}
-	me, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	c := bareCluster(t)
 	c.proxy, c.auth = freeAddr(t), freeAddr(t)
 	data := filepath.Join(c.dir, "auth")
 	c.admin = filepath.Join(data, "admin")

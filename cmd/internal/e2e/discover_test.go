@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -55,11 +53,8 @@ func TestNearestProxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test in -short mode")
 	}
-	me, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	c := bareCluster(t)
+	var err error
 	db := filepath.Join(c.dir, "GeoLite2-City-test.mmdb")
 	geotest.WriteTestDB(t, db, geotest.Loopback3())
 	us := &meshProxy{id: "proxy-us", region: "us-east", ip: "127.0.0.1"}

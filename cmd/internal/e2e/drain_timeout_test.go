@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,11 +24,7 @@ func TestDrainTimeout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test in -short mode")
 	}
-	me, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	c := bareCluster(t)
 	admin := func() []string { return []string{"JUMPGATE_ADMIN_IDENTITY=" + c.admin, "JUMPGATE_AUTH=" + c.auth} }
 	c.auth = freeAddr(t)
 	c.admin = filepath.Join(c.dir, "auth", "admin")

@@ -128,14 +128,22 @@ func waitFor(t *testing.T, what string, timeout time.Duration, f func() bool) {
 
 func newCluster(t *testing.T) *cluster { return newClusterWith(t, nil, nil) }
 
-// newClusterWith is newCluster with more arguments for the auth process
-// and more environment for every process.
-func newClusterWith(t *testing.T, authArgs, env []string) *cluster {
+// bareCluster is a cluster with nothing started yet: the binaries built, a
+// directory, and the test's own login as the one roles grant.
+func bareCluster(t *testing.T) *cluster {
+	t.Helper()
 	me, err := user.Current()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username, env: env}
+	return &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+}
+
+// newClusterWith is newCluster with more arguments for the auth process
+// and more environment for every process.
+func newClusterWith(t *testing.T, authArgs, env []string) *cluster {
+	c := bareCluster(t)
+	c.env = env
 	c.proxy, c.auth = freeAddr(t), freeAddr(t)
 	c.admin = filepath.Join(c.dir, "auth", "admin")
 	c.start("auth", append([]string{"--roles=auth,proxy", "--cluster-name=e2e", "--proxy-id=proxy1", "--data-dir=" + filepath.Join(c.dir, "auth"),

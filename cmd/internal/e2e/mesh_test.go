@@ -7,8 +7,6 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -154,11 +152,7 @@ func TestMesh(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test in -short mode")
 	}
-	me, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	c := bareCluster(t)
 	a := &meshProxy{id: "pa", region: "region-a", ip: "127.0.0.1"}
 	b := &meshProxy{id: "pb", region: "region-b", ip: "127.0.0.2"}
 	cc := &meshProxy{id: "pc", region: "region-c", ip: "127.0.0.3"}

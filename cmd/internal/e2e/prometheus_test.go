@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -85,11 +84,7 @@ func TestObservability(t *testing.T) {
 	if err != nil {
 		t.Fatal("promtool not found: run make deps (apt package prometheus)")
 	}
-	me, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	c := bareCluster(t)
 	c.auth = freeAddr(t)
 	c.admin = filepath.Join(c.dir, "auth", "admin")
 	authDiag := freeAddr(t)

@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -341,11 +340,7 @@ func TestSSO(t *testing.T) {
 	}
 	began := time.Now()
 	oidcDeps(t) // before the cluster: a missing npm fails fast
-	me, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, bin: build(t), dir: t.TempDir(), procs: map[string]*exec.Cmd{}, userLogin: me.Username}
+	c := bareCluster(t)
 	c.proxy, c.auth = freeAddr(t), freeAddr(t)
 	proxy2, idp := freeAddr(t), freeAddr(t)
 	c.admin = filepath.Join(c.dir, "auth", "admin")
