@@ -65,6 +65,7 @@ func main() {
 	rollOnly := flag.Bool("roll", false, "only run the rolling upgrade (TestRollingUpgrade with 200 sessions) and print it")
 	idleOnly := flag.Bool("idle", false, "only run the idle-tunnel section (BenchmarkIdleTunnels) and print it")
 	authOnly := flag.Bool("auth", false, "only run the certificate-issuance and raft-write benchmarks and print them")
+	gossipOnly := flag.Bool("gossip", false, "only run the mesh gossip benchmarks (convergence and failure detection for 10, 50 and 100 proxies) and print them")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	p, ok := modes[*mode]
@@ -95,6 +96,14 @@ func main() {
 			log.Fatalf("certificates and raft: %v", err)
 		}
 		fmt.Print(ar.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", ar.targetRows())
+		return
+	}
+	if *gossipOnly {
+		gr, err := runGossip(ctx, gossipRuns[*mode])
+		if err != nil {
+			log.Fatalf("mesh gossip: %v", err)
+		}
+		fmt.Print(gr.markdown(), "\n| Target | Measured | Result |\n|---|---:|---|\n", gr.targetRows())
 		return
 	}
 	if *idleOnly {
@@ -157,6 +166,10 @@ func main() {
 	log.Printf("certificate issuance and raft writes (BenchmarkSignUserSSH, BenchmarkApply)")
 	if res.Auth, err = runAuth(ctx); err != nil {
 		log.Fatalf("certificates and raft: %v", err)
+	}
+	log.Printf("mesh gossip (BenchmarkGossipConvergence, %d runs of %v proxies)", gossipRuns[*mode], gossipSizes)
+	if res.Gossip, err = runGossip(ctx, gossipRuns[*mode]); err != nil {
+		log.Fatalf("mesh gossip: %v", err)
 	}
 	res.Idle = idle
 	res.Mode = *mode
