@@ -373,6 +373,17 @@ func (e *env) cmd(extraEnv []string, stdin, name string, args ...string) (string
 }
 
 func (e *env) close(keep bool) {
+	e.stop()
+	if keep {
+		log.Printf("kept %s", e.dir)
+		return
+	}
+	os.RemoveAll(e.dir)
+}
+
+// stop ends every process the environment started (SIGTERM, then SIGKILL
+// after 10 s) and keeps its directory. Calling it again does nothing.
+func (e *env) stop() {
 	for _, c := range e.procs {
 		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
 	}
@@ -386,11 +397,7 @@ func (e *env) close(keep bool) {
 			<-done
 		}
 	}
-	if keep {
-		log.Printf("kept %s", e.dir)
-		return
-	}
-	os.RemoveAll(e.dir)
+	e.procs = nil
 }
 
 // freeAddr returns a loopback address whose TCP and UDP ports are both free

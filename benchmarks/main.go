@@ -157,6 +157,9 @@ func main() {
 	if err != nil {
 		log.Fatalf("benchmark: %v", err)
 	}
+	// The sections below start what they measure themselves; the data
+	// path's cluster and sshds would only add their idle load.
+	env.stop()
 	if res.Control, err = runControl(ctx, absBin, controlModes[*mode], env.dir, *keep); err != nil {
 		log.Fatalf("control plane: %v", err)
 	}
