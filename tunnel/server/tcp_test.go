@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -305,12 +306,11 @@ func TestTCPGarbageIsRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			before := e.proxy.metric(t, "jumpgate_tunnel_handshake_failures_total", "reason", tt.reason, "transport", "tcp")
 			tt.send(t, dialTLS(t, e.proxy.addr, tt.cert))
-			servertest.WaitFor(t, waitFor, "the refusal to be counted", func() bool {
-				return e.proxy.metric(t, "jumpgate_tunnel_handshake_failures_total", "reason", tt.reason, "transport", "tcp") == before+1
+			// The proxy counts a refusal, then logs it: wait for both.
+			servertest.WaitFor(t, waitFor, fmt.Sprintf("the refusal to be counted, and logged with the remote address and %q", tt.proxyLogs), func() bool {
+				return e.proxy.metric(t, "jumpgate_tunnel_handshake_failures_total", "reason", tt.reason, "transport", "tcp") == before+1 &&
+					e.proxy.log.Count("refused tunnel", tt.proxyLogs, "remote=127.0.0.1:", "transport=tcp") > 0
 			})
-			if e.proxy.log.Count("refused tunnel", tt.proxyLogs, "remote=127.0.0.1:", "transport=tcp") == 0 {
-				t.Errorf("proxy did not log the refusal with the remote address and %q", tt.proxyLogs)
-			}
 			echoOnce(t, live, "during "+tt.name)
 		})
 	}
