@@ -590,18 +590,16 @@ func (c *controlResult) markdown() string {
 const rankTargetUS = 5
 
 // measureRanking runs BenchmarkLookupAndRank50 and returns its µs per
-// operation. It needs the source tree and the Go toolchain, which `make
-// bench` (go run ./benchmarks) has.
+// operation.
 func measureRanking(ctx context.Context) (float64, error) {
-	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", "^BenchmarkLookupAndRank50$", "-benchtime", "20000x", "-count", "3", "./cmd/jumpgate/")
-	out, err := cmd.CombinedOutput()
+	out, err := goBench(ctx, "./cmd/jumpgate/", "^BenchmarkLookupAndRank50$", "-benchtime", "20000x", "-count", "3")
 	if err != nil {
-		return 0, fmt.Errorf("%v: %s", err, out)
+		return 0, err
 	}
 	var xs []float64
 	// The benchmark's own log lines may split its result line: take the
 	// number before each "ns/op" (only this benchmark runs).
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		for i := 1; i < len(f); i++ {
 			if f[i] == "ns/op" {

@@ -17,6 +17,18 @@ type benchLine struct {
 	Metrics map[string]float64
 }
 
+// goBench runs `go test -run '^$' -bench re` with flags on one package and
+// returns its output. It needs the source tree and the Go toolchain, which
+// `make bench` (go run ./benchmarks) has. A failure carries the output.
+func goBench(ctx context.Context, pkg, re string, flags ...string) (string, error) {
+	args := append([]string{"test", "-run", "^$", "-bench", re}, flags...)
+	out, err := exec.CommandContext(ctx, "go", append(args, pkg)...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%v: %s", err, out)
+	}
+	return string(out), nil
+}
+
 // benchResult matches a result line: name, iterations, then value-unit
 // pairs, the first being ns/op.
 var benchResult = regexp.MustCompile(`(?m)^(Benchmark[^\s/]+)(?:/(\S+?))?(?:-\d+)?\s+\d+((?:[ \t]+[0-9.e+-]+ [^\s]+)+)[ \t]*$`)
@@ -69,18 +81,18 @@ const (
 // comes from `make deps`; without it that row is missing.
 func runAuth(ctx context.Context) (*authResult, error) {
 	var r authResult
-	out, err := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", "^BenchmarkSignUserSSH$", "-benchtime", "3000x", "./auth/ca/").CombinedOutput()
+	out, err := goBench(ctx, "./auth/ca/", "^BenchmarkSignUserSSH$", "-benchtime", "3000x")
 	if err != nil {
-		return nil, fmt.Errorf("certificate issuance: %v: %s", err, out)
+		return nil, fmt.Errorf("certificate issuance: %w", err)
 	}
-	if r.Sign, err = parseGoBench(string(out), "BenchmarkSignUserSSH", "certs/s", "p99-ms"); err != nil {
+	if r.Sign, err = parseGoBench(out, "BenchmarkSignUserSSH", "certs/s", "p99-ms"); err != nil {
 		return nil, err
 	}
-	out, err = exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", "^BenchmarkApply$", "-benchtime", "3000x", "./auth/raftnode/").CombinedOutput()
+	out, err = goBench(ctx, "./auth/raftnode/", "^BenchmarkApply$", "-benchtime", "3000x")
 	if err != nil {
-		return nil, fmt.Errorf("raft writes: %v: %s", err, out)
+		return nil, fmt.Errorf("raft writes: %w", err)
 	}
-	if r.Apply, err = parseGoBench(string(out), "BenchmarkApply", "writes/s", "p99-ms"); err != nil {
+	if r.Apply, err = parseGoBench(out, "BenchmarkApply", "writes/s", "p99-ms"); err != nil {
 		return nil, err
 	}
 	return &r, nil

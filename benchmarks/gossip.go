@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,12 +42,11 @@ func runGossip(ctx context.Context, runs int) (*gossipResult, error) {
 		sizes[i] = strconv.Itoa(n)
 	}
 	re := `^BenchmarkGossipConvergence$/^default/rtt=200ms/n=(` + strings.Join(sizes, "|") + `)$`
-	out, err := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", re, "-benchtime", "1x",
-		"-count", strconv.Itoa(runs), "-timeout", "30m", "./mesh/meshtest/").CombinedOutput()
+	out, err := goBench(ctx, "./mesh/meshtest/", re, "-benchtime", "1x", "-count", strconv.Itoa(runs), "-timeout", "30m")
 	if err != nil {
-		return nil, fmt.Errorf("%v: %s", err, out)
+		return nil, err
 	}
-	return parseGossip(string(out), runs)
+	return parseGossip(out, runs)
 }
 
 // parseGossip groups BenchmarkGossipConvergence's lines by mesh size and

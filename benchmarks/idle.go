@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"strconv"
 	"strings"
 )
@@ -41,19 +40,17 @@ var idleModes = map[string]string{
 
 // runIdle runs BenchmarkIdleTunnels in its own process (a tunnel server in
 // the benchmark process, the agents in a child) and parses its figures. It
-// needs the source tree and the Go toolchain, which `make bench` has. It
 // runs before anything else in the suite, when the machine is quiet.
 func runIdle(ctx context.Context, mode string) (*idleResult, error) {
 	re, ok := idleModes[mode]
 	if !ok {
 		return nil, fmt.Errorf("mode %q", mode)
 	}
-	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", re, "-benchtime", "1x", "-timeout", "30m", "./tunnel/server/")
-	out, err := cmd.CombinedOutput()
+	out, err := goBench(ctx, "./tunnel/server/", re, "-benchtime", "1x", "-timeout", "30m")
 	if err != nil {
-		return nil, fmt.Errorf("%v: %s", err, out)
+		return nil, err
 	}
-	rows, err := parseIdle(string(out))
+	rows, err := parseIdle(out)
 	if err != nil {
 		return nil, err
 	}

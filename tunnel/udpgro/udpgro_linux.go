@@ -88,12 +88,12 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
 		m.Addr = src.Addr
 		m.Flags = 0
 		k++
-		c.datagrams.Add(1)
 		if c.off += size; c.off >= src.N {
 			c.cur++
 			c.off = 0
 		}
 	}
+	c.datagrams.Add(uint64(k))
 	return k, nil
 }
 
